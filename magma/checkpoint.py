@@ -1,0 +1,312 @@
+"""Checkpoints: our own directory format, and import of the public Magma-8B layout.
+
+Own format: ``config.json`` (the MagmaConfig fields), ``model.safetensors`` (or shards plus
+``model.safetensors.index.json`` above ``max_shard_size``), tokenizer files and
+``action_stats.json``. A directory is written under a temporary name and renamed when complete.
+
+Magma-8B layout: its ``config.json`` (``text_config`` / ``vision_config``), safetensors shards
+with the names of Microsoft's remote code; mapped onto our names by the explicit table below,
+without trust_remote_code and without a patched transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import save_torch_state_dict
+from safetensors import safe_open
+
+from magma.config import ConfigError, MagmaConfig
+from magma.errors import UserFacingError
+from magma.model import MagmaForCausalLM, default_dtype
+
+FORMAT_NAME = "magma-agent-toolkit"
+CONFIG_FILE = "config.json"
+ACTION_STATS_FILE = "action_stats.json"
+SINGLE_WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+
+# Magma-8B tensor name prefix -> our name prefix.
+MAGMA8B_TO_OURS = {
+    "vision_tower.clip_vision_model.trunk.": "vision_tower.trunk.",
+    "multi_modal_projector.proj.": "projector.mlp.",
+    "multi_modal_projector.row_seperator": "projector.row_separator",  # sic: Magma's spelling
+    "language_model.": "language_model.",
+}
+# Magma-8B tensors we do not use: the CLIP pooling head and classifier-head norms of the trunk.
+MAGMA8B_UNUSED = (
+    "vision_tower.clip_vision_model.head.",
+    "vision_tower.clip_vision_model.trunk.head.",
+    "multi_modal_projector.img_start_seperator",
+    "multi_modal_projector.img_end_seperator",
+)
+
+
+class CheckpointError(UserFacingError, ValueError):
+    """A checkpoint directory that cannot be read or does not fit the model."""
+
+
+# ---- saving -------------------------------------------------------------------------------------
+def save_pretrained(
+    model: MagmaForCausalLM,
+    directory: str | Path,
+    tokenizer: Any | None = None,
+    action_statistics: dict[str, Any] | None = None,
+    max_shard_size: int | str = "4GB",
+) -> Path:
+    """Write the checkpoint atomically: a temporary directory renamed over ``directory`` when done."""
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        config = {"format": FORMAT_NAME, **model.config.to_dict()}
+        if tokenizer is not None:
+            config["tokenizer"] = None  # the tokenizer now lives in the checkpoint itself
+            tokenizer.save_pretrained(str(staging))
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+        save_torch_state_dict(state, staging, max_shard_size=max_shard_size)
+        if action_statistics:
+            from magma.actions import save_action_statistics
+
+            save_action_statistics(staging / ACTION_STATS_FILE, action_statistics)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+# ---- reading ------------------------------------------------------------------------------------
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read '{path}': {err}") from None
+
+
+def _require_directory(directory: Path) -> None:
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: '{directory}'")
+    if not (directory / CONFIG_FILE).is_file():
+        present = sorted(p.name for p in directory.iterdir())[:10]
+        raise CheckpointError(
+            f"'{directory}' has no {CONFIG_FILE} (it holds {present}); give a directory written by "
+            "save_pretrained or a Magma-8B download"
+        )
+
+
+def is_magma8b_layout(raw_config: dict[str, Any]) -> bool:
+    return raw_config.get("model_type") == "magma" or "vision_config" in raw_config
+
+
+def weight_files(directory: Path) -> dict[str, Path]:
+    """Tensor name -> file holding it, from the shard index or the single weights file."""
+    index = directory / WEIGHTS_INDEX_FILE
+    if index.is_file():
+        mapping = _read_json(index).get("weight_map", {})
+        files = {name: directory / file for name, file in mapping.items()}
+        missing = sorted({str(p.name) for p in files.values() if not p.is_file()})
+        if missing:
+            raise CheckpointError(f"'{directory}': the shard index names files that are missing: {missing}")
+        return files
+    single = directory / SINGLE_WEIGHTS_FILE
+    if single.is_file():
+        with safe_open(str(single), framework="pt") as handle:
+            return {name: single for name in handle.keys()}  # noqa: SIM118 - safe_open is not a dict
+    raise CheckpointError(f"'{directory}' has no {SINGLE_WEIGHTS_FILE} and no {WEIGHTS_INDEX_FILE}")
+
+
+def iter_tensors(files: dict[str, Path], device: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+    """Read tensors one shard at a time, so memory holds the model plus one shard at most."""
+    by_file: dict[Path, list[str]] = {}
+    for name, path in files.items():
+        by_file.setdefault(path, []).append(name)
+    for path, names in by_file.items():
+        with safe_open(str(path), framework="pt", device=str(device)) as handle:
+            for name in names:
+                yield name, handle.get_tensor(name)
+
+
+def load_checkpoint_config(directory: str | Path) -> MagmaConfig:
+    """The MagmaConfig of a checkpoint directory, in either layout."""
+    directory = Path(directory)
+    _require_directory(directory)
+    raw = _read_json(directory / CONFIG_FILE)
+    if is_magma8b_layout(raw):
+        return magma8b_config(directory, raw, weight_files(directory))
+    if raw.get("format") != FORMAT_NAME:
+        raise CheckpointError(
+            f"'{directory / CONFIG_FILE}' is neither a {FORMAT_NAME} checkpoint nor a Magma-8B config"
+        )
+    fields = {key: value for key, value in raw.items() if key != "format"}
+    if fields.get("tokenizer") is None and (directory / "tokenizer.json").is_file():
+        fields["tokenizer"] = str(directory)
+    try:
+        return MagmaConfig.from_dict(fields, source=str(directory / CONFIG_FILE))
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def load_pretrained(
+    directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> MagmaForCausalLM:
+    """Build the model for a checkpoint directory (own or Magma-8B layout) and load its weights."""
+    directory = Path(directory)
+    config = load_checkpoint_config(directory)
+    config.vision.pretrained = None  # the checkpoint holds the trunk weights
+    raw = _read_json(directory / CONFIG_FILE)
+    files = weight_files(directory)
+    rename = magma8b_name if is_magma8b_layout(raw) else (lambda name: name)
+    dtype = dtype or default_dtype(device)
+    with _default_dtype(dtype), torch.device(device):
+        model = MagmaForCausalLM(config)
+    expected = model.state_dict()
+    loaded: dict[str, torch.Tensor] = {}
+    unexpected = []
+    for name, tensor in iter_tensors(files, device):
+        ours = rename(name)
+        if ours is None:
+            continue
+        if ours not in expected:
+            unexpected.append(name)
+            continue
+        if ours == "projector.row_separator":
+            tensor = tensor.reshape(-1)
+        if tensor.shape != expected[ours].shape:
+            raise CheckpointError(
+                f"'{directory}': {name} has shape {tuple(tensor.shape)}, the model expects "
+                f"{tuple(expected[ours].shape)}; the config does not match the weights"
+            )
+        loaded[ours] = tensor.to(dtype)
+    tied = {"language_model.lm_head.weight"} if config.text.tie_word_embeddings else set()
+    embed_name = "language_model.model.embed_tokens.weight"
+    if tied and embed_name not in loaded and "language_model.lm_head.weight" in loaded:
+        loaded[embed_name] = loaded.pop("language_model.lm_head.weight")  # deduplicated on save
+    missing = sorted(set(expected) - set(loaded) - tied)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"'{directory}': weights do not match the model: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    model.load_state_dict(loaded, strict=not tied)
+    return model.eval()
+
+
+# ---- the public Magma-8B layout ------------------------------------------------------------------
+def magma8b_name(name: str) -> str | None:
+    """Our tensor name for a Magma-8B tensor name; None for tensors we do not use."""
+    if name.startswith(MAGMA8B_UNUSED):
+        return None
+    for theirs, ours in MAGMA8B_TO_OURS.items():
+        if name.startswith(theirs):
+            return ours + name[len(theirs):]
+    return name  # reported as unexpected by the loader
+
+
+def _tensor_shapes(files: dict[str, Path], prefix: str) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for name, path in files.items():
+        if name.startswith(prefix):
+            with safe_open(str(path), framework="pt") as handle:
+                shapes[name[len(prefix):]] = tuple(handle.get_slice(name).get_shape())
+    return shapes
+
+
+def magma8b_config(directory: Path, raw: dict[str, Any], files: dict[str, Path]) -> MagmaConfig:
+    """Translate a Magma-8B config.json (+ preprocessor and tokenizer files) into a MagmaConfig.
+
+    The ConvNeXt dims/depths and the projector depth are read off the weights themselves, so
+    variants (ConvNeXt-L, other projector depths) load without a table of known models.
+    """
+    text = raw.get("text_config") or raw
+    vision = raw.get("vision_config") or {}
+    trunk = _tensor_shapes(files, "vision_tower.clip_vision_model.trunk.")
+    if not trunk:
+        raise CheckpointError(f"'{directory}': no vision_tower.clip_vision_model.trunk.* tensors in the weights")
+    depths = [
+        len({m.group(1) for key in trunk if (m := re.match(rf"stages\.{stage}\.blocks\.(\d+)\.", key))})
+        for stage in range(4)
+    ]
+    dims = [trunk[f"stages.{stage}.blocks.0.conv_dw.weight"][0] for stage in range(4)]
+    projector_linears = {key for key in _tensor_shapes(files, "multi_modal_projector.proj.") if key.endswith(".weight")}
+    preprocessor = directory / "preprocessor_config.json"
+    image_settings = _read_json(preprocessor) if preprocessor.is_file() else {}
+    tokens = _magma8b_token_ids(directory, raw)
+    fields = {
+        "name": str(raw.get("_name_or_path") or directory.name),
+        "vision": {"dims": dims, "depths": depths},
+        "projector": {
+            "type": vision.get("mm_projector_type", f"mlp{len(projector_linears)}x_gelu"),
+            "row_separator": True,
+        },
+        "text": {
+            key: text[key]
+            for key in (
+                "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "rope_theta", "rope_scaling", "max_position_embeddings",
+                "rms_norm_eps", "tie_word_embeddings",
+            )
+            if text.get(key) is not None
+        },
+        "image": {
+            "base_size": int(image_settings.get("base_img_size", vision.get("img_size", raw.get("img_size", 512)))),
+            "num_crops": int(image_settings.get("num_crops", vision.get("max_num_crops", 4))),
+            **({"mean": image_settings["image_mean"]} if "image_mean" in image_settings else {}),
+            **({"std": image_settings["image_std"]} if "image_std" in image_settings else {}),
+        },
+        "tokens": tokens,
+        "tokenizer": str(directory) if (directory / "tokenizer.json").is_file() else None,
+    }
+    if "mm_projector_type" in vision and vision["mm_projector_type"].startswith("mlp"):
+        # Magma's remote code spells its projector 'mlp2x_gelu' (some configs add a suffix).
+        fields["projector"]["type"] = re.sub(r"^(mlp\d+x_gelu).*$", r"\1", vision["mm_projector_type"])
+    try:
+        return MagmaConfig.from_dict(fields, source=f"{directory} (Magma-8B layout)")
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+
+
+def _magma8b_token_ids(directory: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    defaults = MagmaConfig().tokens
+    tokens: dict[str, Any] = {
+        "image_token_id": int(raw.get("image_token_index", defaults.image_token_id)),
+        "pad_token_id": int(raw.get("pad_token_id") or defaults.pad_token_id),
+    }
+    text = raw.get("text_config") or raw
+    if text.get("bos_token_id") is not None:
+        tokens["bos_token_id"] = int(text["bos_token_id"])
+    generation = directory / "generation_config.json"
+    eos = _read_json(generation).get("eos_token_id") if generation.is_file() else text.get("eos_token_id")
+    if eos is not None:
+        tokens["eos_token_ids"] = [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+    tokenizer_file = directory / "tokenizer.json"
+    if tokenizer_file.is_file():
+        added = {t["content"]: t["id"] for t in _read_json(tokenizer_file).get("added_tokens", [])}
+        for name, field_name in (("<image_start>", "image_start_token_id"), ("<image_end>", "image_end_token_id")):
+            if name in added:
+                tokens[field_name] = int(added[name])
+        if added:
+            tokens["base_vocab_size"] = int(min(added.values()))
+    return tokens

@@ -1,0 +1,60 @@
+"""``agent``: the toolkit's one console script. This layer only parses and calls."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from magma.cli.model import model_app
+from magma.errors import UserFacingError
+
+app = typer.Typer(
+    name="agent",
+    help="Multimodal embodied agents: the Magma VLA stack, its data tools, environments, RL and robot daemon.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(model_app, name="model")
+
+# Subcommands whose packages have not landed yet: each says so and names where it will live.
+PLANNED_COMMANDS = {
+    "run": ("run a policy over an environment's task suite and write a trajectory report", "magma/agents + envs/"),
+    "train": ("Magma-style pretraining and fine-tuning with accelerate", "magma/training/"),
+    "data": ("Set-of-Mark / Trace-of-Mark over video corpora into training shards", "data_tools/"),
+    "lapa": ("latent action quantization, latent labelling and latent-VLA pretraining", "lapa/"),
+    "rl": ("GRPO fine-tuning for text, web agents and robot policies", "magma/rl/"),
+    "serve": ("serve a policy to robots and environments over the network", "robot/policy_server"),
+    "robot": ("the robot control daemon for the lab machine", "robot/"),
+    "sites": ("start the bundled offline web sites", "envs/web/"),
+}
+
+
+def _register_planned(name: str, summary: str, package: str) -> None:
+    def planned(ctx: typer.Context) -> None:
+        typer.echo(f"agent {name}: not built yet; it will live in {package}.", err=True)
+        raise typer.Exit(code=2)
+
+    app.command(
+        name=name,
+        help=f"{summary[0].upper()}{summary[1:]}. Not built yet: will live in {package}.",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )(planned)
+
+
+for _name, (_summary, _package) in PLANNED_COMMANDS.items():
+    _register_planned(_name, _summary, _package)
+
+
+def main() -> None:
+    """Entry point: user-caused errors end in one message and exit status 2, never a traceback."""
+    try:
+        app()
+    except UserFacingError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
