@@ -2,7 +2,8 @@
 
 Own format: ``config.json`` (the MagmaConfig fields), ``model.safetensors`` (or shards plus
 ``model.safetensors.index.json`` above ``max_shard_size``), tokenizer files and
-``action_stats.json``. A directory is written under a temporary name and renamed when complete.
+``dataset_statistics.json`` (robot action statistics, OpenVLA's file shape).
+A directory is written under a temporary name and renamed when complete.
 
 Magma-8B layout: its ``config.json`` (``text_config`` / ``vision_config``), safetensors shards
 with the names of Microsoft's remote code; mapped onto our names by the explicit table below,
@@ -25,13 +26,13 @@ import torch
 from huggingface_hub import save_torch_state_dict
 from safetensors import safe_open
 
+from magma.actions import ACTION_STATISTICS_FILENAME, ActionStatistics, load_action_statistics, save_action_statistics
 from magma.config import ConfigError, MagmaConfig
 from magma.errors import UserFacingError
 from magma.model import MagmaForCausalLM, default_dtype
 
 FORMAT_NAME = "magma-agent-toolkit"
 CONFIG_FILE = "config.json"
-ACTION_STATS_FILE = "action_stats.json"
 SINGLE_WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 
@@ -60,7 +61,7 @@ def save_pretrained(
     model: MagmaForCausalLM,
     directory: str | Path,
     tokenizer: Any | None = None,
-    action_statistics: dict[str, Any] | None = None,
+    action_statistics: dict[str, ActionStatistics] | None = None,
     max_shard_size: int | str = "4GB",
 ) -> Path:
     """Write the checkpoint atomically: a temporary directory renamed over ``directory`` when done."""
@@ -76,9 +77,7 @@ def save_pretrained(
         state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
         save_torch_state_dict(state, staging, max_shard_size=max_shard_size)
         if action_statistics:
-            from magma.actions import save_action_statistics
-
-            save_action_statistics(staging / ACTION_STATS_FILE, action_statistics)
+            save_action_statistics(staging / ACTION_STATISTICS_FILENAME, action_statistics)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -214,6 +213,11 @@ def load_pretrained(
     return model.eval()
 
 
+def load_checkpoint_action_statistics(directory: str | Path) -> dict[str, ActionStatistics]:
+    """The robot action statistics saved with a checkpoint; a missing file is an error, never a pass-through."""
+    return load_action_statistics(Path(directory) / ACTION_STATISTICS_FILENAME)
+
+
 # ---- the public Magma-8B layout ------------------------------------------------------------------
 def magma8b_name(name: str) -> str | None:
     """Our tensor name for a Magma-8B tensor name; None for tensors we do not use."""
@@ -221,7 +225,7 @@ def magma8b_name(name: str) -> str | None:
         return None
     for theirs, ours in MAGMA8B_TO_OURS.items():
         if name.startswith(theirs):
-            return ours + name[len(theirs):]
+            return ours + name[len(theirs) :]
     return name  # reported as unexpected by the loader
 
 
@@ -230,7 +234,7 @@ def _tensor_shapes(files: dict[str, Path], prefix: str) -> dict[str, tuple[int, 
     for name, path in files.items():
         if name.startswith(prefix):
             with safe_open(str(path), framework="pt") as handle:
-                shapes[name[len(prefix):]] = tuple(handle.get_slice(name).get_shape())
+                shapes[name[len(prefix) :]] = tuple(handle.get_slice(name).get_shape())
     return shapes
 
 
@@ -264,9 +268,18 @@ def magma8b_config(directory: Path, raw: dict[str, Any], files: dict[str, Path])
         "text": {
             key: text[key]
             for key in (
-                "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "head_dim", "rope_theta", "rope_scaling", "max_position_embeddings",
-                "rms_norm_eps", "tie_word_embeddings",
+                "vocab_size",
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "head_dim",
+                "rope_theta",
+                "rope_scaling",
+                "max_position_embeddings",
+                "rms_norm_eps",
+                "tie_word_embeddings",
             )
             if text.get(key) is not None
         },

@@ -123,7 +123,8 @@ def _build(data: dict[str, Any] | Any, overrides: list[str], source: str) -> Mag
         key = getattr(err, "full_key", None) or getattr(err, "key", None)
         first_line = str(err).splitlines()[0]
         raise ConfigError(
-            f"{source}: {first_line}" + (f" (key '{key}')" if key else "")
+            f"{source}: {first_line}"
+            + (f" (key '{key}')" if key else "")
             + ". Fix the key or value; the valid keys are the fields of magma.config.MagmaConfig."
         ) from None
     _validate(config, source)
@@ -143,8 +144,12 @@ def _validate(config: MagmaConfig, source: str) -> None:
         problems.append("text.hidden_size must be divisible by text.num_attention_heads")
     if text.num_attention_heads % text.num_key_value_heads:
         problems.append("text.num_attention_heads must be a multiple of text.num_key_value_heads")
-    special = [config.tokens.pad_token_id, config.tokens.image_token_id,
-               config.tokens.image_start_token_id, config.tokens.image_end_token_id]
+    special = [
+        config.tokens.pad_token_id,
+        config.tokens.image_token_id,
+        config.tokens.image_start_token_id,
+        config.tokens.image_end_token_id,
+    ]
     if max(special) >= text.vocab_size:
         problems.append(f"special token id {max(special)} does not fit text.vocab_size={text.vocab_size}")
     if problems:

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from magma.actions import ACTION_STATISTICS_FILENAME, load_action_statistics
+from magma.actions.robot import DEFAULT_NUM_BINS
 from magma.config import ConfigError, MagmaConfig, load_config
 from magma.image_processing import image_token_count, select_grid
 
@@ -18,7 +20,6 @@ UI_GRAMMARS = {
     "aitw": '{"TAP": {"MARK": N}} | {"SWIPE": "UP"} | {"NAVIGATE": "BACK"} | {"TYPE": "..."} | '
     '{"SET_TASK_STATUS": "COMPLETE"}',
 }
-ROBOT_BINS = 256
 
 
 def resolve_model_config(source: str, overrides: list[str]) -> tuple[MagmaConfig, Path | None]:
@@ -47,18 +48,19 @@ def describe_model(source: str, image_sizes: list[tuple[int, int]], overrides: l
     images = []
     for width, height in image_sizes:
         grid = select_grid(width, height, config.image.num_crops, config.image.base_size)
-        images.append({
-            "size": f"{width}x{height}",
-            "grid": list(grid),
-            "crops": grid[0] * grid[1],
-            "tokens": image_token_count(grid, config.image, config.projector.row_separator),
-        })
+        images.append(
+            {
+                "size": f"{width}x{height}",
+                "grid": list(grid),
+                "crops": grid[0] * grid[1],
+                "tokens": image_token_count(grid, config.image, config.projector.row_separator),
+            }
+        )
     base = config.tokens.base_vocab_size
+    robot_bins = DEFAULT_NUM_BINS
     statistics: list[str] | None = None
-    if checkpoint is not None and (checkpoint / "action_stats.json").is_file():
-        from magma.actions import load_action_statistics
-
-        statistics = sorted(load_action_statistics(checkpoint / "action_stats.json"))
+    if checkpoint is not None and (checkpoint / ACTION_STATISTICS_FILENAME).is_file():
+        statistics = sorted(load_action_statistics(checkpoint / ACTION_STATISTICS_FILENAME))
     return {
         "name": config.name,
         "source": str(checkpoint or source),
@@ -67,8 +69,8 @@ def describe_model(source: str, image_sizes: list[tuple[int, int]], overrides: l
         "image": {"base_size": config.image.base_size, "num_crops": config.image.num_crops},
         "codecs": {
             "robot": {
-                "bins": ROBOT_BINS,
-                "token_ids": [base - ROBOT_BINS, base - 1],
+                "bins": robot_bins,
+                "token_ids": [base - robot_bins, base - 1],
                 "statistics": statistics,
             },
             "ui": UI_GRAMMARS,
@@ -106,7 +108,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines += [
         "",
         "action codecs:",
-        f"  robot  : {robot['bins']} uniform bins on [-1, 1] after q01/q99 normalisation; "
+        f"  robot  : {robot['bins']} tokens, uniform bins on [-1, 1] after q01/q99 normalisation; "
         f"token ids {robot['token_ids'][0]}..{robot['token_ids'][1]}; statistics: "
         + (", ".join(stats) if stats else "none saved (needed before robot actions can be decoded)"),
     ]
@@ -142,12 +144,14 @@ def run_demo(config_name: str, image_path: Path | None, prompt: str, max_new_tok
     answer = processor.decode(new_tokens[0])
     grid = inputs.image_grids[0].tolist() if inputs.image_grids is not None else None
     grid_text = f" -> grid {grid[0]}x{grid[1]}" if grid else ""
-    return "\n".join([
-        f"model   : {config.name} (randomly initialised, seed {seed}: the answer is noise until trained)",
-        f"image   : {image_path or 'synthetic tabletop scene 320x240'}{grid_text}",
-        f"prompt  : {prompt!r}",
-        f"tokens  : {inputs.input_ids.shape[1]} in, {new_tokens.shape[1]} out",
-        f"answer  : {answer!r}",
-        "",
-        format_parameter_table(model.parameter_counts()),
-    ])
+    return "\n".join(
+        [
+            f"model   : {config.name} (randomly initialised, seed {seed}: the answer is noise until trained)",
+            f"image   : {image_path or 'synthetic tabletop scene 320x240'}{grid_text}",
+            f"prompt  : {prompt!r}",
+            f"tokens  : {inputs.input_ids.shape[1]} in, {new_tokens.shape[1]} out",
+            f"answer  : {answer!r}",
+            "",
+            format_parameter_table(model.parameter_counts()),
+        ]
+    )

@@ -86,7 +86,7 @@ class MagmaForCausalLM(nn.Module):
         self.projector = MultimodalProjector(config.projector, config.vision.feature_dim, config.text.hidden_size)
         self.language_model = LlamaForCausalLM(llama_config(config))
         if config.text.gradient_checkpointing:
-            self.language_model.gradient_checkpointing_enable()
+            self.language_model.activation_checkpointing_enable()
 
     # ---- construction and checkpoints -------------------------------------------------------
     @classmethod
@@ -250,8 +250,12 @@ class MagmaForCausalLM(nn.Module):
         position_ids = positions_from_mask(attention_mask)
         cache = DynamicCache(config=self.language_model.config) if use_cache else None
         out = self.forward(
-            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-            cache=cache, use_cache=use_cache, logits_to_keep=1,
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            logits_to_keep=1,
         )
         last_position = position_ids[:, -1:]
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
@@ -268,14 +272,20 @@ class MagmaForCausalLM(nn.Module):
             token_embeds = embed_tokens(token[:, None])
             if use_cache:
                 out = self.forward(
-                    inputs_embeds=token_embeds, attention_mask=attention_mask, position_ids=last_position,
-                    cache=out.cache, use_cache=True, logits_to_keep=1,
+                    inputs_embeds=token_embeds,
+                    attention_mask=attention_mask,
+                    position_ids=last_position,
+                    cache=out.cache,
+                    use_cache=True,
+                    logits_to_keep=1,
                 )
             else:  # recompute the whole sequence every step (the baseline the cache is measured against)
                 embeds = torch.cat([embeds, token_embeds], dim=1)
                 position_ids = torch.cat([position_ids, last_position], dim=1)
                 out = self.forward(
-                    inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                    inputs_embeds=embeds,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
                     logits_to_keep=1,
                 )
         if not new_tokens:

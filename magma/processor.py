@@ -143,7 +143,7 @@ class MagmaProcessor:
             count = image_token_count(grid, self.config.image, self.config.projector.row_separator)
             opened = position > 0 and ids[position - 1] == self.tokens.image_start_token_id
             closed = position + 1 < len(ids) and ids[position + 1] == self.tokens.image_end_token_id
-            expansion = ([] if opened else [self.tokens.image_start_token_id])
+            expansion = [] if opened else [self.tokens.image_start_token_id]
             expansion += [self.tokens.image_token_id] * count
             expansion += [] if closed else [self.tokens.image_end_token_id]
             sample.input_ids.extend(expansion)
@@ -151,9 +151,7 @@ class MagmaProcessor:
         return sample
 
     def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def _assistant_spans(self, messages: list[dict[str, str]], text: str) -> list[tuple[int, int]]:
         """Character spans of assistant turns in ``text``, found by rendering growing prefixes."""

@@ -62,7 +62,9 @@ class ConvNextVisionTower(nn.Module):
         state = read_state_dict(Path(path))
         wanted = self.trunk.state_dict()
         for prefix in PRETRAINED_TRUNK_PREFIXES:
-            found = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):] in wanted}
+            found = {
+                k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix) :] in wanted
+            }
             if found:
                 break
         missing = sorted(set(wanted) - set(found))

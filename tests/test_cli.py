@@ -1,0 +1,68 @@
+"""The `agent` console script, run as a user runs it: a real subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+AGENT = [str(Path(sys.executable).with_name("agent"))]
+
+
+def agent(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(AGENT + list(args), capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+
+
+def test_help_lists_every_subcommand():
+    result = agent("--help")
+    assert result.returncode == 0
+    for name in ("run", "train", "data", "lapa", "rl", "serve", "robot", "sites", "model"):
+        assert f" {name} " in result.stdout, name
+
+
+@pytest.mark.parametrize(("name", "package"), [("train", "magma/training/"), ("sites", "envs/web/")])
+def test_unbuilt_subcommands_say_where_they_will_live(name, package):
+    result = agent(name, "--anything")
+    assert result.returncode == 2
+    assert "not built yet" in result.stderr and package in result.stderr
+
+
+def test_model_info_for_magma_8b_config():
+    result = agent("model", "info", "magma-8b", "--image-size", "640x480", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert 8.0e9 < report["parameters"]["total"] < 9.5e9
+    assert report["image_tokens"] == [{"size": "640x480", "grid": [1, 2], "crops": 2, "tokens": 528}]
+    assert report["codecs"]["robot"]["token_ids"] == [127744, 127999]
+
+
+def test_model_info_for_a_checkpoint(tmp_path, tiny_model):
+    directory = tiny_model.save_pretrained(tmp_path / "ckpt")
+    result = agent("model", "info", str(directory))
+    assert result.returncode == 0, result.stderr
+    assert "language_model.layers" in result.stdout and "72 tokens" in result.stdout
+
+
+def test_model_demo_answers_and_prints_parameters():
+    result = agent("model", "demo", "--max-new-tokens", "4")
+    assert result.returncode == 0, result.stderr
+    assert "answer  :" in result.stdout and "vision_tower" in result.stdout and "total" in result.stdout
+
+
+def test_bad_input_is_one_clear_line(tmp_path):
+    not_image = tmp_path / "photo.png"
+    not_image.write_text("hello")
+    cases = [
+        (("model", "info", "magma-tiny", "--set", "vision.bogus=1"), "vision.bogus"),
+        (("model", "info", "no-such-model"), "presets"),
+        (("model", "demo", "--image", str(not_image)), "not a readable image"),
+        (("model", "info", str(tmp_path)), "no config.json"),
+    ]
+    for args, expected in cases:
+        result = agent(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert expected in result.stderr
+        assert "Traceback" not in result.stderr
