@@ -241,6 +241,7 @@ class MagmaForCausalLM(nn.Module):
         input_ids, attention_mask = left_align(input_ids, attention_mask)
         stops = torch.tensor(
             stop_token_ids if stop_token_ids is not None else self.config.tokens.eos_token_ids,
+            dtype=torch.long,
             device=input_ids.device,
         )
         pad_id = self.config.tokens.pad_token_id
