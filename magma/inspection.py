@@ -130,7 +130,33 @@ def synthetic_scene(width: int = 320, height: int = 240):
     return image
 
 
-def run_demo(config_name: str, image_path: Path | None, prompt: str, max_new_tokens: int, seed: int) -> str:
+def fit_one_example(model, processor, image, prompt: str, answer: str, steps: int) -> tuple[float, float]:
+    """Overfit the model to one (image, prompt, answer) example: the whole training path, end to end."""
+    batch = processor.collate(
+        [processor.encode([{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}], [image])]
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(**batch.as_kwargs()).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses[0], losses[-1]
+
+
+def run_demo(
+    config_name: str,
+    image_path: Path | None,
+    prompt: str,
+    max_new_tokens: int,
+    seed: int,
+    fit_steps: int = 0,
+    fit_answer: str = "The red block.",
+) -> str:
     from magma.model import MagmaForCausalLM
     from magma.processor import MagmaProcessor
 
@@ -139,19 +165,26 @@ def run_demo(config_name: str, image_path: Path | None, prompt: str, max_new_tok
     model = MagmaForCausalLM(config).eval()
     processor = MagmaProcessor.from_config(config)
     image = image_path if image_path is not None else synthetic_scene()
-    inputs = processor(prompt, [image] if "<image>" in prompt else [])
+    images = [image] if "<image>" in prompt else []
+    lines = [f"model   : {config.name} (random init, seed {seed})"]
+    if fit_steps:
+        first, last = fit_one_example(model, processor, image, prompt, fit_answer, fit_steps)
+        lines.append(
+            f"training: {fit_steps} steps on one example (answer {fit_answer!r}), loss {first:.3f} -> {last:.3f}"
+        )
+    else:
+        lines.append("training: none (--fit-steps 0): the answer is noise")
+    inputs = processor(prompt, images)
     new_tokens = model.generate(**inputs.generation_kwargs(), max_new_tokens=max_new_tokens)
     answer = processor.decode(new_tokens[0])
     grid = inputs.image_grids[0].tolist() if inputs.image_grids is not None else None
     grid_text = f" -> grid {grid[0]}x{grid[1]}" if grid else ""
-    return "\n".join(
-        [
-            f"model   : {config.name} (randomly initialised, seed {seed}: the answer is noise until trained)",
-            f"image   : {image_path or 'synthetic tabletop scene 320x240'}{grid_text}",
-            f"prompt  : {prompt!r}",
-            f"tokens  : {inputs.input_ids.shape[1]} in, {new_tokens.shape[1]} out",
-            f"answer  : {answer!r}",
-            "",
-            format_parameter_table(model.parameter_counts()),
-        ]
-    )
+    lines += [
+        f"image   : {image_path or 'synthetic tabletop scene 320x240'}{grid_text}",
+        f"prompt  : {prompt!r}",
+        f"tokens  : {inputs.input_ids.shape[1]} in, {new_tokens.shape[1]} out",
+        f"answer  : {answer!r}",
+        "",
+        format_parameter_table(model.parameter_counts()),
+    ]
+    return "\n".join(lines)

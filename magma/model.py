@@ -189,8 +189,8 @@ class MagmaForCausalLM(nn.Module):
             if input_ids is None:
                 raise ValueError("give input_ids or inputs_embeds")
             inputs_embeds = self.embed(input_ids, pixel_values, image_grids)
-        if position_ids is None and attention_mask is not None and cache is None:
-            position_ids = positions_from_mask(attention_mask)
+        if position_ids is None and attention_mask is not None:  # the mask covers cached tokens too
+            position_ids = positions_from_mask(attention_mask)[:, -inputs_embeds.shape[1] :]
         out = self.language_model.model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

@@ -46,10 +46,12 @@ def test_model_info_for_a_checkpoint(tmp_path, tiny_model):
     assert "language_model.layers" in result.stdout and "72 tokens" in result.stdout
 
 
-def test_model_demo_answers_and_prints_parameters():
-    result = agent("model", "demo", "--max-new-tokens", "4")
+def test_model_demo_learns_its_answer_and_prints_parameters():
+    """The demo trains magma-tiny on one image+prompt+answer, then generates: the whole path end to end."""
+    result = agent("model", "demo", "--fit-steps", "30", "--fit-answer", "The blue cup.")
     assert result.returncode == 0, result.stderr
-    assert "answer  :" in result.stdout and "vision_tower" in result.stdout and "total" in result.stdout
+    assert "answer  : 'The blue cup.'" in result.stdout
+    assert "vision_tower" in result.stdout and "total" in result.stdout
 
 
 def test_bad_input_is_one_clear_line(tmp_path):
@@ -58,7 +60,7 @@ def test_bad_input_is_one_clear_line(tmp_path):
     cases = [
         (("model", "info", "magma-tiny", "--set", "vision.bogus=1"), "vision.bogus"),
         (("model", "info", "no-such-model"), "presets"),
-        (("model", "demo", "--image", str(not_image)), "not a readable image"),
+        (("model", "demo", "--fit-steps", "0", "--image", str(not_image)), "not a readable image"),
         (("model", "info", str(tmp_path)), "no config.json"),
     ]
     for args, expected in cases:

@@ -56,8 +56,12 @@ def demo(
     ),
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 24,
     seed: Annotated[int, typer.Option()] = 0,
+    fit_steps: Annotated[
+        int, typer.Option(min=0, help="First train on the one example for this many steps (0: untrained answer).")
+    ] = 40,
+    fit_answer: Annotated[str, typer.Option(help="The answer the model is trained to give.")] = "The red block.",
 ) -> None:
-    """Build a model from a config, answer a prompt about an image, and print the parameter table."""
+    """Build a model, fit it to one image+prompt+answer, answer the prompt, print the parameter table."""
     from magma.inspection import run_demo
 
-    typer.echo(run_demo(config, image, prompt, max_new_tokens, seed))
+    typer.echo(run_demo(config, image, prompt, max_new_tokens, seed, fit_steps, fit_answer))
