@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from magma.actions.errors import ActionParseError
+from magma.actions.token_block import group_steps, validated_token_ids
 
 
 class LatentActionCodec:
@@ -57,25 +57,5 @@ class LatentActionCodec:
 
     def decode(self, token_ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Token ids (..., n) -> codes; n == num_codes gives (..., k), a multiple gives (..., n/k, k)."""
-        ids = np.asarray(token_ids)
-        text = str(ids.tolist())
-        if ids.ndim == 0 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-            raise ActionParseError(text, "expected a non-empty sequence of integer token ids")
-        flat_ids = ids.reshape(-1).tolist()
-        n = ids.shape[-1]
-        if n % self.num_codes:
-            raise ActionParseError(
-                text, f"{n} latent tokens is not a multiple of {self.num_codes} codes per step", token_ids=flat_ids
-            )
-        first, last = self.token_range
-        outside = ids[(ids < first) | (ids > last)]
-        if outside.size:
-            raise ActionParseError(
-                text,
-                f"token ids {outside[:8].tolist()} are outside the latent token range [{first}, {last}]",
-                token_ids=flat_ids,
-            )
-        codes = (ids - self.first_token_id).astype(np.int64)
-        if n != self.num_codes:
-            codes = codes.reshape(*ids.shape[:-1], n // self.num_codes, self.num_codes)
-        return codes
+        ids = validated_token_ids(token_ids, self.num_codes, self.token_range, "latent")
+        return group_steps((ids - self.first_token_id).astype(np.int64), self.num_codes)

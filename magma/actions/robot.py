@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from magma.actions.errors import ActionParseError, ActionStatisticsError
+from magma.actions.errors import ActionStatisticsError
+from magma.actions.token_block import group_steps, validated_token_ids
 
 ACTION_STATISTICS_FILENAME = "dataset_statistics.json"
 DEFAULT_NUM_BINS = 256  # the Magma/OpenVLA convention
@@ -275,28 +276,6 @@ class RobotActionCodec:
 
     def decode(self, token_ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Token ids (..., n) -> raw actions; n == D gives (..., D), a multiple of D gives (..., n/D, D)."""
-        ids = np.asarray(token_ids)
-        text = str(ids.tolist())
-        if ids.ndim == 0 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-            raise ActionParseError(text, "expected a non-empty sequence of integer token ids")
-        flat_ids = ids.reshape(-1).tolist()
-        n = ids.shape[-1]
-        if n % self.action_dim:
-            raise ActionParseError(
-                text,
-                f"{n} action tokens is not a multiple of the action dimension {self.action_dim}",
-                token_ids=flat_ids,
-            )
-        first, last = self.token_range
-        outside = ids[(ids < first) | (ids > last)]
-        if outside.size:
-            raise ActionParseError(
-                text,
-                f"token ids {outside[:8].tolist()} are outside the action token range [{first}, {last}]",
-                token_ids=flat_ids,
-            )
+        ids = validated_token_ids(token_ids, self.action_dim, self.token_range, "action")
         bins = np.clip(self.base_vocab_size - ids - 1, 0, self.num_bins - 2)
-        normalized = self._bin_centres[bins]
-        if n != self.action_dim:
-            normalized = normalized.reshape(*ids.shape[:-1], n // self.action_dim, self.action_dim)
-        return self.unnormalize(normalized)
+        return self.unnormalize(group_steps(self._bin_centres[bins], self.action_dim))
