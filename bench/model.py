@@ -90,7 +90,7 @@ def plan_for(config_name: str, quick: bool) -> Plan:
             gen_min_time_s=0.0,
             memory_vocabs=(REALISTIC_VOCAB,),
         )
-    if config_name == "magma-100m":  # ~20 s per training step on 2 cores: few steps, batch-1 generation
+    if config_name == "magma-100m":  # ~4-5 s per training step on 2 cores: few steps, batch-1 generation
         return Plan(
             batch=4,
             warmup_steps=1,

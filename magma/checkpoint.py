@@ -262,7 +262,8 @@ def magma8b_config(directory: Path, raw: dict[str, Any], files: dict[str, Path])
         "name": str(raw.get("_name_or_path") or directory.name),
         "vision": {"dims": dims, "depths": depths},
         "projector": {
-            "type": vision.get("mm_projector_type", f"mlp{len(projector_linears)}x_gelu"),
+            # read off the weights: Magma configs spell the type with variant suffixes
+            "type": "linear" if len(projector_linears) == 1 else f"mlp{len(projector_linears)}x_gelu",
             "row_separator": True,
         },
         "text": {
@@ -292,9 +293,6 @@ def magma8b_config(directory: Path, raw: dict[str, Any], files: dict[str, Path])
         "tokens": tokens,
         "tokenizer": str(directory) if (directory / "tokenizer.json").is_file() else None,
     }
-    if "mm_projector_type" in vision and vision["mm_projector_type"].startswith("mlp"):
-        # Magma's remote code spells its projector 'mlp2x_gelu' (some configs add a suffix).
-        fields["projector"]["type"] = re.sub(r"^(mlp\d+x_gelu).*$", r"\1", vision["mm_projector_type"])
     try:
         return MagmaConfig.from_dict(fields, source=f"{directory} (Magma-8B layout)")
     except ConfigError as err:
