@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench lint clean example-data train-demo
 
 install: $(STAMP)
 
@@ -25,10 +25,20 @@ demo: install
 
 bench: install
 	$(PY) bench/model.py
+	$(PY) bench/train.py
+
+# The synthetic three-source corpus the tiny training recipes read (data/example, a few MB).
+example-data: install
+	$(PY) -m data_tools.synthetic data/example
+
+# Joint pretraining of magma-tiny on the example mixture: a few minutes on 2 CPU cores.
+train-demo: example-data
+	if [ -f runs/pretrain-tiny/config.yaml ]; then RESUME=--resume; fi; \
+	$(VENV)/bin/agent train --config pretrain-tiny $$RESUME
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info data/example

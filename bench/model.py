@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout without an installed package
     sys.path.insert(0, str(ROOT))
 
+import report  # noqa: E402  (bench/report.py)
+
 from magma.config import load_config  # noqa: E402
 from magma.model import IGNORE_INDEX, MagmaForCausalLM, default_dtype  # noqa: E402
 from magma.processor import MagmaProcessor, ModelInputs  # noqa: E402
@@ -112,20 +114,11 @@ def plan_for(config_name: str, quick: bool) -> Plan:
 
 
 def log(message: str) -> None:
-    print(f"[bench/model] {message}", file=sys.stderr, flush=True)
+    report.log("model", message)
 
 
 def emit(name: str, value: float, unit: str, baseline: str | None = None, ratio: float | None = None, **extra) -> None:
-    record = {
-        "name": name,
-        "value": round(value, 3),
-        "unit": unit,
-        "baseline": baseline,
-        "ratio": None if ratio is None else round(ratio, 3),
-        "device": str(DEVICE),
-        **extra,
-    }
-    print(json.dumps(record), flush=True)
+    report.emit(name, value, unit, baseline, ratio, device=str(DEVICE), **extra)
 
 
 def overrides_for(vocab: int | None) -> list[str]:

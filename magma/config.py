@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -15,6 +15,8 @@ from magma.errors import UserFacingError
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+T = TypeVar("T")
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "model"
 
@@ -113,20 +115,40 @@ class MagmaConfig:
         return _build(data, [], source)
 
 
-def _build(data: dict[str, Any] | Any, overrides: list[str], source: str) -> MagmaConfig:
+def merge_structured(schema: type[T], data: Any, overrides: list[str], source: str) -> T:
+    """Fill dataclass ``schema`` from ``data`` then dotted ``key=value`` overrides; an unknown key or a
+    bad value is a ConfigError naming the source, the key and where the valid keys are defined."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(MagmaConfig), data)
-        if overrides:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-        config: MagmaConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        merged = OmegaConf.merge(OmegaConf.structured(schema), data)
+        for override in overrides:
+            key, equals, text = override.partition("=")
+            if not equals or not key:
+                raise ConfigError(f"{source}: override '{override}' is not key=value (e.g. optim.lr=3e-5)")
+            value = OmegaConf.from_dotlist([f"value={text}"]).value  # YAML typing: 3, 1e-5, [a, b], true
+            OmegaConf.update(merged, key, value, merge=True)  # dotted keys; list items as sources.0.weight
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or getattr(err, "key", None)
         first_line = str(err).splitlines()[0]
         raise ConfigError(
             f"{source}: {first_line}"
             + (f" (key '{key}')" if key else "")
-            + ". Fix the key or value; the valid keys are the fields of magma.config.MagmaConfig."
+            + f". Fix the key or value; the valid keys are the fields of {schema.__module__}.{schema.__name__}."
         ) from None
+
+
+def read_yaml(path: Path, kind: str) -> Any:
+    """The OmegaConf tree of a YAML file; a missing or unreadable file is a ConfigError."""
+    if not path.is_file():
+        raise ConfigError(f"no {kind} config at '{path}'")
+    try:
+        return OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError and friends
+        raise ConfigError(f"{path}: not a readable YAML file ({err})") from None
+
+
+def _build(data: dict[str, Any] | Any, overrides: list[str], source: str) -> MagmaConfig:
+    config = merge_structured(MagmaConfig, data, overrides, source)
     _validate(config, source)
     return config
 
@@ -156,22 +178,19 @@ def _validate(config: MagmaConfig, source: str) -> None:
         raise ConfigError(f"{source}: " + "; ".join(problems))
 
 
-def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A YAML path, or a preset name such as ``magma-tiny`` looked up in ``configs/model``."""
+def find_config_file(name_or_path: str | Path, directory: Path, kind: str) -> Path:
+    """A YAML path, or a name such as ``magma-tiny`` looked up in ``directory``; ConfigError lists the
+    names there when neither exists."""
     path = Path(name_or_path)
-    if path.suffix in {".yaml", ".yml"} or path.exists():
-        return path
-    return CONFIG_DIR / f"{name_or_path}.yaml"
+    if not (path.suffix in {".yaml", ".yml"} or path.exists()):
+        path = directory / f"{name_or_path}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in directory.glob("*.yaml"))
+        raise ConfigError(f"no {kind} config at '{path}'. Give a YAML path or one of the presets: {names}")
+    return path
 
 
 def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> MagmaConfig:
     """Load a model config from a YAML file or preset name, applying ``key=value`` overrides."""
-    path = resolve_config_path(name_or_path)
-    if not path.is_file():
-        presets = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ConfigError(f"no model config at '{path}'. Give a YAML path or one of the presets: {presets}")
-    try:
-        data = OmegaConf.load(path)
-    except Exception as err:  # yaml.YAMLError and friends
-        raise ConfigError(f"{path}: not a readable YAML file ({err})") from None
-    return _build(data, overrides or [], str(path))
+    path = find_config_file(name_or_path, CONFIG_DIR, "model")
+    return _build(read_yaml(path, "model"), overrides or [], str(path))

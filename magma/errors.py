@@ -1,7 +1,7 @@
-"""The base of every error a user can cause and fix (bad path, bad config key, unreadable image,
-missing action statistics, malformed model output). The CLI prints these as one message, no
-traceback. Pure Python, so ``magma.actions`` can use it without importing torch."""
+"""The base of every error a user can cause and fix; defined in ``data_tools.errors`` (the lowest
+package, so every package can raise it) and re-exported here. Pure Python, so ``magma.actions``
+can use it without importing torch."""
 
+from data_tools.errors import UserFacingError
 
-class UserFacingError(Exception):
-    """An error whose message names the problem and the fix."""
+__all__ = ["UserFacingError"]

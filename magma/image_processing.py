@@ -7,6 +7,7 @@ The vision trunk sees each crop; the projector stitches their features back into
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from magma.config import ImageConfig
 from magma.errors import UserFacingError
 
-ImageInput = str | Path | Image.Image | np.ndarray
+ImageInput = str | Path | Image.Image | np.ndarray | bytes
 
 
 class ImageLoadError(UserFacingError, ValueError):
@@ -25,9 +26,19 @@ class ImageLoadError(UserFacingError, ValueError):
 
 
 def load_image(source: ImageInput) -> Image.Image:
-    """Open a path, PIL image or HxWx3 uint8 array as an RGB PIL image."""
+    """Open a path, encoded image bytes, PIL image or HxWx3 uint8 array as an RGB PIL image."""
     if isinstance(source, Image.Image):
         return source.convert("RGB")
+    if isinstance(source, bytes):
+        try:
+            with Image.open(io.BytesIO(source)) as image:
+                image.load()
+                return image.convert("RGB")
+        except (UnidentifiedImageError, OSError) as err:
+            raise ImageLoadError(
+                f"{len(source)} bytes that are not a readable image ({err.__class__.__name__}); "
+                "give PNG, JPEG or WebP bytes"
+            ) from None
     if isinstance(source, np.ndarray):
         if source.ndim != 3 or source.shape[2] not in (3, 4) or source.dtype != np.uint8:
             raise ImageLoadError(

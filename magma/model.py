@@ -38,6 +38,7 @@ class MagmaOutput:
     logits: torch.Tensor | None = None  # None when labels are given: logits are never materialised
     cache: Cache | None = None
     num_label_tokens: int = 0
+    label_predictions: torch.Tensor | None = None  # argmax ids at the labelled positions, row-major (evaluation)
 
 
 def llama_config(config: MagmaConfig) -> LlamaConfig:
@@ -184,6 +185,7 @@ class MagmaForCausalLM(nn.Module):
         cache: Cache | None = None,
         use_cache: bool = False,
         logits_to_keep: int = 0,
+        return_label_predictions: bool = False,
     ) -> MagmaOutput:
         if inputs_embeds is None:
             if input_ids is None:
@@ -200,22 +202,37 @@ class MagmaForCausalLM(nn.Module):
         )
         hidden = out.last_hidden_state
         if labels is not None:
-            loss, count = self.labelled_loss(hidden, labels)
-            return MagmaOutput(loss=loss, cache=out.cache, num_label_tokens=count)
+            loss, count, predictions = self.labelled_loss(hidden, labels, return_label_predictions)
+            if pixel_values is None and self.training and torch.is_grad_enabled():
+                loss = loss + self.image_path_zero()
+            return MagmaOutput(loss=loss, cache=out.cache, num_label_tokens=count, label_predictions=predictions)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         return MagmaOutput(logits=self.language_model.lm_head(hidden), cache=out.cache)
 
-    def labelled_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def image_path_zero(self) -> torch.Tensor:
+        """0 x (sum of the trainable vision tower and projector weights): a batch without images still
+        reaches every trainable parameter, so DDP needs no ``find_unused_parameters`` on mixed data."""
+        zero = self.language_model.lm_head.weight.new_zeros(())
+        for parameter in (*self.vision_tower.parameters(), *self.projector.parameters()):
+            if parameter.requires_grad:
+                zero = zero + parameter.sum() * 0.0
+        return zero
+
+    def labelled_loss(
+        self, hidden: torch.Tensor, labels: torch.Tensor, return_predictions: bool = False
+    ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
         """Mean next-token cross-entropy over labelled positions only: the LM head runs on those rows
-        alone, so the (batch x length x vocab) logits tensor is never built."""
+        alone, so the (batch x length x vocab) logits tensor is never built. Optionally also the
+        argmax prediction at each of those positions."""
         targets = labels[:, 1:]
         selected = targets != IGNORE_INDEX
         count = int(selected.sum())
         if count == 0:
-            return hidden.sum() * 0.0, 0
+            return hidden.sum() * 0.0, 0, (targets[selected] if return_predictions else None)
         logits = self.language_model.lm_head(hidden[:, :-1][selected])
-        return F.cross_entropy(logits.float(), targets[selected]), count
+        predictions = logits.argmax(dim=-1) if return_predictions else None
+        return F.cross_entropy(logits.float(), targets[selected]), count, predictions
 
     # ---- generation -------------------------------------------------------------------------
     @torch.inference_mode()

@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 
+from data_tools.sample_format import ACTION_PLACEHOLDER, IMAGE_PLACEHOLDER
 from magma.config import MagmaConfig
 from magma.errors import UserFacingError
 from magma.image_processing import ImageInput, image_token_count, process_image
 from magma.model import IGNORE_INDEX, positions_from_mask
 from magma.tokenizer import load_tokenizer
 
-IMAGE_PLACEHOLDER = "<image>"
 ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -112,16 +112,21 @@ class MagmaProcessor:
         conversation: Sequence[dict[str, str]],
         images: Sequence[ImageInput] = (),
         add_generation_prompt: bool = False,
+        action_token_ids: Sequence[int] | None = None,
     ) -> EncodedSample:
-        """Tokenize one conversation; labels cover assistant turns (content and end-of-turn token)."""
+        """Tokenize one conversation; labels cover assistant turns (content and end-of-turn token).
+
+        ``action_token_ids`` (robot bins or latent codes, already encoded by an action codec) are written
+        in place of the one ``<action>`` placeholder of an assistant turn, as tokens, not as text, so they
+        never pass through the tokenizer's merges.
+        """
         messages = normalise_conversation(conversation)
         text = self._render(messages, add_generation_prompt)
         spans = self._assistant_spans(messages, text)
-        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
+        ids, starts = self._tokenize_around_action(text, action_token_ids)
         labels = [
             token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
-            for token, (begin, _) in zip(ids, offsets, strict=True)
+            for token, begin in zip(ids, starts, strict=True)
         ]
         placeholders = sum(1 for token in ids if token == self.tokens.image_token_id)
         if placeholders != len(images):
@@ -149,6 +154,36 @@ class MagmaProcessor:
             sample.input_ids.extend(expansion)
             sample.labels.extend([IGNORE_INDEX] * len(expansion))
         return sample
+
+    def _tokenize_around_action(self, text: str, action_token_ids: Sequence[int] | None) -> tuple[list[int], list[int]]:
+        """Token ids of ``text`` and the character offset where each begins; the ``<action>``
+        placeholder, if any, becomes ``action_token_ids`` (each placed at the placeholder's offset)."""
+        pieces = text.split(ACTION_PLACEHOLDER)
+        if action_token_ids is None and len(pieces) == 1:
+            pieces_with_actions: list[str | None] = [text]
+        elif action_token_ids is not None and len(pieces) == 2:
+            pieces_with_actions = [pieces[0], None, pieces[1]]
+        else:
+            raise ConversationError(
+                f"the conversation has {len(pieces) - 1} {ACTION_PLACEHOLDER} placeholders and "
+                f"{'no' if action_token_ids is None else len(action_token_ids)} action tokens; "
+                f"put exactly one {ACTION_PLACEHOLDER} in an assistant turn when a sample has actions"
+            )
+        ids: list[int] = []
+        starts: list[int] = []
+        offset = 0
+        for piece in pieces_with_actions:
+            if piece is None:
+                ids.extend(int(token) for token in action_token_ids)  # type: ignore[union-attr]
+                starts.extend([offset] * len(action_token_ids))  # type: ignore[arg-type]
+                offset += len(ACTION_PLACEHOLDER)
+                continue
+            if piece:
+                encoding = self.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+                ids.extend(encoding["input_ids"])
+                starts.extend(offset + begin for begin, _ in encoding["offset_mapping"])
+            offset += len(piece)
+        return ids, starts
 
     def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from magma.cli.model import model_app
+from magma.cli.train import train
 from magma.errors import UserFacingError
 
 app = typer.Typer(
@@ -17,11 +18,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(model_app, name="model")
+app.command(name="train")(train)
 
 # Subcommands whose packages have not landed yet: each says so and names where it will live.
 PLANNED_COMMANDS = {
     "run": ("run a policy over an environment's task suite and write a trajectory report", "magma/agents + envs/"),
-    "train": ("Magma-style pretraining and fine-tuning with accelerate", "magma/training/"),
     "data": ("Set-of-Mark / Trace-of-Mark over video corpora into training shards", "data_tools/"),
     "lapa": ("latent action quantization, latent labelling and latent-VLA pretraining", "lapa/"),
     "rl": ("GRPO fine-tuning for text, web agents and robot policies", "magma/rl/"),

@@ -1,0 +1,11 @@
+"""The base of every error a user can cause and fix (bad path, bad config key, unreadable image,
+corrupt video, missing action statistics, malformed model output).
+
+It lives in the lowest package so that every package can raise it (imports flow
+``data_tools <- envs <- magma <- lapa``); ``magma.errors`` re-exports it. The ``agent`` CLI prints
+these as one message and exits with status 2, without a traceback. Pure Python.
+"""
+
+
+class UserFacingError(Exception):
+    """An error whose message names the problem and the fix."""

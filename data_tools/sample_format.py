@@ -1,0 +1,75 @@
+"""The training-sample contract shared by every producer and consumer of shards.
+
+One JSON record per sample inside WebDataset tar shards, images as ``KEY.NNN.jpg|png`` members of
+the same key, in order::
+
+    {"id": str, "source": str,
+     "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}],
+     "actions": optional list (floats for robot actions, ints for latent codes),
+     "meta": optional dict}
+
+One ``<image>`` placeholder per image, in order. A sample with ``actions`` puts one ``<action>``
+placeholder in a ``gpt`` turn: the trainer writes the action tokens (robot bins or latent codes)
+there. Loss falls on the ``gpt`` turns only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from data_tools.errors import UserFacingError
+
+IMAGE_PLACEHOLDER = "<image>"
+ACTION_PLACEHOLDER = "<action>"
+SPEAKERS = ("human", "gpt", "system")
+
+
+class SampleFormatError(UserFacingError, ValueError):
+    """A sample that does not follow the training-sample contract."""
+
+
+def _actions_are_numbers(actions: Any) -> bool:
+    if not isinstance(actions, list) or not actions:
+        return False
+    flat = [value for row in actions for value in row] if isinstance(actions[0], list) else actions
+    return all(isinstance(value, int | float) and not isinstance(value, bool) for value in flat)
+
+
+def validate_sample(record: Mapping[str, Any], num_images: int) -> None:
+    """Raise SampleFormatError naming the first problem of ``record`` (with ``num_images`` image members)."""
+    if not isinstance(record, Mapping):
+        raise SampleFormatError(f"a sample is a JSON object, not {type(record).__name__}")
+    for key in ("id", "conversations"):
+        if key not in record:
+            raise SampleFormatError(f"the sample has no '{key}' field")
+    conversations = record["conversations"]
+    if not isinstance(conversations, list) or not conversations:
+        raise SampleFormatError("'conversations' must be a non-empty list of {'from', 'value'} turns")
+    placeholders = actions_slots = 0
+    has_answer = False
+    for index, turn in enumerate(conversations):
+        if not isinstance(turn, Mapping) or turn.get("from") not in SPEAKERS or not isinstance(turn.get("value"), str):
+            raise SampleFormatError(
+                f"turn {index} must be {{'from': 'human'|'gpt'|'system', 'value': str}}, not {turn!r}"
+            )
+        placeholders += turn["value"].count(IMAGE_PLACEHOLDER)
+        if turn["from"] == "gpt":
+            has_answer = True
+            actions_slots += turn["value"].count(ACTION_PLACEHOLDER)
+    if not has_answer:
+        raise SampleFormatError("the sample has no 'gpt' turn, so there is nothing to learn from it")
+    if placeholders != num_images:
+        raise SampleFormatError(
+            f"the text has {placeholders} {IMAGE_PLACEHOLDER} placeholders but the sample has {num_images} images"
+        )
+    actions = record.get("actions")
+    if actions is not None and not _actions_are_numbers(actions):
+        raise SampleFormatError("'actions' must be a non-empty list of numbers (or of lists of numbers)")
+    if (actions is None) != (actions_slots == 0) or actions_slots > 1:
+        raise SampleFormatError(
+            f"a sample with 'actions' needs exactly one {ACTION_PLACEHOLDER} in a gpt turn (and one without none); "
+            f"found {actions_slots} with actions {'present' if actions is not None else 'absent'}"
+        )
+    if "meta" in record and not isinstance(record["meta"], Mapping):
+        raise SampleFormatError("'meta' must be a JSON object")

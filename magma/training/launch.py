@@ -1,0 +1,31 @@
+"""The command line that starts ``agent train`` in several processes through ``accelerate launch``."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for the rendezvous of the processes)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def accelerate_train_command(accelerate_config: Path, train_arguments: list[str], port: int | None = None) -> list[str]:
+    """``accelerate launch --config_file CONFIG -m magma.cli.app train ARGS`` with this interpreter's
+    accelerate and a free rendezvous port."""
+    return [
+        str(Path(sys.executable).with_name("accelerate")),
+        "launch",
+        "--config_file",
+        str(accelerate_config),
+        "--main_process_port",
+        str(port or free_port()),
+        "-m",
+        "magma.cli.app",
+        "train",
+        *train_arguments,
+    ]

@@ -1,0 +1,132 @@
+"""A run directory: the resolved config, metrics as JSON lines, checkpoints written atomically
+(``checkpoints/.step-N.tmp`` renamed to ``checkpoints/step-N`` when complete), the final model.
+
+    runs/NAME/config.yaml  metrics.jsonl  summary.json  checkpoints/step-00000100/  final/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from magma.errors import UserFacingError
+from magma.training.config import TrainConfig, config_differences
+
+CHECKPOINT_PREFIX = "step-"
+TRAINER_STATE_FILE = "trainer_state.json"
+
+
+class RunDirectoryError(UserFacingError, ValueError):
+    """A run directory that cannot be started or resumed as asked."""
+
+
+def write_json_atomically(path: Path, payload: Any) -> None:
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(staging, path)
+
+
+class RunDirectory:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.config_path = self.root / "config.yaml"
+        self.metrics_path = self.root / "metrics.jsonl"
+        self.summary_path = self.root / "summary.json"
+        self.checkpoints = self.root / "checkpoints"
+        self.final_model = self.root / "final"
+
+    # ---- starting and resuming ----------------------------------------------------------------
+    def checkpoint_steps(self) -> list[int]:
+        """Steps of the complete checkpoints, oldest first (temporary directories are not checkpoints)."""
+        if not self.checkpoints.is_dir():
+            return []
+        steps = []
+        for path in self.checkpoints.iterdir():
+            if path.name.startswith(CHECKPOINT_PREFIX) and (path / TRAINER_STATE_FILE).is_file():
+                steps.append(int(path.name.removeprefix(CHECKPOINT_PREFIX)))
+        return sorted(steps)
+
+    def checkpoint_path(self, step: int) -> Path:
+        return self.checkpoints / f"{CHECKPOINT_PREFIX}{step:08d}"
+
+    def check_fresh(self) -> None:
+        """Refuse to start a new run in a directory that holds one, so nothing is overwritten."""
+        if self.checkpoint_steps() or self.metrics_path.exists():
+            raise RunDirectoryError(
+                f"'{self.root}' already holds a run (checkpoints or metrics); pass --resume to continue it, "
+                "or choose another run_dir=... (nothing was overwritten)"
+            )
+
+    def start(self, config: TrainConfig) -> None:
+        """Create the directory of a fresh run and record its resolved config."""
+        self.check_fresh()
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = self.config_path.with_name(".config.yaml.tmp")
+        OmegaConf.save(OmegaConf.create(config.to_dict()), staging)
+        os.replace(staging, self.config_path)
+
+    def check_resumable(self, config: TrainConfig) -> int:
+        """The step of the checkpoint to resume from; refuses another run's directory or config."""
+        if not self.config_path.is_file():
+            raise RunDirectoryError(
+                f"cannot resume: '{self.root}' holds no run (no config.yaml); start it without --resume"
+            )
+        saved = OmegaConf.to_container(OmegaConf.load(self.config_path))
+        differences = config_differences(saved, config.to_dict())  # type: ignore[arg-type]
+        if differences:
+            raise RunDirectoryError(
+                f"cannot resume '{self.root}': it was started with another config ({'; '.join(differences[:5])}). "
+                "Resume with the same config (only max_steps, checkpoint.*, eval.*, logging.* may change) "
+                "or start a new run_dir"
+            )
+        steps = self.checkpoint_steps()
+        return steps[-1] if steps else 0
+
+    # ---- metrics ------------------------------------------------------------------------------
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with self.metrics_path.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def truncate_metrics_after(self, step: int) -> None:
+        """Drop metric lines of steps after ``step`` (written by a run that was killed before its next
+        checkpoint), so that a resumed run's metrics read as one uninterrupted run."""
+        if not self.metrics_path.exists():
+            return
+        kept = [
+            line
+            for line in self.metrics_path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
+        staging = self.metrics_path.with_name(".metrics.jsonl.tmp")
+        staging.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(staging, self.metrics_path)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def staging_path(self, step: int) -> Path:
+        return self.checkpoints / f".{CHECKPOINT_PREFIX}{step:08d}.tmp"
+
+    def publish_checkpoint(self, step: int, keep: int) -> Path:
+        """Rename the complete staging directory into place, then prune to the ``keep`` newest."""
+        final = self.checkpoint_path(step)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(self.staging_path(step), final)
+        for old in self.checkpoint_steps()[:-keep] if keep > 0 else []:
+            shutil.rmtree(self.checkpoint_path(old), ignore_errors=True)
+        return final
+
+    def remove_stale_staging(self) -> None:
+        """Temporary checkpoint directories left by a killed run."""
+        if self.checkpoints.is_dir():
+            for path in self.checkpoints.glob(f".{CHECKPOINT_PREFIX}*.tmp"):
+                shutil.rmtree(path, ignore_errors=True)
