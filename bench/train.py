@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--quick", action="store_true", help="12 steps: checks the bench runs, figures are rough")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, nargs="+", default=[2, 1, 0], help="dataloader workers to measure")
+    parser.add_argument("--skip-processes", action="store_true", help="leave out the 1 vs 2 process figure")
     args = parser.parse_args(argv)
     steps = 12 if args.quick else args.steps
     torch.set_num_threads(args.threads)
@@ -156,9 +158,10 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(temp)
         log("writing the synthetic corpus")
         write_synthetic_corpus(work / "corpus", samples_per_source=256, eval_samples_per_source=0)
-        for workers in (2, 0):
+        for workers in args.workers:
             bench_pipeline(work / "corpus", work, steps, workers)
-        bench_processes(work / "corpus", work, steps)
+        if not args.skip_processes:
+            bench_processes(work / "corpus", work, steps)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@ in-process, two processes through `accelerate launch` on CPU with gloo), real ki
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -106,14 +108,36 @@ def test_tiny_model_overfits_a_handful_of_samples_and_exports_a_usable_model(tmp
     assert answer == raw.record["conversations"][1]["value"]
 
 
+def write_corrupt_shard(path: Path) -> Path:
+    """One sample whose PNG member is garbage and one whose JSON does not parse."""
+    record = {
+        "id": "broken",
+        "conversations": [{"from": "human", "value": "<image>\nGo."}, {"from": "gpt", "value": "<action>"}],
+        "actions": [0.0] * 7,
+    }
+    members = {
+        "000000000.000.png": b"\x89PNG not really",
+        "000000000.json": json.dumps(record).encode(),
+        "000000001.json": b"{not json",
+    }
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
 def test_robot_actions_train_as_tokens_and_statistics_ship_with_the_model(tmp_path, corpus):
     robot = source(corpus, "robot")
+    robot["shards"].append(str(write_corrupt_shard(tmp_path / "corrupt.tar")))
     config = train_config_from(
         run_config(tmp_path / "run", [robot], max_steps=3, data={"eval_sources": [source(corpus, "robot", "eval")]}),
         [],
         "test",
     )
     summary = Trainer(config).train()
+    assert summary["skipped"] == {"corrupt image": 1, "invalid json": 1}  # skipped, counted, the run went on
     assert 0.0 <= summary["eval"]["eval/robot/action_token_accuracy"] <= 1.0
     assert summary["eval"]["eval/robot/samples"] == 8
     statistics = json.loads((tmp_path / "run" / "final" / ROBOT_STATISTICS_FILE).read_text())
@@ -273,3 +297,34 @@ def test_bad_input_is_one_clear_message_and_nothing_is_overwritten(tmp_path, cor
     assert other.returncode == 2 and "optim.lr" in other.stderr and "another config" in other.stderr
     assert (tmp_path / "run" / "config.yaml").read_text() == config_before
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics_before
+
+
+def test_accumulation_matches_one_big_batch(tmp_path, corpus):
+    ordered = {"split": "samples", "shuffle_buffer": 0, "shuffle_shards": False}
+    sources = [source(corpus, "ui-som")]
+    big = run_config(tmp_path / "big", sources, max_steps=3, data={"batch_size": 4, **ordered})
+    accumulated = run_config(
+        tmp_path / "accumulated", sources, max_steps=3, grad_accum_steps=2, data={"batch_size": 2, **ordered}
+    )
+    Trainer(train_config_from(big, [], "test")).train()
+    Trainer(train_config_from(accumulated, [], "test")).train()
+    expected, got = step_records(tmp_path / "big"), step_records(tmp_path / "accumulated")
+    for step in expected:
+        assert got[step]["loss"] == pytest.approx(expected[step]["loss"], rel=1e-5), step
+        assert got[step]["batch_digest"] == expected[step]["batch_digest"], step
+
+
+def test_bf16_autocast_gradient_checkpointing_and_tensorboard(tmp_path, corpus):
+    config = run_config(
+        tmp_path / "run",
+        [source(corpus, "ui-som"), source(corpus, "video-tom")],
+        max_steps=2,
+        mixed_precision="bf16",
+        gradient_checkpointing=True,
+        logging={"trackers": ["tensorboard"]},
+    )
+    summary = Trainer(train_config_from(config, [], "test")).train()
+    assert summary["final_loss"] is not None and summary["final_loss"] == summary["final_loss"]  # not NaN
+    assert list((tmp_path / "run").rglob("events.out.tfevents.*")), "no TensorBoard event file"
+    trained = MagmaForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    assert not trained.config.text.gradient_checkpointing  # a training setting, not part of the model

@@ -9,9 +9,11 @@ take the same optimizer step (the token-level mean over the global batch).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -76,11 +78,16 @@ def batch_digest(batches: list[TrainBatch]) -> str:
 class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False) -> None:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
         from accelerate.utils import set_seed
 
         self.config = config
         self.run = RunDirectory(config.run_dir)
         trackers = list(config.logging.trackers) or None
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            # accelerate keeps one state per Python process; a later Trainer in the same process
+            # (a notebook, the tests) may ask for another precision
+            AcceleratorState._reset_state(reset_partial_state=True)
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(),  # several processes on a CPU machine: MULTI_CPU with gloo
             mixed_precision=config.mixed_precision,
@@ -268,7 +275,9 @@ class Trainer:
         accelerator = self.accelerator
         weights = accelerator.get_state_dict(self.model)  # gathers FSDP / ZeRO-3 shards
         if accelerator.is_main_process:
-            model = MagmaForCausalLM(accelerator.unwrap_model(self.model).config)
+            config = copy.deepcopy(accelerator.unwrap_model(self.model).config)
+            config.text.gradient_checkpointing = config.vision.gradient_checkpointing = False  # a training setting
+            model = MagmaForCausalLM(config)
             if self.config.lora.enabled:
                 add_lora(model, self.config.lora)
             model.load_state_dict(weights)
