@@ -170,6 +170,26 @@ def test_frozen_vision_tower_stays_put_and_module_learning_rates_apply(tmp_path,
     assert groups["projector"] == 1e-2 and groups["language_model"] == config.optim.lr
 
 
+def test_fine_tuning_starts_from_a_checkpoint_directory(tmp_path, corpus):
+    base = run_config(tmp_path / "base", [source(corpus, "robot")], max_steps=1, seed=3)
+    Trainer(train_config_from(base, [], "test")).train()
+    tune = run_config(
+        tmp_path / "tune",
+        [source(corpus, "ui-som")],
+        model=str(tmp_path / "base" / "final"),
+        max_steps=2,
+        optim={"vision_tower": {"train": False}},
+    )
+    Trainer(train_config_from(tune, [], "test")).train()
+    before = MagmaForCausalLM.from_pretrained(tmp_path / "base" / "final").state_dict()
+    after = MagmaForCausalLM.from_pretrained(tmp_path / "tune" / "final").state_dict()
+    vision = [name for name in before if name.startswith("vision_tower.")]
+    assert vision and all(torch.equal(before[name], after[name]) for name in vision)
+    assert not torch.equal(before["projector.mlp.0.weight"], after["projector.mlp.0.weight"])
+    statistics = json.loads((tmp_path / "tune" / "final" / ROBOT_STATISTICS_FILE).read_text())
+    assert set(statistics) == {"robot"}  # the base model's robot statistics travel on
+
+
 def test_lora_trains_adapters_only_and_exports_merged_weights(tmp_path, corpus):
     config = train_config_from(
         run_config(

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from magma.actions import ACTION_STATISTICS_FILENAME, ActionStatistics
+from magma.checkpoint import load_checkpoint_action_statistics
 from magma.data.encoding import SampleEncoder
 from magma.data.loader import build_eval_loader, build_train_loader
 from magma.data.records import TrainBatch
@@ -45,6 +47,13 @@ class TrainerState:
     elapsed_s: float = 0.0
     last_loss: float | None = None
     eval_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def inherited_action_statistics(config: TrainConfig) -> dict[str, ActionStatistics]:
+    """The robot action statistics of the checkpoint a fine-tune starts from: kept in its export, so
+    a model fine-tuned on UI data still decodes the robot actions it learned before."""
+    statistics_file = Path(config.model) / ACTION_STATISTICS_FILENAME
+    return load_checkpoint_action_statistics(config.model) if statistics_file.is_file() else {}
 
 
 def load_model_and_processor(config: TrainConfig) -> tuple[MagmaForCausalLM, MagmaProcessor]:
@@ -121,9 +130,9 @@ class Trainer:
             accelerator.load_state(str(checkpoint))
             self.state = TrainerState(**json.loads((checkpoint / TRAINER_STATE_FILE).read_text()))
             data_state = json.loads((checkpoint / DATA_STATE_FILE.format(rank=accelerator.process_index)).read_text())
-            if accelerator.is_main_process:
-                self.run.truncate_metrics_after(resume_step)
         if accelerator.is_main_process:
+            if resume_step is not None:  # killed before its first checkpoint: resume_step 0, start over
+                self.run.truncate_metrics_after(resume_step)
             self.run.remove_stale_staging()
         self.encoder = SampleEncoder(self.processor, config.data)
         self.collate = partial(self.processor.collate, padding_side="right")
@@ -285,7 +294,7 @@ class Trainer:
             model.save_pretrained(
                 self.run.final_model,
                 tokenizer=self.processor.tokenizer,
-                action_statistics=self.encoder.robot_statistics() or None,
+                action_statistics=inherited_action_statistics(self.config) | self.encoder.robot_statistics() or None,
             )
         accelerator.wait_for_everyone()
         return self.run.final_model
