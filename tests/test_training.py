@@ -168,6 +168,8 @@ def test_frozen_vision_tower_stays_put_and_module_learning_rates_apply(tmp_path,
 
     groups = {group["name"]: group["lr"] for group in parameter_groups(initial, config.optim)}
     assert groups["projector"] == 1e-2 and groups["language_model"] == config.optim.lr
+    logged = step_records(tmp_path / "run")[2]
+    assert logged["lr/projector"] == 1e-2 and "lr/vision_tower" not in logged  # frozen: no group
 
 
 def test_fine_tuning_starts_from_a_checkpoint_directory(tmp_path, corpus):
@@ -290,7 +292,7 @@ def test_killed_run_resumes_exactly(tmp_path, corpus):
     for step in expected:
         assert got[step]["batch_digest"] == expected[step]["batch_digest"], step  # the same batches
         assert got[step]["loss"] == pytest.approx(expected[step]["loss"], rel=1e-5, abs=1e-6), step
-        assert got[step]["lr"] == pytest.approx(expected[step]["lr"]), step
+        assert got[step]["lr/language_model"] == pytest.approx(expected[step]["lr/language_model"]), step
 
 
 # ---- bad input -----------------------------------------------------------------------------------

@@ -189,7 +189,7 @@ class Trainer:
                     {
                         "step": state.step,
                         "loss": step_loss,
-                        "lr": self.scheduler.get_last_lr()[0],
+                        **self._learning_rates(),
                         "grad_norm": None if grad_norm is None else float(grad_norm),
                         "samples_per_s": global_batch / step_seconds,
                         "label_tokens": step_tokens,
@@ -211,6 +211,14 @@ class Trainer:
             self.save_checkpoint()
         final = self.export()
         return self.summarise(final)
+
+    def _learning_rates(self) -> dict[str, float]:
+        """The current learning rate of each trained module (``lr/language_model``, ...)."""
+        return {
+            f"lr/{group['name']}": group["lr"]
+            for group in self.optimizer.param_groups
+            if not group["name"].endswith("/no_decay")
+        }
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
