@@ -26,6 +26,7 @@ demo: install
 bench: install
 	$(PY) bench/model.py
 	$(PY) bench/train.py
+	$(PY) bench/data_tools.py
 
 # The synthetic three-source corpus the tiny training recipes read (data/example, a few MB).
 example-data: install

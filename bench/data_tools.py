@@ -1,0 +1,96 @@
+"""Trace-of-Mark throughput on CPU: frames/s of the whole pipeline against decoding alone.
+
+One synthetic 512 x 512 video (a textured scene through a moving camera with moving objects, from
+``data_tools.tracking_truth``) is cut into windows of ``num_steps + 1`` frames. Figures (one JSON line
+each on stdout; progress on stderr), at 256 px and 512 px short side:
+
+* ``tom_frames_per_s/<size>px``: the whole job on one process: decode, track (Lucas-Kanade with the
+  forward-backward check), camera compensation, clustering, mark drawing, PNG encoding and shard
+  writing, against decoding the same windows alone (decord, resize on decode) in the same run.
+  ``ratio`` is pipeline / decoding: 1.0 would mean decoding is the only cost.
+
+OpenCV runs on one thread (``cv2.setNumThreads(1)``), so the figures are per core; decord's own
+threads are left as they are.
+
+Usage: ``python bench/data_tools.py [--frames 255] [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from a checkout without an installed package
+    sys.path.insert(0, str(ROOT))
+
+import report  # noqa: E402  (bench/report.py)
+
+from data_tools.corpus_kinds import TomJobOptions, tom_video_input  # noqa: E402
+from data_tools.jobs import JobSpec, run_corpus_job  # noqa: E402
+from data_tools.tracking_truth import render_truth_video, write_mp4  # noqa: E402
+from data_tools.video import clip_windows, decode_frames, probe_video  # noqa: E402
+
+NUM_STEPS = 16
+SOURCE_FPS = 30.0
+
+
+def log(message: str) -> None:
+    report.log("data_tools", message)
+
+
+def decode_only(video: Path, size: int) -> float:
+    """Frames/s of decoding every window of the video at ``size`` (short side)."""
+    info = probe_video(video)
+    windows = clip_windows(info, NUM_STEPS + 1, NUM_STEPS + 1, SOURCE_FPS)
+    started = time.perf_counter()
+    frames = sum(len(decode_frames(info, window.frame_indices, size).frames) for window in windows)
+    return frames / (time.perf_counter() - started)
+
+
+def whole_pipeline(video: Path, size: int, work: Path) -> tuple[float, int]:
+    """Frames/s of the ToM job over every window of the video, one process, shards written."""
+    options = TomJobOptions(fps=SOURCE_FPS, size=size, clips_per_video=10_000, tom={"num_steps": NUM_STEPS})
+    out_dir = work / f"shards-{size}-{time.monotonic_ns()}"
+    spec = JobSpec(kind="tom", inputs=[str(video)], out_dir=str(out_dir), options=options.as_options())
+    summary = run_corpus_job(spec, tom_video_input, workers=1, progress=False)
+    return summary.frames_per_s, summary.samples
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=255, help="frames of the synthetic video (15 windows)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported")
+    parser.add_argument("--quick", action="store_true", help="a short video and one run: checks the bench runs")
+    args = parser.parse_args(argv)
+    frames, repeats = (68, 1) if args.quick else (args.frames, args.repeats)
+    cv2.setNumThreads(1)
+    with tempfile.TemporaryDirectory(prefix="bench-data-tools-") as temp:
+        work = Path(temp)
+        log(f"rendering a {frames}-frame 512 x 512 video with camera and object motion")
+        video = write_mp4(
+            render_truth_video(num_frames=frames, size=512, seed=0).frames, work / "scene.mp4", SOURCE_FPS
+        )
+        for size in (256, 512):
+            decoding = statistics.median(decode_only(video, size) for _ in range(repeats))
+            runs = [whole_pipeline(video, size, work) for _ in range(repeats)]
+            pipeline = statistics.median(rate for rate, _ in runs)
+            log(f"{size} px: pipeline {pipeline:.1f} frames/s, decoding alone {decoding:.1f} frames/s")
+            report.emit(
+                f"tom_frames_per_s/{size}px",
+                pipeline,
+                "frames/s",
+                baseline=f"decoding alone ({decoding:.1f} frames/s)",
+                ratio=pipeline / decoding,
+                samples=runs[0][1],
+            )
+
+
+if __name__ == "__main__":
+    main()

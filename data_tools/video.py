@@ -1,0 +1,220 @@
+"""Reading video clips with decord: probing, fps-aware frame sampling, resize on decode and the frame
+windows that corpus jobs cut a video into.
+
+Every failure a user's file can cause (missing, empty, corrupt, unsupported, zero frames) comes out
+as one ``VideoReadError`` naming the file and the fix, so a job records the file as failed and goes
+on. decord raises its own errors (``DECORDError`` or ``RuntimeError``) on broken files; they are
+always caught here and never reach the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import cv2
+import decord
+import numpy as np
+
+from data_tools.errors import UserFacingError
+
+_DECORD_ERRORS = (decord.DECORDError, RuntimeError)
+decord.logging.set_level(decord.logging.QUIET)  # broken files are reported by VideoReadError, not ffmpeg noise
+
+
+class VideoReadError(UserFacingError, ValueError):
+    """A video that cannot be read: missing, empty, corrupt, unsupported, or without frames to sample."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video holds, from its container: frame count, average frame rate and frame size in pixels."""
+
+    path: Path
+    frames: int
+    fps: float
+    width: int
+    height: int
+    duration_s: float
+
+
+@dataclass
+class ClipFrames:
+    """Decoded frames of one clip: ``frames`` is uint8 RGB (T, H, W, 3); ``times_s`` the time of each
+    frame in the video (seconds); ``frame_indices`` their indices among the video's frames."""
+
+    frames: np.ndarray
+    times_s: np.ndarray
+    frame_indices: np.ndarray
+    source_fps: float
+    path: Path
+
+
+class FrameWindow(NamedTuple):
+    """One window of a video: its start time and the indices of the source frames it samples."""
+
+    start_s: float
+    frame_indices: np.ndarray
+
+
+def _open_reader(path: Path, width: int = -1, height: int = -1) -> decord.VideoReader:
+    if not path.is_file():
+        raise VideoReadError(f"video not found: '{path}'; check the path (or remove it from the file list)")
+    if path.stat().st_size == 0:
+        raise VideoReadError(f"'{path}' is an empty file (0 bytes); re-download or re-encode it, or drop it")
+    try:
+        return decord.VideoReader(str(path), width=width, height=height, num_threads=1)
+    except _DECORD_ERRORS as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise VideoReadError(
+            f"cannot decode '{path}' ({reason}): the file is corrupt, truncated or not a video decord supports; "
+            "re-encode it (e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`) or drop it"
+        ) from None
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Open ``path`` and read its frame count, average fps and frame size; raise VideoReadError if unreadable."""
+    path = Path(path)
+    reader = _open_reader(path)
+    try:
+        frames = len(reader)
+        fps = float(reader.get_avg_fps())
+        if frames == 0:
+            raise VideoReadError(f"'{path}' holds no video frames (a zero-length clip); re-encode it or drop it")
+        if not math.isfinite(fps) or fps <= 0:
+            raise VideoReadError(
+                f"'{path}' has no usable frame rate ({fps}); re-encode it with a fixed rate (ffmpeg -r 30) or drop it"
+            )
+        try:
+            height, width = reader[0].shape[:2]
+        except _DECORD_ERRORS as err:
+            raise VideoReadError(f"cannot decode the first frame of '{path}' ({err}); re-encode or drop it") from None
+    finally:
+        del reader
+    return VideoInfo(path=path, frames=frames, fps=fps, width=int(width), height=int(height), duration_s=frames / fps)
+
+
+def decoded_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """``(width, height)`` after scaling so that the shorter side is ``short_side`` pixels, aspect ratio
+    kept (up or down); the stored size when ``short_side`` is None."""
+    if short_side is None:
+        return width, height
+    if short_side < 8:
+        raise VideoReadError(f"size={short_side} is too small; give the short side in pixels (e.g. 256) or None")
+    scale = short_side / min(width, height)
+    if width <= height:
+        return short_side, max(1, round(height * scale))
+    return max(1, round(width * scale)), short_side
+
+
+def sample_frame_indices(
+    info: VideoInfo, fps: float | None, start_s: float = 0.0, max_frames: int | None = None
+) -> np.ndarray:
+    """Indices of the source frames that sample ``info``'s video at ``fps`` from ``start_s`` on.
+
+    ``fps=None``, or an ``fps`` at or above the source rate, takes every source frame (frames are
+    never repeated). Each sample time ``start_s + k / fps`` takes the nearest source frame.
+    """
+    if fps is not None and (not math.isfinite(fps) or fps <= 0):
+        raise VideoReadError(f"fps={fps} is not a frame rate; give a positive number or None for the source rate")
+    if start_s < 0:
+        raise VideoReadError(f"start_s={start_s} is negative; give a start time of 0 or more seconds")
+    if max_frames is not None and max_frames < 1:
+        raise VideoReadError(f"max_frames={max_frames}; give 1 or more, or None for the rest of the video")
+    rate = info.fps if fps is None else min(fps, info.fps)
+    first = round(start_s * info.fps)
+    if rate >= info.fps:
+        indices = np.arange(first, info.frames)
+    else:
+        steps = np.arange(math.ceil((info.duration_s - start_s) * rate) + 1)
+        indices = np.round((start_s + steps / rate) * info.fps).astype(np.int64)
+        indices = indices[indices < info.frames]
+    return indices[:max_frames] if max_frames is not None else indices
+
+
+def _decode_batch(path: Path, indices: np.ndarray, width: int, height: int) -> np.ndarray:
+    reader = _open_reader(path, width=width, height=height)
+    try:
+        return reader.get_batch(indices.tolist()).asnumpy()
+    finally:
+        del reader
+
+
+def read_frames(
+    path: str | Path,
+    fps: float | None = None,
+    size: int | None = None,
+    start_s: float = 0.0,
+    max_frames: int | None = None,
+) -> ClipFrames:
+    """Decode the frames of ``path`` sampled at ``fps`` (None: every frame) from ``start_s`` on, at most
+    ``max_frames`` of them, resized on decode so that the *short side* is ``size`` pixels (None: as stored).
+
+    Raises VideoReadError for an unreadable file or when no frame falls in the requested span.
+    """
+    path = Path(path)
+    info = probe_video(path)
+    indices = sample_frame_indices(info, fps, start_s, max_frames)
+    if len(indices) == 0:
+        raise VideoReadError(
+            f"no frames of '{path}' from {start_s:.2f}s on: the video lasts {info.duration_s:.2f}s; "
+            "give a start time inside the video"
+        )
+    return decode_frames(info, indices, size)
+
+
+def decode_frames(info: VideoInfo, frame_indices: np.ndarray, size: int | None = None) -> ClipFrames:
+    """Decode the source frames ``frame_indices`` of the probed video ``info`` (e.g. one ``FrameWindow``),
+    resized on decode so that the short side is ``size`` pixels (None: as stored)."""
+    indices = np.asarray(frame_indices, dtype=np.int64)
+    if len(indices) == 0 or indices.min() < 0 or indices.max() >= info.frames:
+        raise VideoReadError(
+            f"frame indices {indices.tolist()[:4]}... are not inside the {info.frames} frames of '{info.path}'; "
+            "take them from clip_windows or sample_frame_indices for this video"
+        )
+    width, height = decoded_size(info.width, info.height, size)
+    try:
+        frames = _decode_batch(info.path, indices, width, height)
+    except _DECORD_ERRORS:
+        if (width, height) == (info.width, info.height):
+            frames = None
+        else:  # decord fails to resize to a few narrow widths (16, 24, 48, 72 px): resize after decoding
+            try:
+                stored = _decode_batch(info.path, indices, info.width, info.height)
+                size_wh = (width, height)
+                frames = np.stack([cv2.resize(frame, size_wh, interpolation=cv2.INTER_AREA) for frame in stored])
+            except _DECORD_ERRORS:
+                frames = None
+    if frames is None:
+        raise VideoReadError(
+            f"decoding frames {int(indices[0])}..{int(indices[-1])} of '{info.path}' failed: the file is damaged "
+            "after its header; re-encode it or drop it"
+        )
+    return ClipFrames(
+        frames=np.ascontiguousarray(frames, dtype=np.uint8),
+        times_s=indices / info.fps,
+        frame_indices=indices,
+        source_fps=info.fps,
+        path=info.path,
+    )
+
+
+def clip_windows(
+    info: VideoInfo, window_frames: int, stride_frames: int, fps: float | None = None
+) -> list[FrameWindow]:
+    """Cut ``info``'s video, sampled at ``fps`` (None: source rate), into windows of ``window_frames``
+    sampled frames that start every ``stride_frames`` sampled frames; only full windows are returned.
+
+    ``decode_frames(info, window.frame_indices, size)`` decodes a window.
+    """
+    if window_frames < 1 or stride_frames < 1:
+        raise VideoReadError(
+            f"window_frames={window_frames}, stride_frames={stride_frames}; both must be 1 or more frames"
+        )
+    sampled = sample_frame_indices(info, fps)
+    return [
+        FrameWindow(start_s=float(sampled[start] / info.fps), frame_indices=sampled[start : start + window_frames])
+        for start in range(0, len(sampled) - window_frames + 1, stride_frames)
+    ]

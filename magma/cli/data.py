@@ -1,0 +1,139 @@
+"""``agent data``: Trace-of-Mark over videos and Set-of-Mark over annotated screenshots, into
+WebDataset training shards, on many processes and machines, resumable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import typer
+
+data_app = typer.Typer(
+    help="Make training shards: Trace-of-Mark from videos (tom), Set-of-Mark from screenshots (som).",
+    no_args_is_help=True,
+)
+
+InputOption = Annotated[
+    list[str], typer.Option("--input", "-i", help="A directory (searched recursively) or a list file; repeatable.")
+]
+OutOption = Annotated[str, typer.Option("--out", "-o", help="The output directory for shards and manifests.")]
+WorkersOption = Annotated[int, typer.Option("--workers", "-w", help="Processes on this machine.")]
+RankOption = Annotated[
+    int | None, typer.Option("--rank", help="This machine's rank (default: RANK or SLURM_PROCID, else 0).")
+]
+WorldOption = Annotated[
+    int | None, typer.Option("--world-size", help="Machines in the job (default: WORLD_SIZE or SLURM_NTASKS, else 1).")
+]
+ShardOption = Annotated[int, typer.Option("--samples-per-shard", help="Samples per tar shard.")]
+UnitOption = Annotated[int, typer.Option("--inputs-per-unit", help="Inputs per work unit (the unit of resuming).")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seed of every random choice (per input, reproducible).")]
+ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")]
+
+
+@dataclass
+class JobSettings:
+    """The options every corpus job takes."""
+
+    out: str
+    workers: int
+    rank: int | None
+    world_size: int | None
+    samples_per_shard: int
+    inputs_per_unit: int
+    seed: int
+    progress: bool
+
+
+def _run(kind: str, inputs: list[str], extensions: tuple[str, ...], options: dict, settings: JobSettings) -> None:
+    from data_tools.corpus_kinds import som_annotation_input, tom_video_input
+    from data_tools.jobs import JobSpec, list_inputs, rank_and_world, run_corpus_job
+
+    rank, world = rank_and_world(settings.rank, settings.world_size)
+    listed = sorted({item for source in inputs for item in list_inputs(source, extensions, kind == "som")})
+    spec = JobSpec(
+        kind=kind,
+        inputs=listed,
+        out_dir=settings.out,
+        options=options,
+        samples_per_shard=settings.samples_per_shard,
+        inputs_per_unit=settings.inputs_per_unit,
+        seed=settings.seed,
+        rank=rank,
+        world_size=world,
+    )
+    function = tom_video_input if kind == "tom" else som_annotation_input
+    summary = run_corpus_job(spec, function, workers=settings.workers, progress=settings.progress)
+    typer.echo(summary.format(kind, settings.out))
+
+
+@data_app.command("tom")
+def tom(
+    inputs: InputOption,
+    out: OutOption,
+    workers: WorkersOption = 1,
+    rank: RankOption = None,
+    world_size: WorldOption = None,
+    samples_per_shard: ShardOption = 1000,
+    inputs_per_unit: UnitOption = 8,
+    seed: SeedOption = 0,
+    progress: ProgressOption = True,
+    fps: Annotated[float, typer.Option(help="Frames per second sampled (one trace step per frame).")] = 8.0,
+    size: Annotated[int, typer.Option(help="Decoded short side in pixels.")] = 256,
+    clips_per_video: Annotated[int, typer.Option(help="Clips taken per video, spread over it.")] = 4,
+    grid_size: Annotated[int, typer.Option(help="Query points: a grid_size x grid_size grid.")] = 15,
+    num_steps: Annotated[int, typer.Option(help="Future steps per trace.")] = 16,
+    source: Annotated[str, typer.Option(help="The samples' source name.")] = "video-tom",
+    tracker: Annotated[str, typer.Option(help="lk (OpenCV Lucas-Kanade) or cotracker (local weights).")] = "lk",
+    cotracker_weights: Annotated[str | None, typer.Option(help="Local CoTracker checkpoint file.")] = None,
+    cotracker_repo: Annotated[str | None, typer.Option(help="Local CoTracker repository (torch.hub).")] = None,
+) -> None:
+    """Trace-of-Mark: track a grid of points through video clips, remove camera motion, cluster,
+    and write the marked start frame with the marks' future traces as training samples."""
+    from data_tools.corpus_kinds import TRACKERS, VIDEO_EXTENSIONS, TomJobOptions
+
+    if tracker not in TRACKERS:
+        raise typer.BadParameter(f"--tracker must be one of {TRACKERS}, not '{tracker}'")
+    options = TomJobOptions(
+        fps=fps,
+        size=size,
+        clips_per_video=clips_per_video,
+        source=source,
+        tracker=tracker,
+        cotracker_weights=cotracker_weights,
+        cotracker_repo=cotracker_repo,
+        tom={"grid_size": grid_size, "num_steps": num_steps, "seed": seed},
+    ).as_options()
+    settings = JobSettings(out, workers, rank, world_size, samples_per_shard, inputs_per_unit, seed, progress)
+    _run("tom", inputs, VIDEO_EXTENSIONS, options, settings)
+
+
+@data_app.command("som")
+def som(
+    inputs: InputOption,
+    out: OutOption,
+    workers: WorkersOption = 1,
+    rank: RankOption = None,
+    world_size: WorldOption = None,
+    samples_per_shard: ShardOption = 1000,
+    inputs_per_unit: UnitOption = 64,
+    seed: SeedOption = 0,
+    progress: ProgressOption = True,
+    max_marks: Annotated[int, typer.Option(help="Marks drawn per screenshot at most.")] = 30,
+    samples_per_image: Annotated[int, typer.Option(help="Samples (distinct tasks) per screenshot.")] = 2,
+    marks_on_grounding_images: Annotated[
+        bool, typer.Option(help="Draw marks on the grounding tasks' images too (answers then name the mark).")
+    ] = False,
+) -> None:
+    """Set-of-Mark: number the actionable elements of annotated screenshots (.jsonl lines with boxes,
+    a DOM list or an Android view hierarchy) and write grounding samples (text -> point/box,
+    point/box -> text, widget captions, Magma's `Coordinate: (x, y). Mark: N.` answers)."""
+    from data_tools.corpus_kinds import ANNOTATION_EXTENSIONS
+
+    options = {
+        "max_marks": max_marks,
+        "samples_per_image": samples_per_image,
+        "marks_on_grounding_images": marks_on_grounding_images,
+        "seed": seed,
+    }
+    settings = JobSettings(out, workers, rank, world_size, samples_per_shard, inputs_per_unit, seed, progress)
+    _run("som", inputs, ANNOTATION_EXTENSIONS, options, settings)

@@ -1,0 +1,140 @@
+"""Video reading through decord on real mp4 files written by the tests: probing, fps-aware sampling,
+resize on decode, frame windows, and a clear VideoReadError for every kind of bad file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from data_tools.errors import UserFacingError
+from data_tools.tracking_truth import write_mp4
+from data_tools.video import (
+    VideoReadError,
+    clip_windows,
+    decode_frames,
+    decoded_size,
+    probe_video,
+    read_frames,
+)
+
+SOURCE_FPS = 30
+NUM_FRAMES = 30
+WIDTH, HEIGHT = 96, 64
+BAR_STEP, BAR_WIDTH = 3, 6  # frame i shows a white bar at columns [3i, 3i + 6): a decoded frame tells its index
+
+
+@pytest.fixture(scope="module")
+def counting_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 96 x 64 clip at 30 fps whose frame i is black with a white vertical bar at column 3 * i."""
+    frames = np.zeros((NUM_FRAMES, HEIGHT, WIDTH, 3), np.uint8)
+    for index in range(NUM_FRAMES):
+        frames[index, :, BAR_STEP * index : BAR_STEP * index + BAR_WIDTH] = 255
+    return write_mp4(frames, tmp_path_factory.mktemp("video") / "counting.mp4", fps=SOURCE_FPS)
+
+
+def frame_numbers(frames: np.ndarray) -> list[int]:
+    """The index each decoded frame shows: where its bar's brightness centroid lies, in source columns."""
+    numbers = []
+    for frame in frames:
+        columns = frame.astype(float).mean(axis=(0, 2))
+        centre = (columns * np.arange(len(columns))).sum() / columns.sum() + 0.5  # pixel centres
+        source_centre = centre * WIDTH / frame.shape[1]
+        numbers.append(round((source_centre - BAR_WIDTH / 2) / BAR_STEP))
+    return numbers
+
+
+def test_probe_reports_frames_fps_and_size(counting_video: Path):
+    info = probe_video(counting_video)
+    assert (info.frames, info.fps, info.width, info.height) == (NUM_FRAMES, SOURCE_FPS, 96, 64)
+    assert info.duration_s == pytest.approx(1.0)
+
+
+def test_read_at_lower_fps_takes_the_right_frames_and_resizes_on_decode(counting_video: Path):
+    clip = read_frames(counting_video, fps=10, size=40)
+    assert clip.frames.shape == (10, 40, 60, 3) and clip.frames.dtype == np.uint8  # short side 40, aspect kept
+    assert clip.frame_indices.tolist() == list(range(0, 30, 3))
+    assert frame_numbers(clip.frames) == list(range(0, 30, 3))
+    np.testing.assert_allclose(clip.times_s, np.arange(10) / 10)
+    assert clip.source_fps == SOURCE_FPS and clip.path == counting_video
+
+
+def test_start_time_and_frame_cap(counting_video: Path):
+    clip = read_frames(counting_video, start_s=0.5, max_frames=4)
+    assert frame_numbers(clip.frames) == [15, 16, 17, 18]
+    assert clip.frames.shape == (4, 64, 96, 3)
+
+
+def test_fps_above_the_source_rate_never_repeats_frames(counting_video: Path):
+    clip = read_frames(counting_video, fps=120)
+    assert clip.frame_indices.tolist() == list(range(NUM_FRAMES))
+
+
+def test_clip_windows_cover_the_video_and_decode(counting_video: Path):
+    info = probe_video(counting_video)
+    windows = clip_windows(info, window_frames=6, stride_frames=4, fps=15)
+    assert [window.frame_indices.tolist() for window in windows[:2]] == [[0, 2, 4, 6, 8, 10], [8, 10, 12, 14, 16, 18]]
+    assert all(len(window.frame_indices) == 6 for window in windows)
+    assert len(windows) == 3  # 15 sampled frames: windows start at 0, 4, 8
+    clip = decode_frames(info, windows[1].frame_indices, size=32)  # 48 px wide: decord cannot, cv2 resizes
+    assert clip.frames.shape == (6, 32, 48, 3)
+    assert frame_numbers(clip.frames) == [8, 10, 12, 14, 16, 18]
+    assert clip.times_s[0] == pytest.approx(windows[1].start_s)
+
+
+def test_decoded_size_keeps_the_aspect_ratio():
+    assert decoded_size(1280, 720, 256) == (455, 256)
+    assert decoded_size(720, 1280, 256) == (256, 455)
+    assert decoded_size(640, 480, None) == (640, 480)
+
+
+def _assert_clear(err: pytest.ExceptionInfo, path: Path, *words: str) -> None:
+    message = str(err.value)
+    assert isinstance(err.value, UserFacingError)
+    assert str(path) in message
+    for word in words:
+        assert word in message
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path: Path):
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(VideoReadError) as err:
+        read_frames(garbage)
+    _assert_clear(err, garbage, "corrupt", "re-encode")
+
+
+def test_truncated_file_is_a_clear_error(tmp_path: Path, counting_video: Path):
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(counting_video.read_bytes()[:2000])
+    with pytest.raises(VideoReadError) as err:
+        probe_video(truncated)
+    _assert_clear(err, truncated, "re-encode")
+
+
+def test_empty_and_missing_files_are_clear_errors(tmp_path: Path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(VideoReadError) as err:
+        probe_video(empty)
+    _assert_clear(err, empty, "empty")
+    with pytest.raises(VideoReadError) as err:
+        probe_video(tmp_path / "missing.mp4")
+    _assert_clear(err, tmp_path / "missing.mp4", "not found")
+
+
+def test_video_without_frames_is_a_clear_error(tmp_path: Path):
+    zero = tmp_path / "zero.mp4"
+    writer = cv2.VideoWriter(str(zero), cv2.VideoWriter_fourcc(*"mp4v"), 30, (64, 64))
+    writer.release()  # a valid container with no frame in it
+    with pytest.raises(VideoReadError) as err:
+        read_frames(zero)
+    _assert_clear(err, zero, "drop it")
+
+
+def test_start_past_the_end_is_a_clear_error(counting_video: Path):
+    with pytest.raises(VideoReadError) as err:
+        read_frames(counting_video, start_s=5.0)
+    _assert_clear(err, counting_video, "lasts 1.00s")
