@@ -72,6 +72,7 @@ def videos(tmp_path_factory) -> Path:
         write_mp4(render_truth_video(num_frames=40, size=128, seed=seed).frames, root / f"clip{seed}.mp4", fps=8)
     (root / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 10)
     write_mp4(render_truth_video(num_frames=6, size=128, seed=5).frames, root / "short.mp4", fps=8)
+    write_mp4(np.full((40, 128, 128, 3), 127, np.uint8), root / "blank.mp4", fps=8)  # nothing to track
     return root
 
 
@@ -183,8 +184,9 @@ def test_tom_job_over_videos_counts_unreadable_and_short_ones(tmp_path, videos):
         "8",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 ok, 2 failed" in result.stdout
-    assert "VideoReadError 1" in result.stdout and "ClipTooShortError 1" in result.stdout
+    assert "2 ok, 3 failed" in result.stdout
+    for reason in ("VideoReadError 1", "ClipTooShortError 1", "NoTrackableTextureError 1"):
+        assert reason in result.stdout, result.stdout
     samples = read_samples(out)
     assert len(samples) == 4  # 2 clips of each good video
     for raw in samples:
