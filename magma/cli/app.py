@@ -8,6 +8,7 @@ import typer
 
 from magma.cli.data import data_app
 from magma.cli.model import model_app
+from magma.cli.run import run
 from magma.cli.train import train
 from magma.errors import UserFacingError
 
@@ -21,10 +22,10 @@ app = typer.Typer(
 app.add_typer(model_app, name="model")
 app.add_typer(data_app, name="data")
 app.command(name="train")(train)
+app.command(name="run")(run)
 
 # Subcommands whose packages have not landed yet: each says so and names where it will live.
 PLANNED_COMMANDS = {
-    "run": ("run a policy over an environment's task suite and write a trajectory report", "magma/agents + envs/"),
     "lapa": ("latent action quantization, latent labelling and latent-VLA pretraining", "lapa/"),
     "rl": ("GRPO fine-tuning for text, web agents and robot policies", "magma/rl/"),
     "serve": ("serve a policy to robots and environments over the network", "robot/policy_server"),

@@ -137,3 +137,51 @@ def som(
     }
     settings = JobSettings(out, workers, rank, world_size, samples_per_shard, inputs_per_unit, seed, progress)
     _run("som", inputs, ANNOTATION_EXTENSIONS, options, settings)
+
+
+@data_app.command("record-sim")
+def record_sim(
+    task: Annotated[str, typer.Option("--task", help="A task of the MuJoCo tabletop suite.")],
+    out: OutOption,
+    episodes: Annotated[int, typer.Option("--episodes", help="Episodes to record (evaluation states 0..N-1).")] = 10,
+    image_size: Annotated[int, typer.Option("--image-size", help="Camera images, pixels per side.")] = 128,
+    control_hz: Annotated[int, typer.Option("--control-hz", help="Control rate, also the dataset's fps.")] = 10,
+    keep_failures: Annotated[bool, typer.Option("--keep-failures", help="Keep episodes the expert failed.")] = False,
+) -> None:
+    """Record scripted-expert episodes of the simulated robot in the LeRobotDataset v3 layout."""
+    from envs.mujoco.experts import ScriptedExpert
+    from envs.mujoco.tasks import get_task
+    from robot.recording import record_episodes
+    from robot.sim import SimRobot
+
+    get_task(task)
+
+    def make_robot(index: int) -> SimRobot:
+        return SimRobot(task=task, image_size=image_size, control_hz=control_hz, state_index=index)
+
+    def report(index: int, success: bool, steps: int) -> None:
+        typer.echo(f"episode {index:>3}: {'ok  ' if success else 'fail'} {steps:>4} steps", err=True)
+
+    summary = record_episodes(
+        make_robot, lambda robot: ScriptedExpert(robot.env), episodes, out, control_hz, keep_failures, report
+    )
+    typer.echo(summary.format())
+
+
+@data_app.command("lerobot-shards")
+def lerobot_shards(
+    dataset: Annotated[str, typer.Option("--dataset", help="A LeRobotDataset v3 directory.")],
+    out: OutOption,
+    camera: Annotated[str | None, typer.Option("--camera", help="The video key to use (default: the first).")] = None,
+    frame_stride: Annotated[int, typer.Option("--frame-stride", help="Use every n-th frame.")] = 1,
+    samples_per_shard: ShardOption = 1000,
+) -> None:
+    """Turn robot episodes into training shards (the sample contract, actions as floats) plus the
+    dataset_statistics.json the trainer's robot action codec reads."""
+    from data_tools.lerobot_dataset import LeRobotDatasetReader, episodes_to_shards
+
+    reader = LeRobotDatasetReader(dataset)
+    shards, statistics = episodes_to_shards(
+        reader, out, samples_per_shard=samples_per_shard, camera=camera, frame_stride=frame_stride
+    )
+    typer.echo(f"{len(shards)} shards in {out}; action statistics: {statistics}")

@@ -1,0 +1,1 @@
+"""Running policies over environments' task suites: episodes, success tables, trajectory videos."""

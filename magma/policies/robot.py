@@ -1,0 +1,69 @@
+"""The Magma model as a robot policy: the camera image and the instruction in, 256-bin action
+tokens out, decoded with the action statistics saved next to the checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from magma.actions import ActionParseError, RobotActionCodec, select_statistics
+from magma.checkpoint import load_checkpoint_action_statistics
+from magma.model import MagmaForCausalLM, default_dtype
+from magma.processor import MagmaProcessor
+
+DEFAULT_PROMPT = "<image>\nWhat action should the robot take to {instruction}?"
+
+
+class MagmaRobotPolicy:
+    """Greedy decoding of one action (``action_dim`` tokens) per step. A step whose output is not a
+    valid action token block counts in ``invalid_outputs`` and sends ``fallback_action``."""
+
+    def __init__(
+        self,
+        model: MagmaForCausalLM,
+        processor: MagmaProcessor,
+        codec: RobotActionCodec,
+        prompt: str = DEFAULT_PROMPT,
+        image_key: str = "image",
+        fallback_action: np.ndarray | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.codec = codec
+        self.prompt = prompt
+        self.image_key = image_key
+        self.fallback_action = np.zeros(codec.action_dim) if fallback_action is None else fallback_action
+        self.instruction = ""
+        self.invalid_outputs = 0
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, statistics_key: str | None = None, device: str = "cpu", **kwargs: Any
+    ) -> MagmaRobotPolicy:
+        """A checkpoint directory with its ``dataset_statistics.json`` (which dataset: ``statistics_key``)."""
+        model = MagmaForCausalLM.from_pretrained(directory, device=device, dtype=default_dtype(device))
+        processor = MagmaProcessor.from_pretrained(directory)
+        stats = select_statistics(load_checkpoint_action_statistics(directory), statistics_key)
+        codec = RobotActionCodec(stats, model.config.tokens.base_vocab_size)
+        return cls(model, processor, codec, **kwargs)
+
+    def reset(self, task: dict[str, Any]) -> None:
+        self.instruction = str(task.get("instruction", ""))
+
+    @torch.inference_mode()
+    def act(self, observation: dict[str, Any]) -> np.ndarray:
+        instruction = observation.get("instruction") or self.instruction
+        inputs = self.processor(self.prompt.format(instruction=instruction), [observation[self.image_key]])
+        tokens = self.model.generate(
+            **inputs.to(self.model.device).generation_kwargs(),
+            max_new_tokens=self.codec.action_dim,
+            stop_token_ids=[],
+        )[0]
+        try:
+            return self.codec.decode(tokens.tolist())
+        except ActionParseError:
+            self.invalid_outputs += 1
+            return self.fallback_action.copy()
