@@ -1,4 +1,3 @@
-"""Environments with one gymnasium contract: ``web/`` (Playwright, VisualWebArena-compatible,
-bundled offline sites), ``android/`` (adb) and ``mujoco/`` (tabletop manipulation suite).
-Nothing here imports a model; UI and robot actions go through ``magma.actions``.
-Not built yet (issues [4/7], [5/7], [9/9])."""
+"""Environments with one gymnasium contract: ``mujoco/`` (the tabletop manipulation suite), and later
+``web/`` (Playwright, VisualWebArena-compatible, bundled offline sites) and ``android/`` (adb).
+Nothing here imports a model; UI and robot actions go through ``magma.actions``."""

@@ -1,3 +1,3 @@
-"""Robot and camera interfaces, drivers (MuJoCo-sim and real), the control daemon for the lab
-machine, the policy server/client and episode recording in the LeRobotDataset v3 layout.
-Not built yet (issues [4/7], [8/9])."""
+"""Robots and cameras behind LeRobot-style interfaces (``interfaces``), safety clipping (``safety``),
+the MuJoCo-backed simulated robot (``sim``) and episode recording in the LeRobotDataset v3 layout
+(``recording``). The control daemon and the policy server come later (issue [8/9])."""
