@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 data_app = typer.Typer(
-    help="Make training shards: Trace-of-Mark from videos (tom), Set-of-Mark from screenshots (som).",
+    help="Make training data: Trace-of-Mark from videos (tom), Set-of-Mark from screenshots (som), "
+    "simulated robot episodes (record-sim) and LeRobot episodes as shards (lerobot-shards).",
     no_args_is_help=True,
 )
 
