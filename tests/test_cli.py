@@ -23,7 +23,7 @@ def test_help_lists_every_subcommand():
         assert f" {name} " in result.stdout, name
 
 
-@pytest.mark.parametrize(("name", "package"), [("rl", "magma/rl/"), ("sites", "envs/web/")])
+@pytest.mark.parametrize(("name", "package"), [("rl", "magma/rl/"), ("lapa", "lapa/")])
 def test_unbuilt_subcommands_say_where_they_will_live(name, package):
     result = agent(name, "--anything")
     assert result.returncode == 2

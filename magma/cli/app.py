@@ -9,6 +9,7 @@ import typer
 from magma.cli.data import data_app
 from magma.cli.model import model_app
 from magma.cli.run import run
+from magma.cli.sites import sites_app
 from magma.cli.train import train
 from magma.errors import UserFacingError
 
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(model_app, name="model")
 app.add_typer(data_app, name="data")
+app.add_typer(sites_app, name="sites")
 app.command(name="train")(train)
 app.command(name="run")(run)
 
@@ -30,7 +32,6 @@ PLANNED_COMMANDS = {
     "rl": ("GRPO fine-tuning for text, web agents and robot policies", "magma/rl/"),
     "serve": ("serve a policy to robots and environments over the network", "robot/policy_server"),
     "robot": ("the robot control daemon for the lab machine", "robot/"),
-    "sites": ("start the bundled offline web sites", "envs/web/"),
 }
 
 

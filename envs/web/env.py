@@ -1,0 +1,211 @@
+"""``WebEnv``: a gymnasium environment over the system Chromium, VisualWebArena-compatible.
+
+Observation (a dict): ``image`` (the Set-of-Mark screenshot, HxWx3 uint8), ``screenshot`` (the raw
+one), ``som`` and ``text`` (the ``[id] [TAG] [text]`` listing), ``url``, ``tabs`` (URLs of open tabs),
+``instruction`` (the task intent). The action is VWA text (``click [12]``, ``stop [answer]``, possibly
+inside a model's ```...``` block). A step whose text does not parse or whose action fails is counted:
+``info["action_error"]`` says why, ``info["failed_steps"]`` counts them, and the episode goes on.
+The episode ends at ``stop`` (terminated) or at ``max_steps`` (truncated); then the task is graded
+once in a separate page: reward 1.0/0.0, ``info["success"]`` True/False, or None when the grade is
+undecided (``info["eval_status"]`` "needs_judge" or "unsupported"). ``info["timings"]`` holds seconds
+per phase of the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium
+import numpy as np
+
+from data_tools.errors import UserFacingError
+from envs.web.actions import WebActionError, execute_action
+from envs.web.browser import ChromiumBrowser, ContextOptions
+from envs.web.grading import GradingConfig, grade_task
+from envs.web.session import PageSession, Timeouts
+from envs.web.som_page import draw_page_marks, find_page_elements, screenshot_array, som_listing
+from envs.web.tasks import WebTask
+from magma.actions.errors import ActionParseError
+from magma.actions.ui import extract_vwa_action, parse_ui_action
+
+
+class SiteUnreachableError(UserFacingError, ConnectionError):
+    """A start URL that cannot be opened; the message names the URL and how to bring the site up."""
+
+
+class WebEnv(gymnasium.Env):
+    """VisualWebArena tasks in a real browser; one browser context per episode."""
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
+
+    def __init__(
+        self,
+        task: WebTask | None = None,
+        max_steps: int = 30,
+        timeouts: Timeouts | None = None,
+        allowed_hosts: list[str] | None = None,
+        grading: GradingConfig | None = None,
+        auth_dir: str | None = None,
+        browser: ChromiumBrowser | None = None,
+        render_mode: str | None = "rgb_array",
+    ) -> None:
+        self.task = task
+        self.max_steps = max_steps
+        self.timeouts = timeouts or Timeouts()
+        self.allowed_hosts = allowed_hosts
+        self.grading = grading or GradingConfig()
+        self.auth_dir = auth_dir
+        self.render_mode = render_mode
+        self._browser = browser
+        self._owns_browser = browser is None
+        self._context: Any = None
+        self.session: PageSession | None = None
+        self._last_obs: dict[str, Any] | None = None
+        self._steps = 0
+        self._failed_steps = 0
+        self._done = False
+        self.observation_space = gymnasium.spaces.Dict(
+            {
+                "image": gymnasium.spaces.Box(0, 255, shape=(720, 1280, 3), dtype=np.uint8),
+                "screenshot": gymnasium.spaces.Box(0, 255, shape=(720, 1280, 3), dtype=np.uint8),
+                "som": gymnasium.spaces.Text(max_length=1_000_000),
+                "text": gymnasium.spaces.Text(max_length=1_000_000),
+                "url": gymnasium.spaces.Text(max_length=10_000),
+                "instruction": gymnasium.spaces.Text(max_length=100_000),
+            }
+        )
+        self.action_space = gymnasium.spaces.Text(max_length=10_000)
+
+    # -- episode -----------------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        super().reset(seed=seed)
+        task = (options or {}).get("task", self.task)
+        if task is None:
+            raise UserFacingError(
+                "WebEnv.reset needs a task; pass reset(options={'task': WebTask}) or WebEnv(task=...)"
+            )
+        self.task = task
+        self._close_context()
+        if self._browser is None:
+            self._browser = ChromiumBrowser()
+        storage_state = task.storage_state
+        if storage_state and self.auth_dir:
+            storage_state = str(Path(self.auth_dir) / Path(storage_state).name)
+        elif storage_state and not Path(storage_state).exists():
+            storage_state = None  # VWA's ./.auth files are made by its login script; run without them
+        started = time.perf_counter()
+        self._context = self._browser.new_context(ContextOptions(task.viewport, task.geolocation, storage_state))
+        hosts = self.allowed_hosts if self.allowed_hosts is not None else sorted(task.hosts)
+        self.session = PageSession(self._context, self.timeouts, hosts)
+        for url in task.start_urls:
+            try:
+                self.session.new_tab(url)
+            except Exception as error:
+                self._close_context()
+                raise SiteUnreachableError(
+                    f"cannot open start URL {url} of task {task.task_id}: {str(error).splitlines()[0]}; start the site "
+                    "(or set its environment variable, e.g. SHOPPING=http://127.0.0.1:7770) and try again"
+                ) from error
+        if len(task.start_urls) > 1:
+            self.session.focus(0)  # VWA starts on the first tab
+        self._steps = self._failed_steps = 0
+        self._done = False
+        timings = {"reset": time.perf_counter() - started}
+        obs = self._observe(timings)
+        return obs, {"timings": timings, "task_id": task.task_id, "task_images": list(task.images)}
+
+    def step(self, action: str) -> tuple[dict, float, bool, bool, dict]:
+        if self.session is None or self._done:
+            raise UserFacingError("the episode is over or has not started; call reset() before step()")
+        timings: dict[str, float] = {}
+        info: dict[str, Any] = {"action_error": None}
+        self._steps += 1
+        started = time.perf_counter()
+        parsed = None
+        try:
+            parsed = parse_ui_action(extract_vwa_action(str(action)), "vwa")
+        except ActionParseError as error:
+            info["action_error"] = str(error)
+        timings["parse"] = time.perf_counter() - started
+        terminated = parsed is not None and parsed.kind == "stop"
+        if parsed is not None and not terminated:
+            started = time.perf_counter()
+            try:
+                execute_action(self.session, parsed)
+            except WebActionError as error:
+                info["action_error"] = str(error)
+            timings["action"] = time.perf_counter() - started
+        if info["action_error"]:
+            self._failed_steps += 1
+        obs = self._observe(timings)
+        truncated = not terminated and self._steps >= self.max_steps
+        reward = 0.0
+        if terminated or truncated:
+            self._done = True
+            answer = (parsed.answer or "") if terminated else ""
+            started = time.perf_counter()
+            result = grade_task(self.task, self._context, answer, obs["url"], self.grading)
+            timings["grade"] = time.perf_counter() - started
+            reward = result.score
+            info.update(
+                success=None if result.status in ("needs_judge", "unsupported") else result.status == "pass",
+                eval_status=result.status,
+                eval_notes=result.notes,
+                answer=answer,
+            )
+        info.update(steps=self._steps, failed_steps=self._failed_steps, timings=timings)
+        return obs, reward, terminated, truncated, info
+
+    # -- observation -------------------------------------------------------------------------------
+
+    def _observe(self, timings: dict[str, float]) -> dict[str, Any]:
+        session = self.session
+        page = session.active if session else None
+        started = time.perf_counter()
+        try:
+            elements = find_page_elements(page) if page is not None else []
+        except Exception:  # mid-navigation: the document went away; settle once and try again
+            session.settle()
+            try:
+                elements = find_page_elements(page)
+            except Exception:
+                elements = []
+        timings["som"] = time.perf_counter() - started
+        started = time.perf_counter()
+        width, height = self.task.viewport
+        raw = screenshot_array(page) if page is not None else np.zeros((height, width, 3), np.uint8)
+        timings["screenshot"] = time.perf_counter() - started
+        started = time.perf_counter()
+        image = draw_page_marks(raw, elements)
+        listing = som_listing(elements)
+        timings["draw"] = time.perf_counter() - started
+        self._last_obs = {
+            "image": image,
+            "screenshot": raw,
+            "som": listing,
+            "text": listing,
+            "url": page.url if page is not None else "about:blank",
+            "tabs": session.tab_urls() if session else [],
+            "instruction": self.task.intent,
+        }
+        return self._last_obs
+
+    def render(self) -> np.ndarray | None:
+        return None if self._last_obs is None else self._last_obs["image"]
+
+    def _close_context(self) -> None:
+        if self._context is not None:
+            with contextlib.suppress(Exception):
+                self._context.close()
+        self._context = None
+        self.session = None
+
+    def close(self) -> None:
+        self._close_context()
+        if self._browser is not None and self._owns_browser:
+            self._browser.close()
+            self._browser = None
