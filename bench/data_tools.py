@@ -34,8 +34,13 @@ import report  # noqa: E402  (bench/report.py)
 
 from data_tools.corpus_kinds import TomJobOptions, tom_video_input  # noqa: E402
 from data_tools.jobs import JobSpec, run_corpus_job  # noqa: E402
-from data_tools.tracking_truth import render_truth_video, write_mp4  # noqa: E402
-from data_tools.video import clip_windows, decode_frames, probe_video  # noqa: E402
+from data_tools.tracking_truth import render_truth_video  # noqa: E402
+from data_tools.video import (  # noqa: E402
+    clip_windows,
+    decode_frames,
+    probe_video,
+    write_mp4,
+)
 
 NUM_STEPS = 16
 SOURCE_FPS = 30.0

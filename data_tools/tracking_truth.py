@@ -7,14 +7,13 @@ every frame comes from an exact warp, so the true track of any point of frame 0 
 same matrices, sub-pixel exact, with its visibility (inside the frame, not covered by an object).
 
 Scores: ``tapvid_position_accuracy`` (TAP-Vid's < delta^x_avg) and ``camera_compensation_error``.
-Used by the tests and the benchmarks; ``write_mp4`` writes a video so that they go through decord.
+Used by the tests and the benchmarks; ``data_tools.video.write_mp4`` writes the clips so that they go through decord.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -191,21 +190,6 @@ def render_truth_video(
             frame = frame * (1 - alpha) + drawn.astype(np.float32) * alpha
         frames[step] = np.clip(frame + 0.5, 0, 255).astype(np.uint8)
     return TruthVideo(frames=frames, scene_to_frame=scene_to_frame, objects=objects)
-
-
-def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 30.0) -> Path:
-    """Write uint8 RGB frames (T, H, W, 3) as an MPEG-4 (mp4v) file with OpenCV; returns the path."""
-    path = Path(path)
-    height, width = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
-        raise TruthVideoError(f"OpenCV cannot write '{path}' with the mp4v codec; write to a .mp4 path on a disk")
-    try:
-        for frame in frames:
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
-    return path
 
 
 def tapvid_position_accuracy(

@@ -24,6 +24,10 @@ _DECORD_ERRORS = (decord.DECORDError, RuntimeError)
 decord.logging.set_level(decord.logging.QUIET)  # broken files are reported by VideoReadError, not ffmpeg noise
 
 
+class VideoWriteError(UserFacingError, OSError):
+    """A video that cannot be written where or how it was asked."""
+
+
 class VideoReadError(UserFacingError, ValueError):
     """A video that cannot be read: missing, empty, corrupt, unsupported, or without frames to sample."""
 
@@ -218,3 +222,21 @@ def clip_windows(
         FrameWindow(start_s=float(sampled[start] / info.fps), frame_indices=sampled[start : start + window_frames])
         for start in range(0, len(sampled) - window_frames + 1, stride_frames)
     ]
+
+
+def write_mp4(frames: np.ndarray | list[np.ndarray], path: str | Path, fps: float = 30.0) -> Path:
+    """Write uint8 RGB frames (T, H, W, 3) as an MPEG-4 (mp4v) file with OpenCV; returns the path.
+    The one video writer of the toolkit (episode videos, truth clips, benchmarks)."""
+    path = Path(path)
+    if len(frames) == 0:
+        raise VideoWriteError(f"no frames to write to '{path}'; record at least one frame")
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise VideoWriteError(f"OpenCV cannot write '{path}' with the mp4v codec; write to a .mp4 path on a disk")
+    try:
+        for frame in frames:
+            writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    return path

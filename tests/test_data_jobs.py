@@ -15,7 +15,8 @@ from PIL import Image, ImageDraw
 from data_tools.corpus_kinds import ANNOTATION_EXTENSIONS, som_annotation_input
 from data_tools.jobs import JobSpec, list_inputs, run_corpus_job
 from data_tools.sample_format import validate_sample
-from data_tools.tracking_truth import render_truth_video, write_mp4
+from data_tools.tracking_truth import render_truth_video
+from data_tools.video import write_mp4
 from magma.actions import parse_ui_action
 from magma.data.shard_index import SampleRef, expand_shards, index_shard, read_raw_sample
 

@@ -41,9 +41,8 @@ from data_tools.tracking_truth import (
     camera_compensation_error,
     render_truth_video,
     tapvid_position_accuracy,
-    write_mp4,
 )
-from data_tools.video import ClipFrames, read_frames
+from data_tools.video import ClipFrames, read_frames, write_mp4
 
 CONFIG = TomConfig()
 CLIP_FRAMES = CONFIG.num_steps + 1

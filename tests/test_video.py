@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from data_tools.errors import UserFacingError
-from data_tools.tracking_truth import write_mp4
 from data_tools.video import (
     VideoReadError,
     clip_windows,
@@ -18,6 +17,7 @@ from data_tools.video import (
     decoded_size,
     probe_video,
     read_frames,
+    write_mp4,
 )
 
 SOURCE_FPS = 30

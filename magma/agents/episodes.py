@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from data_tools.video import write_mp4
 from magma.policies import Policy
 
 
@@ -25,20 +26,6 @@ class EpisodeResult:
     seconds: float
     invalid_outputs: int = 0
     video: str | None = None
-
-
-def write_video(frames: list[np.ndarray], path: Path, fps: float) -> Path:
-    """RGB frames as an mp4 (OpenCV, mp4v)."""
-    import cv2
-
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    try:
-        for frame in frames:
-            writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
-    return path
 
 
 def run_episode(env: Any, policy: Policy, task: str, state_index: int, video_path: Path | None, fps: float):
@@ -59,7 +46,7 @@ def run_episode(env: Any, policy: Policy, task: str, state_index: int, video_pat
         if terminated or truncated:
             success = bool(info.get("success", False))
             break
-    video = str(write_video(frames, video_path, fps)) if video_path is not None else None
+    video = str(write_mp4(frames, video_path, fps)) if video_path is not None else None
     return EpisodeResult(
         task=task,
         state_index=state_index,
