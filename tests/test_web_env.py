@@ -33,6 +33,12 @@ PAGES = {
 <a href="http://{other}/elsewhere">Other site</a>
 <p id="out">nothing</p></body></html>""",
     "/page2": "<html><body><p>Second page</p><a href='/'>Home</a></body></html>",
+    "/tabs": "<html><body><a href='/page2' target='_blank'>Open in new tab</a></body></html>",
+    "/geo": """<html><body><p id="geo">unknown</p><script>
+navigator.geolocation.getCurrentPosition(
+  (p) => { document.getElementById('geo').textContent = p.coords.latitude.toFixed(3) + ',' + p.coords.longitude.toFixed(3); },
+  (e) => { document.getElementById('geo').textContent = 'denied ' + e.code; });
+</script></body></html>""",
 }
 
 
@@ -173,3 +179,47 @@ def test_max_steps_truncates_and_grades(browser, site):
         assert truncated and not terminated and reward == 0.0 and info["success"] is False
     finally:
         env.close()
+
+
+def test_new_tabs_are_followed_and_tab_actions_work(env, site):
+    obs, _ = env.reset(options={"task": _task(site, "/tabs")})
+    obs, *_, info = env.step(f"click [{_id_of(obs['som'], 'Open in new tab')}]")
+    assert info["action_error"] is None
+    assert obs["url"] == f"{site}/page2" and obs["tabs"] == [f"{site}/tabs", f"{site}/page2"]
+    assert "Second page" in obs["som"]
+    obs, *_ = env.step("tab_focus [0]")
+    assert obs["url"] == f"{site}/tabs" and "Open in new tab" in obs["som"]
+    obs, *_ = env.step("close_tab")
+    assert obs["tabs"] == [f"{site}/page2"] and obs["url"] == f"{site}/page2"
+    obs, *_ = env.step("new_tab")
+    assert len(obs["tabs"]) == 2 and obs["url"] == "about:blank"
+    obs, *_, info = env.step("tab_focus [5]")
+    assert info["action_error"] and info["failed_steps"] == 1
+
+
+def test_multi_tab_start_urls_open_in_order_on_the_first_tab(env, site):
+    config = {
+        "task_id": 2,
+        "intent": "Compare the pages",
+        "start_url": "__SHOPPING__/ |AND| __SHOPPING__/page2",
+        "eval": {"eval_types": ["url_match"], "reference_url": "__SHOPPING__/page2"},
+    }
+    obs, _ = env.reset(options={"task": task_from_config(config, {"__SHOPPING__": site})})
+    assert obs["tabs"] == [f"{site}/", f"{site}/page2"] and obs["url"] == f"{site}/"
+    obs, *_ = env.step("tab_focus [1]")
+    *_, terminated, _, info = env.step("stop []")
+    assert terminated and info["success"] is True
+
+
+def test_task_geolocation_reaches_the_page(env, site):
+    config = {
+        "task_id": 3,
+        "intent": "Where am I?",
+        "start_url": "__SHOPPING__/geo",
+        "geolocation": {"latitude": 40.4433, "longitude": -79.9436},
+        "eval": {"eval_types": ["string_match"], "reference_answers": {"exact_match": "x"}},
+    }
+    env.reset(options={"task": task_from_config(config, {"__SHOPPING__": site})})
+    page = env.session.active
+    page.wait_for_function("document.getElementById('geo').textContent !== 'unknown'", timeout=5000)
+    assert page.text_content("#geo") == "40.443,-79.944"

@@ -17,7 +17,7 @@ from envs.web.tasks import load_tasks, site_urls_from_environment
 
 BUNDLED = Path(__file__).resolve().parent.parent / "envs" / "web" / "tasks" / "bundled"
 SITES = ("classifieds", "shopping", "reddit")
-KNOWN_ORACLE_FAILURES = {"shopping:21"}  # its program_html locator cuts the review list before the new review
+KNOWN_ORACLE_FAILURES: set[str] = set()
 
 
 @pytest.fixture(scope="module")

@@ -90,8 +90,8 @@ def _dispatch(session: PageSession, action: UIAction, timeout: int) -> None:
     elif kind == "press":
         _press_keys(page, action.keys or "")
     elif kind == "scroll":
-        sign = -1 if action.direction == "up" else 1
-        page.evaluate("(dy) => window.scrollBy(0, dy)", sign * page.evaluate("window.innerHeight") * 2 // 3)
+        sign = -1 if action.direction == "up" else 1  # one viewport, as VWA scrolls
+        page.evaluate("(sign) => window.scrollBy(0, sign * window.innerHeight)", sign)
     elif kind == "goto":
         if not session.is_allowed(action.url or ""):
             session.blocked_urls.append(action.url or "")

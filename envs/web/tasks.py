@@ -9,6 +9,7 @@ are rejected at load time, naming the task.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Mapping
@@ -16,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+import numpy as np
+from PIL import Image
 
 from data_tools.errors import UserFacingError
 
@@ -55,6 +59,7 @@ class WebTask:
     images: list[str] = field(default_factory=list)
     site_urls: dict[str, str] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    base_dir: str = ""
 
     @property
     def eval_types(self) -> list[str]:
@@ -95,7 +100,9 @@ def _fill(value: Any, urls: Mapping[str, str], used: set[str]) -> Any:
     return value
 
 
-def task_from_config(config: Mapping[str, Any], site_urls: Mapping[str, str], source: str = "") -> WebTask:
+def task_from_config(
+    config: Mapping[str, Any], site_urls: Mapping[str, str], source: str = "", base_dir: str | Path = ""
+) -> WebTask:
     """One WebTask from a raw VWA config; TaskConfigError names the task and what to change."""
     task_id = f"{source}:{config.get('task_id', '?')}" if source else str(config.get("task_id", "?"))
     for key in ("intent", "start_url", "eval"):
@@ -135,6 +142,7 @@ def task_from_config(config: Mapping[str, Any], site_urls: Mapping[str, str], so
         images=[images] if isinstance(images, str) else list(images),
         site_urls={p: u for p, u in site_urls.items() if p in used},
         raw=dict(config),
+        base_dir=str(base_dir),
     )
 
 
@@ -158,5 +166,39 @@ def load_tasks(path_or_dir: str | Path, site_urls: Mapping[str, str] | None = No
         for config in configs:
             if not isinstance(config, dict):
                 raise TaskConfigError(f"{file} holds a {type(config).__name__}, not a task object; each task is a dict")
-            tasks.append(task_from_config(config, urls, source))
+            tasks.append(task_from_config(config, urls, source, file.parent))
     return tasks
+
+
+def resolve_task_image(task: WebTask, reference: str, images_root: str | Path | None = None) -> Path:
+    """The file of a task's input image. VWA writes them relative to its repository root, our bundled tasks
+    relative to ours: tried as given, under ``images_root``, then under each folder above the task file."""
+    candidates = [Path(reference)]
+    if images_root:
+        candidates.append(Path(images_root) / reference)
+    if task.base_dir:
+        base = Path(task.base_dir).resolve()
+        candidates += [folder / reference for folder in (base, *base.parents)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise TaskConfigError(
+        f"task {task.task_id}: input image {reference} not found; pass --images-root (VWA's repository folder "
+        "for the official tasks) or fix the task's image path"
+    )
+
+
+def load_task_images(task: WebTask, images_root: str | Path | None = None) -> list[np.ndarray]:
+    """The task's input images as RGB arrays, in order (http(s) URLs are read with a bounded timeout)."""
+    images = []
+    for reference in task.images:
+        if reference.startswith(("http://", "https://")):
+            import urllib.request
+
+            with urllib.request.urlopen(reference, timeout=20) as response:
+                data = io.BytesIO(response.read())
+            images.append(np.asarray(Image.open(data).convert("RGB")))
+        else:
+            with Image.open(resolve_task_image(task, reference, images_root)) as image:
+                images.append(np.asarray(image.convert("RGB")))
+    return images

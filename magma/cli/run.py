@@ -1,5 +1,6 @@
-"""``agent run``: run a policy over an environment's task suite; a success table, a JSON line per
-episode and an mp4 per episode in the output directory."""
+"""``agent run``: run a policy over an environment's task suite. MuJoCo: a success table, a JSON line per
+episode and an mp4 per episode. VisualWebArena: results.jsonl, a summary by site and eval type and an HTML
+trajectory report, over parallel browser contexts, resumable."""
 
 from __future__ import annotations
 
@@ -9,19 +10,48 @@ from typing import Annotated
 
 import typer
 
-ENVIRONMENTS = ("mujoco",)
-POLICIES = ("scripted", "magma")
+ENVIRONMENTS = ("mujoco", "visualwebarena")
+POLICIES = {"mujoco": ("scripted", "magma"), "visualwebarena": ("oracle", "openai", "magma")}
 
 
 def run(
-    env: Annotated[str, typer.Option("--env", help="The environment: mujoco (web and android come later).")],
-    task: Annotated[str, typer.Option("--task", help="A task name, or 'all' for the whole suite.")] = "all",
-    policy: Annotated[str, typer.Option("--policy", help="scripted (privileged expert) or magma (a checkpoint).")] = (
-        "scripted"
-    ),
-    checkpoint: Annotated[
-        str | None, typer.Option("--checkpoint", help="The Magma checkpoint directory for --policy magma.")
+    env: Annotated[str, typer.Option("--env", help="The environment: mujoco or visualwebarena.")],
+    task: Annotated[str, typer.Option("--task", help="mujoco: a task name, or 'all' for the whole suite.")] = "all",
+    policy: Annotated[
+        str | None,
+        typer.Option(
+            "--policy",
+            help="mujoco: scripted (privileged expert, default) or magma; visualwebarena: oracle (bundled tasks' "
+            "recorded trajectories, default), openai (OPENAI_BASE_URL / OPENAI_API_KEY) or magma.",
+        ),
     ] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option("--checkpoint", help="mujoco: the Magma checkpoint directory for --policy magma.")
+    ] = None,
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tasks",
+            help="visualwebarena: bundled (default), a bundled site (shopping), a VWA task FILE or DIR, each "
+            "optionally with :ids (shopping:0-9, test_reddit.raw.json:3,7). Repeatable.",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="visualwebarena: a Magma checkpoint DIR (magma) or the model name (openai)."),
+    ] = None,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="visualwebarena: steps per task.")] = 30,
+    workers: Annotated[int, typer.Option("--workers", help="visualwebarena: parallel browser contexts.")] = 1,
+    resume: Annotated[bool, typer.Option("--resume", help="visualwebarena: finish the run in --out.")] = False,
+    auth_dir: Annotated[
+        str | None, typer.Option("--auth-dir", help="visualwebarena: VWA's .auth folder for the official sites.")
+    ] = None,
+    images_root: Annotated[
+        str | None, typer.Option("--images-root", help="visualwebarena: where official task images live (VWA repo).")
+    ] = None,
+    grading: Annotated[
+        str, typer.Option("--grading", help="visualwebarena: fixed (VWA's bugs fixed) or official (VWA's code).")
+    ] = "fixed",
     statistics_key: Annotated[
         str | None, typer.Option("--statistics-key", help="Which dataset's action statistics to decode with.")
     ] = None,
@@ -31,12 +61,16 @@ def run(
     videos: Annotated[bool, typer.Option("--videos/--no-videos", help="Write an mp4 of every episode.")] = True,
 ) -> None:
     """Run a policy over tasks of an environment and print the success per task."""
+    if env not in ENVIRONMENTS:
+        raise typer.BadParameter(f"--env must be one of {ENVIRONMENTS}; android is not built yet")
+    policy = policy or POLICIES[env][0]
+    if policy not in POLICIES[env]:
+        raise typer.BadParameter(f"--policy for --env {env} must be one of {POLICIES[env]}")
+    if env == "visualwebarena":
+        run_web(tasks or ["bundled"], policy, model, max_steps, workers, resume, out, auth_dir, images_root, grading)
+        return
     from envs.mujoco.tasks import TASKS, get_task
 
-    if env not in ENVIRONMENTS:
-        raise typer.BadParameter(f"--env must be one of {ENVIRONMENTS}; web and android are not built yet")
-    if policy not in POLICIES:
-        raise typer.BadParameter(f"--policy must be one of {POLICIES}")
     if policy == "magma" and not checkpoint:
         raise typer.BadParameter("--policy magma needs --checkpoint DIR (a model trained on robot actions)")
     tasks = list(TASKS) if task == "all" else [get_task(task).name]
@@ -68,3 +102,38 @@ def run(
     results = run_suite(make_env, make_policy, tasks, episodes, out_dir, videos=videos, on_episode=report)
     typer.echo(success_table(results))
     typer.echo(f"episodes and videos: {out_dir}")
+
+
+def run_web(
+    tasks: list[str],
+    policy: str,
+    model: str | None,
+    max_steps: int,
+    workers: int,
+    resume: bool,
+    out: str | None,
+    auth_dir: str | None,
+    images_root: str | None,
+    grading: str,
+) -> None:
+    from magma.agents.web_suite import WebRunOptions, WebRunSettings, run_web_suite, summary_table, web_policy_factory
+
+    if resume and not out:
+        raise typer.BadParameter("--resume needs --out, the directory of the run to finish")
+    if grading not in ("fixed", "official"):
+        raise typer.BadParameter("--grading must be fixed or official")
+    settings = WebRunSettings(tasks=list(tasks), policy=policy, model=model, max_steps=max_steps, grading_mode=grading)
+    options = WebRunOptions(workers=workers, auth_dir=auth_dir, images_root=images_root)
+    out_dir = Path(out or f"runs/run-visualwebarena-{time.strftime('%Y%m%d-%H%M%S')}")
+
+    def report(result) -> None:
+        mark = {True: "ok  ", False: "fail", None: "??? "}[result.success] if result.status == "done" else "err "
+        detail = result.error or result.early_stop or result.eval_status
+        typer.echo(f"{mark} {result.key:<24} {result.steps:>3} steps {result.seconds:>6.1f} s  {detail}", err=True)
+
+    factory = web_policy_factory(policy, model)
+    from magma.agents.web_suite import summarize
+
+    results = run_web_suite(settings, options, out_dir, factory, resume=resume, on_result=report)
+    typer.echo(summary_table(summarize(results)))
+    typer.echo(f"results: {out_dir / 'results.jsonl'}  report: {out_dir / 'report.html'}")

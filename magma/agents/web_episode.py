@@ -1,0 +1,155 @@
+"""One web episode: the policy's replies through ``WebEnv`` until ``stop``, ``max_steps`` or an early stop,
+with each step's Set-of-Mark screenshot, model text, parsed action and timings kept for the report.
+
+Early stops are VisualWebArena's: ``parse_failures`` replies in a row without a parsable action, or the
+same action ``repeated_actions`` times in a row (a ``type`` action: that many times in the episode). The
+episode then ends with ``stop []`` and is graded like any other, as VWA does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from magma.actions import ActionParseError, extract_vwa_action, format_vwa_action, parse_vwa_action
+from magma.policies import Policy
+
+TRAJECTORY_IMAGE_WIDTH = 960
+
+
+@dataclass(frozen=True)
+class EarlyStopRules:
+    """VWA's thresholds (``parsing_failure_th`` 3, ``repeating_action_failure_th`` 5)."""
+
+    parse_failures: int = 3
+    repeated_actions: int = 5
+
+    def reason(self, actions: list[str | None]) -> str | None:
+        """Why the episode should end now, given the parsed actions so far (None: a reply that did not parse)."""
+        recent = actions[-self.parse_failures :]
+        if len(recent) >= self.parse_failures and all(action is None for action in recent):
+            return f"no parsable action in {self.parse_failures} replies in a row"
+        if not actions or actions[-1] is None:
+            return None
+        last = actions[-1]
+        if last.startswith("type "):
+            if sum(action == last for action in actions) >= self.repeated_actions:
+                return f"the same type action {self.repeated_actions} times"
+            return None
+        recent = actions[-self.repeated_actions :]
+        if len(recent) >= self.repeated_actions and all(action == last for action in recent):
+            return f"the same action {self.repeated_actions} times in a row"
+        return None
+
+
+@dataclass
+class StepRecord:
+    """One step as the report shows it."""
+
+    step: int
+    url: str
+    reply: str
+    action: str | None
+    action_error: str | None
+    image: str | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class WebEpisodeResult:
+    """One task's outcome, one line of results.jsonl."""
+
+    key: str
+    intent: str
+    site: str
+    eval_types: list[str]
+    status: str  # "done", or "error" when the episode could not run to its end
+    success: bool | None = None
+    reward: float = 0.0
+    eval_status: str = ""
+    eval_notes: list[str] = field(default_factory=list)
+    answer: str = ""
+    steps: int = 0
+    failed_steps: int = 0
+    early_stop: str | None = None
+    seconds: float = 0.0
+    policy_seconds: float = 0.0
+    error: str | None = None
+    worker: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parsed_action(reply: str) -> str | None:
+    """The reply's action in canonical VWA text, or None when it has none that parses."""
+    try:
+        return format_vwa_action(parse_vwa_action(extract_vwa_action(reply)))
+    except ActionParseError:
+        return None
+
+
+def save_step_image(image: np.ndarray, path: Path, width: int = TRAJECTORY_IMAGE_WIDTH) -> None:
+    picture = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    if picture.width > width:
+        picture = picture.resize((width, round(picture.height * width / picture.width)), Image.BILINEAR)
+    picture.save(path, quality=80)
+
+
+def run_web_episode(
+    env: Any,
+    policy: Policy,
+    task_info: dict[str, Any],
+    result: WebEpisodeResult,
+    rules: EarlyStopRules,
+    trajectory_dir: Path | None = None,
+) -> tuple[WebEpisodeResult, list[StepRecord]]:
+    """Run the episode already reset in ``env`` (``task_info`` is what the policy's ``reset`` gets and
+    ``observation`` its first observation) and fill ``result``; returns it with the step records."""
+    observation = task_info.pop("observation")
+    policy.reset(task_info)
+    started = time.perf_counter()
+    actions: list[str | None] = []
+    records: list[StepRecord] = []
+    info: dict[str, Any] = {}
+    reward = 0.0
+    for step in range(env.max_steps + 1):
+        image_name = None
+        if trajectory_dir is not None:
+            image_name = f"step-{step:03d}.jpg"
+            save_step_image(observation["image"], trajectory_dir / image_name)
+        policy_started = time.perf_counter()
+        reply = str(policy.act(observation))
+        policy_seconds = time.perf_counter() - policy_started
+        result.policy_seconds += policy_seconds
+        action = parsed_action(reply)
+        actions.append(action)
+        url = str(observation.get("url", ""))
+        observation, reward, terminated, truncated, info = env.step(reply)
+        records.append(
+            StepRecord(step, url, reply, action, info.get("action_error"), image_name, {"policy": policy_seconds})
+        )
+        records[-1].timings.update(info.get("timings", {}))
+        if terminated or truncated:
+            break
+        reason = rules.reason(actions)
+        if reason:
+            result.early_stop = reason
+            observation, reward, _, _, info = env.step("stop []")
+            records.append(StepRecord(step + 1, str(observation.get("url", "")), "", "stop []", None, None))
+            break
+    result.seconds = time.perf_counter() - started
+    result.status = "done"
+    result.success = info.get("success")
+    result.reward = float(reward)
+    result.eval_status = str(info.get("eval_status", ""))
+    result.eval_notes = list(info.get("eval_notes") or [])
+    result.answer = str(info.get("answer", ""))
+    result.steps = int(info.get("steps", len(records)))
+    result.failed_steps = int(info.get("failed_steps", 0))
+    return result, records

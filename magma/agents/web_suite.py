@@ -1,0 +1,358 @@
+"""``agent run --env visualwebarena``: a policy over a VisualWebArena task suite, in parallel browser
+contexts, resumable, with results.jsonl, a summary by site and eval type and a trajectory report.
+
+Each worker thread owns a Chromium and, for bundled tasks, its own copy of the bundled sites (reset before
+every task, a fresh login written into the worker's auth folder), so workers never see each other's
+state. Official tasks run against the sites named by VWA's environment variables (``SHOPPING=...``).
+A run directory holds ``run.json`` (the settings), ``results.jsonl`` (a line per finished task, flushed as
+it ends), ``trajectories/<task>/`` (screenshots and ``steps.jsonl``), ``summary.json`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_tools.errors import UserFacingError
+from envs.web.task_selection import SelectedTask, select_tasks
+from magma.agents.web_episode import EarlyStopRules, WebEpisodeResult, run_web_episode, save_step_image
+from magma.policies import Policy
+
+RUN_FILE = "run.json"
+RESULTS_FILE = "results.jsonl"
+SUMMARY_FILE = "summary.json"
+WEB_POLICIES = ("oracle", "openai", "magma")
+
+PolicyFactory = Callable[[Any, SelectedTask, dict[str, str]], Policy]
+
+
+class RunDirectoryError(UserFacingError):
+    """An output directory that holds another run, or a ``--resume`` with different settings."""
+
+
+@dataclass
+class WebRunSettings:
+    """Everything that decides a run's results; ``--resume`` refuses a directory made with other settings."""
+
+    tasks: list[str] = field(default_factory=lambda: ["bundled"])
+    policy: str = "oracle"
+    model: str | None = None
+    max_steps: int = 30
+    grading_mode: str = "fixed"
+    parse_failures: int = 3
+    repeated_actions: int = 5
+
+
+@dataclass
+class WebRunOptions:
+    """How to run (not part of the results): parallelism, paths, trajectory images."""
+
+    workers: int = 1
+    auth_dir: str | None = None
+    images_root: str | None = None
+    save_images: bool = True
+
+
+def trajectory_name(key: str) -> str:
+    """A task key as a folder and link name (``shopping:3`` -> ``shopping_3``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", key)
+
+
+def read_results(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """The last line per task of results.jsonl (a line cut by a crash is ignored)."""
+    results: dict[str, dict[str, Any]] = {}
+    path = out_dir / RESULTS_FILE
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            results[record["key"]] = record
+    return results
+
+
+def prepare_run_directory(out_dir: Path, settings: WebRunSettings, resume: bool) -> dict[str, dict[str, Any]]:
+    """Create the run directory, or check a resumed one; returns the results already there."""
+    run_file = out_dir / RUN_FILE
+    wanted = asdict(settings)
+    if run_file.exists():
+        if not resume:
+            raise RunDirectoryError(f"{out_dir} already holds a run; pass --resume to continue it or another --out")
+        recorded = json.loads(run_file.read_text(encoding="utf-8"))
+        changed = sorted(key for key in wanted if recorded.get(key) != wanted[key])
+        if changed:
+            raise RunDirectoryError(
+                f"--resume with other settings than the run in {out_dir} ({', '.join(changed)} differ); "
+                "rerun with the same options or use another --out"
+            )
+        return read_results(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise RunDirectoryError(f"{out_dir} is not empty and holds no run; pass an empty or new --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "trajectories").mkdir(exist_ok=True)
+    temporary = run_file.with_suffix(".partial")
+    temporary.write_text(json.dumps(wanted, indent=2), encoding="utf-8")
+    temporary.replace(run_file)
+    return {}
+
+
+class _ResultLog:
+    """Appends finished tasks to results.jsonl from any worker, one flushed line each."""
+
+    def __init__(self, path: Path, on_result: Callable[[WebEpisodeResult], None] | None) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.on_result = on_result
+
+    def write(self, result: WebEpisodeResult) -> None:
+        with self.lock, self.path.open("a", encoding="utf-8") as file:
+            file.write(json.dumps(result.to_json()) + "\n")
+            file.flush()
+            if self.on_result is not None:
+                self.on_result(result)
+
+
+def _site_login_states(sites: Any, auth_dir: Path) -> None:
+    auth_dir.mkdir(parents=True, exist_ok=True)
+    for name in sites:
+        (auth_dir / f"{name}_state.json").write_text(json.dumps(sites.storage_state(name)), encoding="utf-8")
+
+
+def _run_worker(
+    index: int,
+    pending: queue.Queue[SelectedTask],
+    settings: WebRunSettings,
+    options: WebRunOptions,
+    out_dir: Path,
+    make_policy: PolicyFactory,
+    log: _ResultLog,
+    fatal: list[BaseException],
+) -> None:
+    from envs.web.browser import ChromiumBrowser
+    from envs.web.env import WebEnv
+    from envs.web.grading import GradingConfig
+    from envs.web.sites.images import bundled_site_vqa
+    from envs.web.sites.server import start_sites
+    from envs.web.tasks import load_task_images, site_urls_from_environment
+
+    rules = EarlyStopRules(settings.parse_failures, settings.repeated_actions)
+    browser = sites = None
+    environments: dict[bool, Any] = {}  # one env for bundled tasks, one for official ones
+    try:
+        browser = ChromiumBrowser()
+        official_urls = site_urls_from_environment()
+        bundled_auth = out_dir / ".auth" / f"worker-{index}"
+        while not fatal:
+            try:
+                selected = pending.get_nowait()
+            except queue.Empty:
+                return
+            if selected.bundled:
+                if sites is None:
+                    sites = start_sites()
+                sites.reset()
+                _site_login_states(sites, bundled_auth)
+                urls = site_urls_from_environment({name.upper(): url for name, url in sites.items()})
+            else:
+                urls = official_urls
+            if selected.bundled not in environments:
+                grading = GradingConfig(
+                    mode=settings.grading_mode, vqa_model=bundled_site_vqa if selected.bundled else None
+                )
+                auth = str(bundled_auth) if selected.bundled else options.auth_dir
+                environments[selected.bundled] = WebEnv(
+                    max_steps=settings.max_steps, grading=grading, auth_dir=auth, browser=browser
+                )
+            env = environments[selected.bundled]
+            result = WebEpisodeResult(selected.key, "", selected.site, selected.eval_types, "error", worker=index)
+            trajectory_dir = out_dir / "trajectories" / trajectory_name(selected.key)
+            trajectory_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                task = selected.web_task(urls)
+                result.intent = task.intent
+                images = load_task_images(task, options.images_root)
+                for number, image in enumerate(images):
+                    save_step_image(image, trajectory_dir / f"input-{number}.jpg")
+                observation, _ = env.reset(options={"task": task})
+                policy = make_policy(env, selected, urls)
+                task_info = {"instruction": task.intent, "task_id": selected.key, "images": images}
+                task_info["observation"] = observation
+                result, records = run_web_episode(
+                    env, policy, task_info, result, rules, trajectory_dir if options.save_images else None
+                )
+                with (trajectory_dir / "steps.jsonl").open("w", encoding="utf-8") as file:
+                    for record in records:
+                        file.write(json.dumps(asdict(record)) + "\n")
+            except UserFacingError as error:  # a setting every task shares is wrong: stop the run
+                fatal.append(error)
+                return
+            except Exception as error:  # this task could not run (browser crash, site error): record it, go on
+                result.status, result.error = "error", f"{type(error).__name__}: {str(error).splitlines()[0]}"
+            log.write(result)
+    except BaseException as error:
+        fatal.append(error)
+    finally:
+        for environment in environments.values():
+            environment.close()
+        if sites is not None:
+            sites.stop()
+        if browser is not None:
+            browser.close()
+
+
+def run_web_suite(
+    settings: WebRunSettings,
+    options: WebRunOptions,
+    out_dir: str | Path,
+    make_policy: PolicyFactory,
+    resume: bool = False,
+    on_result: Callable[[WebEpisodeResult], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every selected task not finished yet; returns all results of the run directory, in task order."""
+    out_dir = Path(out_dir)
+    selected = select_tasks(settings.tasks)
+    check_tasks_runnable(selected, settings)
+    done = prepare_run_directory(out_dir, settings, resume)
+    pending: queue.Queue[SelectedTask] = queue.Queue()
+    for task in selected:
+        if done.get(task.key, {}).get("status") != "done":
+            pending.put(task)
+    log = _ResultLog(out_dir / RESULTS_FILE, on_result)
+    fatal: list[BaseException] = []
+    workers = [
+        threading.Thread(
+            target=_run_worker,
+            args=(index, pending, settings, options, out_dir, make_policy, log, fatal),
+            name=f"web-worker-{index}",
+            daemon=True,
+        )
+        for index in range(max(1, min(options.workers, pending.qsize())))
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if fatal:
+        raise fatal[0]
+    results = read_results(out_dir)
+    ordered = [results[task.key] for task in selected if task.key in results]
+    summary = summarize(ordered)
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    from magma.agents.web_report import write_report
+
+    write_report(out_dir, ordered, summary)
+    return ordered
+
+
+def check_tasks_runnable(selected: list[SelectedTask], settings: WebRunSettings) -> None:
+    """Fail before any browser starts: unknown policy, oracle without trajectories, missing site URLs."""
+    from envs.web.tasks import site_urls_from_environment
+
+    if settings.policy not in WEB_POLICIES:
+        raise UserFacingError(f"--policy {settings.policy!r} is not a web policy; use one of {', '.join(WEB_POLICIES)}")
+    if settings.policy == "oracle":
+        without = [task.key for task in selected if not task.oracle]
+        if without:
+            raise UserFacingError(
+                f"--policy oracle needs tasks with an oracle trajectory; {without[:3]} have none "
+                "(the bundled suite has them, VWA's official tasks do not)"
+            )
+    official_urls = site_urls_from_environment()
+    for task in selected:
+        if not task.bundled:
+            task.web_task(official_urls)  # raises naming the environment variable to set
+
+
+def _rate(passed: int, decided: int) -> float | None:
+    return round(passed / decided, 4) if decided else None
+
+
+def _group_row(records: list[dict[str, Any]]) -> dict[str, Any]:
+    passed = sum(record.get("success") is True for record in records)
+    failed = sum(record.get("success") is False for record in records)
+    errors = sum(record.get("status") == "error" for record in records)
+    finished = [record for record in records if record.get("status") == "done"]
+    return {
+        "tasks": len(records),
+        "passed": passed,
+        "failed": failed,
+        "undecided": len(finished) - passed - failed,
+        "errors": errors,
+        "success_rate": _rate(passed, passed + failed),
+        "mean_steps": round(sum(r["steps"] for r in finished) / len(finished), 2) if finished else None,
+        "mean_seconds": round(sum(r["seconds"] for r in finished) / len(finished), 2) if finished else None,
+    }
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Success by site and by eval type (a task with two eval types counts in both), and overall."""
+    by_site: dict[str, list[dict[str, Any]]] = {}
+    by_eval: dict[str, list[dict[str, Any]]] = {}
+    for record in results:
+        by_site.setdefault(record["site"], []).append(record)
+        for eval_type in record.get("eval_types") or ["?"]:
+            by_eval.setdefault(eval_type, []).append(record)
+    return {
+        "overall": _group_row(results),
+        "by_site": {name: _group_row(rows) for name, rows in sorted(by_site.items())},
+        "by_eval_type": {name: _group_row(rows) for name, rows in sorted(by_eval.items())},
+    }
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """The summary as a plain-text table: passed/decided, undecided (needs a judge), errors, steps, seconds."""
+    header = f"{'group':<28} {'tasks':>5} {'passed':>6} {'failed':>6} {'undec.':>6} {'errors':>6} {'success':>8} "
+    header += f"{'steps':>6} {'sec':>7}"
+    lines = [header, "-" * len(header)]
+
+    def row(name: str, values: dict[str, Any]) -> str:
+        rate = "-" if values["success_rate"] is None else f"{100 * values['success_rate']:.1f}%"
+        steps = "-" if values["mean_steps"] is None else f"{values['mean_steps']:.1f}"
+        seconds = "-" if values["mean_seconds"] is None else f"{values['mean_seconds']:.1f}"
+        return (
+            f"{name:<28} {values['tasks']:>5} {values['passed']:>6} {values['failed']:>6} {values['undecided']:>6} "
+            f"{values['errors']:>6} {rate:>8} {steps:>6} {seconds:>7}"
+        )
+
+    for name, values in summary["by_site"].items():
+        lines.append(row(f"site {name}", values))
+    for name, values in summary["by_eval_type"].items():
+        lines.append(row(f"eval {name}", values))
+    lines.append(row("all", summary["overall"]))
+    return "\n".join(lines)
+
+
+def web_policy_factory(policy: str, model: str | None) -> PolicyFactory:
+    """A factory of fresh per-episode policies that share what is expensive (a loaded model, an HTTP client)."""
+    if policy == "oracle":
+        from envs.web.oracle import WebOracle
+
+        return lambda env, selected, urls: WebOracle(env, selected.oracle or [], urls)
+    if policy == "openai":
+        import os
+
+        from magma.policies.openai_chat import ChatClient, OpenAIChatPolicy
+
+        name = model or os.environ.get("OPENAI_MODEL")
+        if not name:
+            raise UserFacingError("--policy openai needs --model NAME (the endpoint's model name) or OPENAI_MODEL")
+        client = ChatClient(name)
+        return lambda env, selected, urls: OpenAIChatPolicy(client)
+    if policy == "magma":
+        if not model or not Path(model).is_dir():
+            raise UserFacingError(f"--policy magma needs --model DIR, a Magma checkpoint directory (got {model!r})")
+        import torch
+
+        from magma.policies.web import MagmaWebPolicy
+
+        shared = MagmaWebPolicy.from_pretrained(model, device="cuda" if torch.cuda.is_available() else "cpu")
+        lock = threading.Lock()
+        return lambda env, selected, urls: MagmaWebPolicy(shared.model, shared.processor, generation_lock=lock)
+    raise UserFacingError(f"--policy {policy!r} is not a web policy; use one of {', '.join(WEB_POLICIES)}")
