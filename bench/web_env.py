@@ -1,8 +1,11 @@
-"""Step latency of WebEnv (action + Set-of-Mark observation) vs raw Playwright on the same local page.
+"""Step latency of WebEnv (action + Set-of-Mark observation) vs raw Playwright on a bundled page.
 
-Baseline, in the same run and browser: one ``page.screenshot()`` plus one bounding-box query, the least
-an agent loop over raw Playwright does per step. Both at 1280x720 on a page served from 127.0.0.1.
-BrowserGym is not compared: it is not installed here and pulls its own Playwright build.
+The page is the bundled Shopping site's full catalogue listing (products, filters, links) at 1280x720,
+served from 127.0.0.1. WebEnv steps alternate hover and scroll actions, each followed by the full
+observation (marks found in one script pass, screenshot, marks drawn, listing). Baseline, in the same
+run and browser: one ``page.screenshot()`` plus one bounding-box query, the least an agent loop over raw
+Playwright does per step. BrowserGym is not compared: it needs Playwright's own browser download, which
+this machine cannot fetch.
 
     python bench/web_env.py --steps 40
 """
@@ -12,9 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,27 +26,8 @@ import report  # noqa: E402  (bench/report.py)
 
 from envs.web.browser import ChromiumBrowser, ContextOptions  # noqa: E402
 from envs.web.env import WebEnv  # noqa: E402
+from envs.web.sites.server import start_sites  # noqa: E402
 from envs.web.tasks import task_from_config  # noqa: E402
-
-_ROWS = "".join(
-    f"<tr><td>Item {i}</td><td>${i * 3}.99</td><td><a href='#r{i}'>details</a></td>"
-    f"<td><button onclick=\"this.textContent='added {i}'\">Add {i}</button></td></tr>"
-    for i in range(60)
-)
-PAGE = f"""<html><body><h1>Catalogue</h1><input placeholder="search"><select><option>all</option></select>
-<table>{_ROWS}</table></body></html>""".encode()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(PAGE)))
-        self.end_headers()
-        self.wfile.write(PAGE)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -57,10 +39,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40, help="timed steps per side")
     args = parser.parse_args()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    sites = start_sites(names=("shopping",))
+    url = f"{sites['shopping']}/catalogsearch/result/?q="
     task = task_from_config(
         {
             "task_id": 0,
@@ -73,12 +53,16 @@ def main() -> None:
     with ChromiumBrowser() as browser:
         env = WebEnv(browser=browser, max_steps=10 * args.steps + 10)
         obs, _ = env.reset(options={"task": task})
-        ids = [int(line[1 : line.index("]")]) for line in obs["som"].splitlines() if "[BUTTON]" in line]
+        ids = [int(line[1 : line.index("]")]) for line in obs["som"].splitlines()]
         env_steps = []
         for index in range(args.steps):
             started = time.perf_counter()
-            verb = "click" if index % 2 else "hover"
-            env.step(f"{verb} [{ids[index % len(ids)]}]")
+            action = (
+                f"hover [{ids[(index // 2) % len(ids)]}]"
+                if index % 2
+                else ("scroll [down]", "scroll [up]")[index // 2 % 2]
+            )
+            env.step(action)
             env_steps.append(time.perf_counter() - started)
         timings = env.step("scroll [down]")[4]["timings"]
         phases = ", ".join(f"{phase} {1000 * seconds:.0f} ms" for phase, seconds in timings.items())
@@ -92,10 +76,10 @@ def main() -> None:
         for _ in range(args.steps):
             started = time.perf_counter()
             page.screenshot(type="png")
-            page.locator("button").first.bounding_box()
+            page.locator("a").first.bounding_box()
             raw_steps.append(time.perf_counter() - started)
         context.close()
-    server.shutdown()
+    sites.stop()
     for name, fraction in (("median", 0.5), ("p90", 0.9)):
         ours, raw = _percentile(env_steps, fraction), _percentile(raw_steps, fraction)
         report.emit(

@@ -382,6 +382,7 @@ def _text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if luminance > 150 else (255, 255, 255)
 
 
+@lru_cache(maxsize=4096)
 def _label_size(text: str, font_size: int) -> tuple[int, int]:
     font = _font(font_size)
     left, _, right, _ = font.getbbox(text)
@@ -390,54 +391,68 @@ def _label_size(text: str, font_size: int) -> tuple[int, int]:
     return int(right - left) + 2 * padding, int(bottom - top) + 2 * padding
 
 
-def _candidate_spots(box: Box, width: int, height: int) -> list[tuple[float, float]]:
-    """Top-left corners for a ``width`` x ``height`` label, in order of preference."""
+def _candidate_spots(box: Box, width: int, height: int) -> np.ndarray:
+    """Top-left corners (K, 2) for a ``width`` x ``height`` label, in order of preference."""
     x0, y0, x1, y1 = box
-    return [
-        (x0, y0 - height),  # outside, above the top-left corner
-        (x1 - width, y0 - height),  # outside, above the top-right corner
-        (x0, y0),  # inside the top-left corner
-        (x1 - width, y0),  # inside the top-right corner
-        (x0, y1),  # outside, below the bottom-left corner
-        (x1 - width, y1),  # outside, below the bottom-right corner
-        (x0, y1 - height),  # inside the bottom-left corner
-        (x1 - width, y1 - height),  # inside the bottom-right corner
-        (x1, y0),  # right of the box, at its top
-        (x0 - width, y0),  # left of the box, at its top
-    ]
+    return np.array(
+        [
+            (x0, y0 - height),  # outside, above the top-left corner
+            (x1 - width, y0 - height),  # outside, above the top-right corner
+            (x0, y0),  # inside the top-left corner
+            (x1 - width, y0),  # inside the top-right corner
+            (x0, y1),  # outside, below the bottom-left corner
+            (x1 - width, y1),  # outside, below the bottom-right corner
+            (x0, y1 - height),  # inside the bottom-left corner
+            (x1 - width, y1 - height),  # inside the bottom-right corner
+            (x1, y0),  # right of the box, at its top
+            (x0 - width, y0),  # left of the box, at its top
+        ],
+        dtype=np.float64,
+    )
 
 
-def _fallback_spots(box: Box, width: int, height: int) -> list[tuple[float, float]]:
-    """Spots further out, in label-size steps around the box, for crowded layouts."""
-    x0, y0, _, _ = box
-    steps = [(i, j) for i in range(-3, 4) for j in range(-3, 4)]
-    steps.sort(key=lambda step: (abs(step[0]) + abs(step[1]), step[1], step[0]))
-    return [(x0 + i * width, y0 + j * height) for i, j in steps]
+# Spots further out, in label-size steps around the box, for crowded layouts (nearest first).
+_FALLBACK_STEPS = np.array(
+    sorted(((i, j) for i in range(-3, 4) for j in range(-3, 4)), key=lambda s: (abs(s[0]) + abs(s[1]), s[1], s[0])),
+    dtype=np.float64,
+)
+
+
+def _fallback_spots(box: Box, width: int, height: int) -> np.ndarray:
+    return np.array([box[0], box[1]]) + _FALLBACK_STEPS * np.array([width, height])
+
+
+def _overlap_sums(candidates: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """For each candidate box (K, 4): the summed intersection area with ``boxes`` (N, 4)."""
+    if not len(boxes):
+        return np.zeros(len(candidates))
+    width = np.minimum(candidates[:, None, 2], boxes[None, :, 2]) - np.maximum(
+        candidates[:, None, 0], boxes[None, :, 0]
+    )
+    height = np.minimum(candidates[:, None, 3], boxes[None, :, 3]) - np.maximum(
+        candidates[:, None, 1], boxes[None, :, 1]
+    )
+    return (np.clip(width, 0, None) * np.clip(height, 0, None)).sum(axis=1)
 
 
 def _place_label(
-    box: Box, size: tuple[int, int], other_boxes: np.ndarray, labels: list[Box], image_size: tuple[int, int]
+    box: Box, size: tuple[int, int], other_boxes: np.ndarray, labels: np.ndarray, image_size: tuple[int, int]
 ) -> Box:
-    """The label box of least overlap with earlier ``labels``, then with ``other_boxes``, inside the image."""
+    """The label box of least overlap with earlier ``labels``, then with ``other_boxes``, inside the image:
+    the preferred spots first; the fallback ring only when none of them is clear of every earlier label."""
     width, height = size
     image_width, image_height = image_size
-    placed = _boxes_array(labels)
-    best: tuple[tuple[float, float, int], Box] | None = None
     spots = _candidate_spots(box, width, height)
-    for tier in (spots, _fallback_spots(box, width, height)):
-        for order, (x, y) in enumerate(tier):
-            x = min(max(x, 0.0), max(image_width - width, 0.0))
-            y = min(max(y, 0.0), max(image_height - height, 0.0))
-            candidate = (x, y, x + width, y + height)
-            label_overlap = float(_intersection_areas(candidate, placed).sum()) if labels else 0.0
-            box_overlap = float(_intersection_areas(candidate, other_boxes).sum()) if len(other_boxes) else 0.0
-            cost = (label_overlap, box_overlap, order + (len(spots) if tier is not spots else 0))
-            if best is None or cost < best[0]:
-                best = (cost, candidate)
-        if best is not None and best[0][0] == 0.0:
+    for corners in (spots, np.concatenate([spots, _fallback_spots(box, width, height)])):
+        x = np.clip(corners[:, 0], 0.0, max(image_width - width, 0.0))
+        y = np.clip(corners[:, 1], 0.0, max(image_height - height, 0.0))
+        candidates = np.stack([x, y, x + width, y + height], axis=1)
+        label_overlap = _overlap_sums(candidates, labels)
+        box_overlap = _overlap_sums(candidates, other_boxes)
+        best = int(np.lexsort((np.arange(len(candidates)), box_overlap, label_overlap))[0])
+        if label_overlap[best] == 0.0:
             break  # a spot clear of every earlier label: no need to look further out
-    assert best is not None
-    return best[1]
+    return tuple(float(value) for value in candidates[best])  # type: ignore[return-value]
 
 
 def place_mark_labels(
@@ -451,13 +466,14 @@ def place_mark_labels(
     style = style or MarkStyle()
     font_size = style.font_size(image_size)
     boxes = _boxes_array([mark.element.box for mark in marks])
-    placed: list[Box] = []
+    placed = np.zeros((len(marks), 4))
     result = []
-    for index in sorted(range(len(marks)), key=lambda i: marks[i].label):
+    for count, index in enumerate(sorted(range(len(marks)), key=lambda i: marks[i].label)):
         mark = marks[index]
         others = np.delete(boxes, index, axis=0) if cover_own_box else boxes
-        label_box = _place_label(mark.element.box, _label_size(str(mark.label), font_size), others, placed, image_size)
-        placed.append(label_box)
+        size = _label_size(str(mark.label), font_size)
+        label_box = _place_label(mark.element.box, size, others, placed[:count], image_size)
+        placed[count] = label_box
         result.append(replace(mark, label_box=label_box))
     return result
 

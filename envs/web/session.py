@@ -33,7 +33,7 @@ class Timeouts:
     action_ms: int = 5000
     navigation_ms: int = 15000
     settle_ms: int = 3000
-    dom_quiet_ms: int = 150
+    dom_quiet_ms: int = 100
 
 
 def host_of(url: str) -> str:
