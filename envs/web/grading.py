@@ -3,10 +3,10 @@
 ``grade_task`` multiplies the task's evaluators in order (string_match, url_match, program_html,
 page_image_query) as VWA's EvaluatorComb does. The grading page starts at the agent's last URL, so a
 program_html target whose url is ``last`` reads the page the agent ended on. ``func:`` expressions are
-parsed (never ``eval``-ed) into a call of a named helper from ``helpers``; the built-in ones are VWA's
-``get_query_text`` and ``reddit_get_post_url``; a task needing another (VWA's Magento/Postmill API
-helpers) is reported "unsupported" until one is registered. Models are pluggable: ``fuzzy_judge`` for
-fuzzy_match, ``vqa_model(images, prompts) -> answers`` for page_image_query.
+parsed (never ``eval``-ed) into a call of a named helper: VWA's ``get_query_text`` and
+``reddit_get_post_url``, the Magento and Postmill helpers of ``envs.web.site_helpers`` bound to the task's
+site URLs, and any registered in ``helpers`` (which win); an unknown one reports the task "unsupported".
+Models are pluggable: ``fuzzy_judge`` for fuzzy_match, ``vqa_model(images, prompts) -> answers`` for page_image_query.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import io
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlparse
@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from envs.web import evaluators as ev
+from envs.web.site_helpers import site_helpers
 from envs.web.tasks import WebTask
 
 VqaModel = Callable[[list[Image.Image], list[str]], list[str]]
@@ -241,6 +242,7 @@ def grade_task(
     ev.check_mode(config.mode)
     spec = task.eval
     page = context.new_page()
+    config = replace(config, helpers={**site_helpers(page, task.site_urls, config.mode), **config.helpers})
     try:
         if last_url and last_url != "about:blank":
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import re
 import secrets
 import shutil
@@ -55,6 +56,15 @@ class Request:
     db: sqlite3.Connection
     user: str | None
     full_path: str
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def json(self) -> Any:
+        """The body as JSON (None when it is not JSON)."""
+        try:
+            return json.loads(self.body or b"null")
+        except ValueError:
+            return None
 
 
 @dataclass
@@ -69,6 +79,10 @@ Handler = Callable[["SiteApp", Request], Response]
 
 def redirect(location: str) -> Response:
     return Response("303 See Other", b"", [("Location", location)])
+
+
+def json_response(data: Any, status: str = "200 OK") -> Response:
+    return Response(status, json.dumps(data).encode(), [("Content-Type", "application/json")])
 
 
 def not_found(message: str = "Not found") -> Response:
@@ -119,6 +133,7 @@ class SiteApp:
         self.template_db_path = data_dir / f"{definition.name}.seed.sqlite"
         self.live_db_path = data_dir / f"{definition.name}.sqlite"
         self.sessions: dict[str, str] = {}
+        self.api_tokens: set[str] = set()  # bearer tokens of a site's REST API (Shopping's Magento subset)
         self.lock = threading.RLock()
         self.router = Router()
         definition.routes(self.router)
@@ -156,6 +171,7 @@ class SiteApp:
             finally:
                 template.close()
             self.sessions.clear()
+            self.api_tokens.clear()
 
     def login_session(self, username: str) -> str:
         token = secrets.token_hex(16)
@@ -187,9 +203,11 @@ class SiteApp:
         if path.startswith("/static/images/"):
             return self._static(path)
         form: dict[str, str] = {}
+        body = b""
         if method == "POST":
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            form = dict(parse_qsl(environ["wsgi.input"].read(length).decode(), keep_blank_values=True))
+            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            if "json" not in environ.get("CONTENT_TYPE", ""):
+                form = dict(parse_qsl(body.decode(), keep_blank_values=True))
         cookie = SimpleCookie(environ.get("HTTP_COOKIE", ""))
         cookies = {key: morsel.value for key, morsel in cookie.items()}
         matched = self.router.match(method, path)
@@ -207,6 +225,8 @@ class SiteApp:
                 db=self.db,
                 user=self.sessions.get(cookies.get(self.cookie_name, "")),
                 full_path=path + (f"?{query_string}" if query_string else ""),
+                body=body,
+                headers={"authorization": environ.get("HTTP_AUTHORIZATION", "")},
             )
             try:
                 response = handler(self, request)

@@ -24,6 +24,7 @@ from envs.web.sites.server import (
     not_found,
     redirect,
 )
+from envs.web.sites.shopping_rest import rest_routes
 
 SCHEMA = """
 CREATE TABLE users (username TEXT PRIMARY KEY, password_hash TEXT NOT NULL, display_name TEXT NOT NULL);
@@ -301,7 +302,10 @@ def _order(app: SiteApp, request: Request) -> Response:
     ).fetchone()
     if order is None:
         return not_found("No such order")
-    items = request.db.execute("SELECT * FROM order_items WHERE order_id = ?", (order["id"],)).fetchall()
+    items = request.db.execute(
+        "SELECT i.*, p.colour FROM order_items i JOIN products p ON p.id = i.product_id WHERE i.order_id = ?",
+        (order["id"],),
+    ).fetchall()
     return _render(app, request, "order.html", order=order, items=items)
 
 
@@ -316,6 +320,7 @@ def _wishlist(app: SiteApp, request: Request) -> Response:
 
 
 def routes(router: Router) -> None:
+    rest_routes(router)
     router.add("GET", "/", _home)
     router.add("GET", "/catalogsearch/result", _listing)
     router.add("GET", "/category/{slug}", _category)

@@ -1,0 +1,3 @@
+from envs.web.sites.bundled_tasks import write_all
+
+write_all()
