@@ -28,6 +28,7 @@ bench: install
 	$(PY) bench/train.py
 	$(PY) bench/data_tools.py
 	$(PY) bench/mujoco_env.py
+	$(PY) bench/web_env.py
 
 # The synthetic three-source corpus the tiny training recipes read (data/example, a few MB).
 example-data: install

@@ -4,16 +4,19 @@ The page is the bundled Shopping site's full catalogue listing (products, filter
 served from 127.0.0.1. WebEnv steps alternate hover and scroll actions, each followed by the full
 observation (marks found in one script pass, screenshot, marks drawn, listing). Baseline, in the same
 run and browser: one ``page.screenshot()`` plus one bounding-box query, the least an agent loop over raw
-Playwright does per step. BrowserGym is not compared: it needs Playwright's own browser download, which
-this machine cannot fetch.
+Playwright does per step. Then BrowserGym's ``BrowserEnv`` on the same page with the same action mix
+(``bench/browsergym_steps.py``, run in its own venv under ``.bench-venvs/browsergym``, installed here from
+PyPI on first use; pointed at the system Chromium), with its default 0.5 s pre-observation delay and with 0.
 
-    python bench/web_env.py --steps 40
+    python bench/web_env.py --steps 40 [--no-browsergym]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,9 +38,38 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+BROWSERGYM_VENV = ROOT / ".bench-venvs" / "browsergym"
+BROWSERGYM_PACKAGE = "browsergym-core>=0.14,<0.15"
+
+
+def browsergym_python() -> Path | None:
+    """The interpreter of BrowserGym's own venv, made on first use; None (and a note) if it cannot be had."""
+    python = BROWSERGYM_VENV / "bin" / "python"
+    if not python.exists():
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(BROWSERGYM_VENV)], check=True, timeout=300)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", BROWSERGYM_PACKAGE], check=True, timeout=900)
+        except (subprocess.SubprocessError, OSError) as error:
+            report.log("web_env", f"BrowserGym not compared: cannot install {BROWSERGYM_PACKAGE}: {error}")
+            return None
+    return python
+
+
+def browsergym_steps(python: Path, url: str, steps: int, delay: float) -> list[float] | None:
+    command = [str(python), str(ROOT / "bench" / "browsergym_steps.py"), "--url", url, "--steps", str(steps)]
+    done = subprocess.run(
+        [*command, "--pre-observation-delay", str(delay)], capture_output=True, text=True, timeout=900
+    )
+    if done.returncode != 0:
+        report.log("web_env", f"BrowserGym run failed: {done.stderr.strip().splitlines()[-1:]}")
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])["steps"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40, help="timed steps per side")
+    parser.add_argument("--no-browsergym", action="store_true", help="skip the BrowserGym comparison")
     args = parser.parse_args()
     sites = start_sites(names=("shopping",))
     url = f"{sites['shopping']}/catalogsearch/result/?q="
@@ -79,12 +111,24 @@ def main() -> None:
             page.locator("a").first.bounding_box()
             raw_steps.append(time.perf_counter() - started)
         context.close()
+    gym_runs: dict[float, list[float] | None] = {}
+    python = None if args.no_browsergym else browsergym_python()
+    if python is not None:
+        for delay in (0.5, 0.0):
+            gym_runs[delay] = browsergym_steps(python, url, args.steps, delay)
     sites.stop()
     for name, fraction in (("median", 0.5), ("p90", 0.9)):
         ours, raw = _percentile(env_steps, fraction), _percentile(raw_steps, fraction)
         report.emit(
             f"web_env_step_{name}", 1000 * ours, "ms", baseline=f"raw playwright {1000 * raw:.1f} ms", ratio=ours / raw
         )
+        for delay, steps in gym_runs.items():
+            if steps:
+                theirs = _percentile(steps, fraction)
+                baseline = f"browsergym (pre_observation_delay {delay} s) {1000 * theirs:.1f} ms"
+                report.emit(
+                    f"web_env_step_{name}_vs_browsergym_delay{delay}", 1000 * ours, "ms", baseline, ours / theirs
+                )
     report.emit("web_env_step_mean", 1000 * statistics.fmean(env_steps), "ms")
 
 
