@@ -155,9 +155,11 @@ class _ChatHandler(BaseHTTPRequestHandler):
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.requests.append((self.headers.get("Authorization"), request))
         user = request["messages"][-1]["content"]
-        text = user[0]["text"]
-        objective = text.split("\n", 1)[0].removeprefix("OBJECTIVE: ")
-        reply = self.server.script(objective, text)
+        if isinstance(user, str):  # a grading question (the fuzzy judge)
+            reply = "correct" if "cannot" in user.split("Predicted answer:")[-1] else "incorrect"
+        else:
+            text = user[0]["text"]
+            reply = self.server.script(text.split("\n", 1)[0].removeprefix("OBJECTIVE: "), text)
         body = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -182,8 +184,8 @@ def chat_endpoint(monkeypatch):
     server.server_close()
 
 
-def test_openai_policy_answers_parses_and_stops_early(chat_endpoint, tmp_path):
-    tasks = select_tasks(["classifieds:0-2"])
+def test_openai_policy_answers_parses_and_stops_early_and_a_judge_grades(chat_endpoint, tmp_path):
+    tasks = select_tasks(["classifieds:0-2", "classifieds:15"])
     answers = {task.config["intent"]: task.oracle[-1].get("answer", "") for task in tasks}
 
     def script(objective: str, text: str) -> str:
@@ -192,27 +194,31 @@ def test_openai_policy_answers_parses_and_stops_early(chat_endpoint, tmp_path):
             return f"The answer is on the page.\nIn summary, the next action I will perform is ```stop [{answer}]```"
         if objective == tasks[1].config["intent"]:
             return "I am not sure what to do."  # never an action: VWA stops after 3 such replies
+        if objective == tasks[3].config["intent"]:  # an unanswerable task (fuzzy_match "N/A")
+            return "In summary, the next action I will perform is ```stop [This cannot be done on this site]```"
         return "In summary, the next action I will perform is ```scroll [down]```"  # 5 in a row: early stop
 
     chat_endpoint.script = script
-    settings = WebRunSettings(tasks=["classifieds:0-2"], policy="openai", model="test-model")
-    results = run_web_suite(settings, WebRunOptions(), tmp_path / "run", web_policy_factory("openai", "test-model"))
+    settings = WebRunSettings(tasks=["classifieds:0-2", "classifieds:15"], policy="openai", model="test-model")
+    factory = web_policy_factory("openai", "test-model")
+    results = run_web_suite(settings, WebRunOptions(), tmp_path / "run", factory)
     by_key = {record["key"]: record for record in results}
     assert by_key["classifieds:0"]["success"] is True and by_key["classifieds:0"]["steps"] == 1
     assert by_key["classifieds:1"]["success"] is False and "no parsable action" in by_key["classifieds:1"]["early_stop"]
     assert by_key["classifieds:1"]["failed_steps"] == 3
     assert "5 times in a row" in by_key["classifieds:2"]["early_stop"]
+    assert by_key["classifieds:15"]["success"] is None and by_key["classifieds:15"]["eval_status"] == "needs_judge"
+    judged = WebRunSettings(tasks=["classifieds:15"], policy="openai", model="test-model", judge_model="judge")
+    (record,) = run_web_suite(judged, WebRunOptions(), tmp_path / "judged", factory)
+    assert record["success"] is True  # the judge (the same endpoint) accepted the paraphrase of N/A
     authorization, request = chat_endpoint.requests[0]
     assert authorization == "Bearer test-key" and request["model"] == "test-model"
     content = request["messages"][1]["content"]
     assert request["messages"][0]["role"] == "system" and "stop [answer]" in request["messages"][0]["content"]
     assert content[1]["image_url"]["url"].startswith("data:image/jpeg;base64,")
     assert "[A]" in content[0]["text"] or "[LINK]" in content[0]["text"] or "ELEMENTS:" in content[0]["text"]
-    later = [
-        r
-        for _, r in chat_endpoint.requests
-        if "PREVIOUS ACTIONS:\n1. scroll [down]" in r["messages"][1]["content"][0]["text"]
-    ]
+    prompts = [r["messages"][1]["content"] for _, r in chat_endpoint.requests]
+    later = [p for p in prompts if not isinstance(p, str) and "PREVIOUS ACTIONS:\n1. scroll [down]" in p[0]["text"]]
     assert later  # the history reaches the prompt
 
 

@@ -45,6 +45,7 @@ class WebRunSettings:
     model: str | None = None
     max_steps: int = 30
     grading_mode: str = "fixed"
+    judge_model: str | None = None  # a chat model for fuzzy_match and eval_vqa (else those stay undecided)
     parse_failures: int = 3
     repeated_actions: int = 5
 
@@ -166,6 +167,14 @@ def _run_worker(
                 grading = GradingConfig(
                     mode=settings.grading_mode, vqa_model=bundled_site_vqa if selected.bundled else None
                 )
+                if settings.judge_model:
+                    from magma.agents.web_judges import chat_fuzzy_judge, chat_vqa_model
+                    from magma.policies.openai_chat import ChatClient
+
+                    judge_client = ChatClient(settings.judge_model)
+                    grading.fuzzy_judge = chat_fuzzy_judge(judge_client)
+                    if not selected.bundled:  # the bundled sites' images carry their own answers
+                        grading.vqa_model = chat_vqa_model(judge_client)
                 auth = str(bundled_auth) if selected.bundled else options.auth_dir
                 environments[selected.bundled] = WebEnv(
                     max_steps=settings.max_steps, grading=grading, auth_dir=auth, browser=browser

@@ -52,6 +52,14 @@ def run(
     grading: Annotated[
         str, typer.Option("--grading", help="visualwebarena: fixed (VWA's bugs fixed) or official (VWA's code).")
     ] = "fixed",
+    judge_model: Annotated[
+        str | None,
+        typer.Option(
+            "--judge-model",
+            help="visualwebarena: a chat model (same OpenAI-compatible endpoint) that grades fuzzy_match answers "
+            "and VQA questions about page images; without one those tasks are reported undecided.",
+        ),
+    ] = None,
     statistics_key: Annotated[
         str | None, typer.Option("--statistics-key", help="Which dataset's action statistics to decode with.")
     ] = None,
@@ -67,7 +75,19 @@ def run(
     if policy not in POLICIES[env]:
         raise typer.BadParameter(f"--policy for --env {env} must be one of {POLICIES[env]}")
     if env == "visualwebarena":
-        run_web(tasks or ["bundled"], policy, model, max_steps, workers, resume, out, auth_dir, images_root, grading)
+        run_web(
+            tasks or ["bundled"],
+            policy,
+            model,
+            max_steps,
+            workers,
+            resume,
+            out,
+            auth_dir,
+            images_root,
+            grading,
+            judge_model,
+        )
         return
     from envs.mujoco.tasks import TASKS, get_task
 
@@ -115,6 +135,7 @@ def run_web(
     auth_dir: str | None,
     images_root: str | None,
     grading: str,
+    judge_model: str | None = None,
 ) -> None:
     from magma.agents.web_suite import WebRunOptions, WebRunSettings, run_web_suite, summary_table, web_policy_factory
 
@@ -122,7 +143,14 @@ def run_web(
         raise typer.BadParameter("--resume needs --out, the directory of the run to finish")
     if grading not in ("fixed", "official"):
         raise typer.BadParameter("--grading must be fixed or official")
-    settings = WebRunSettings(tasks=list(tasks), policy=policy, model=model, max_steps=max_steps, grading_mode=grading)
+    settings = WebRunSettings(
+        tasks=list(tasks),
+        policy=policy,
+        model=model,
+        max_steps=max_steps,
+        grading_mode=grading,
+        judge_model=judge_model,
+    )
     options = WebRunOptions(workers=workers, auth_dir=auth_dir, images_root=images_root)
     out_dir = Path(out or f"runs/run-visualwebarena-{time.strftime('%Y%m%d-%H%M%S')}")
 
