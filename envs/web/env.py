@@ -27,7 +27,7 @@ from envs.web.browser import ChromiumBrowser, ContextOptions
 from envs.web.grading import GradingConfig, grade_task
 from envs.web.session import PageSession, Timeouts
 from envs.web.som_page import draw_page_marks, find_page_elements, screenshot_array, som_listing
-from envs.web.tasks import WebTask
+from envs.web.tasks import DEFAULT_VIEWPORT, WebTask
 from magma.actions.errors import ActionParseError
 from magma.actions.ui import extract_vwa_action, parse_ui_action
 
@@ -51,6 +51,7 @@ class WebEnv(gymnasium.Env):
         auth_dir: str | None = None,
         browser: ChromiumBrowser | None = None,
         render_mode: str | None = "rgb_array",
+        viewport: tuple[int, int] | None = None,
     ) -> None:
         self.task = task
         self.max_steps = max_steps
@@ -67,10 +68,11 @@ class WebEnv(gymnasium.Env):
         self._steps = 0
         self._failed_steps = 0
         self._done = False
-        self.observation_space = gymnasium.spaces.Dict(
+        width, height = viewport or (task.viewport if task is not None else DEFAULT_VIEWPORT)
+        self.observation_space = gymnasium.spaces.Dict(  # images are the viewport's size (VWA's tasks: 1280x720)
             {
-                "image": gymnasium.spaces.Box(0, 255, shape=(720, 1280, 3), dtype=np.uint8),
-                "screenshot": gymnasium.spaces.Box(0, 255, shape=(720, 1280, 3), dtype=np.uint8),
+                "image": gymnasium.spaces.Box(0, 255, shape=(height, width, 3), dtype=np.uint8),
+                "screenshot": gymnasium.spaces.Box(0, 255, shape=(height, width, 3), dtype=np.uint8),
                 "som": gymnasium.spaces.Text(max_length=1_000_000),
                 "text": gymnasium.spaces.Text(max_length=1_000_000),
                 "url": gymnasium.spaces.Text(max_length=10_000),
