@@ -1,3 +1,4 @@
-"""Robots and cameras behind LeRobot-style interfaces (``interfaces``), safety clipping (``safety``),
-the MuJoCo-backed simulated robot (``sim``) and episode recording in the LeRobotDataset v3 layout
-(``recording``). The control daemon and the policy server come later (issue [8/9])."""
+"""Robots and cameras behind LeRobot-style interfaces (``interfaces``; the simulated driver ``sim``;
+hardware drivers in ``hardware``), safety clipping (``safety``), episode recording (``recording``,
+``episode_recorder``), the policy server and client (``policy_server``, ``policy_client``, over the
+``wire`` msgpack codec and the ``policy_protocol``) and the control daemon (``daemon``)."""

@@ -40,9 +40,14 @@ class Feature:
 
 
 class Robot(ABC):
-    """A robot: features, connection, observations, actions (clipped for safety before sending)."""
+    """A robot: features, connection, observations, actions (clipped for safety before sending).
+
+    The control daemon also uses the hooks below the abstract methods; a hardware driver overrides
+    those that apply to it (``joint_names`` and ``measured_pose`` for the joint and workspace checks,
+    ``hold_action`` for what "hold still" means for its action space, ``stop`` for its brake)."""
 
     name: str = "robot"
+    joint_names: tuple[str, ...] = ()  # the joints the safety config must give limits for
 
     @property
     @abstractmethod
@@ -68,6 +73,24 @@ class Robot(ABC):
     @abstractmethod
     def send_action(self, action: np.ndarray) -> np.ndarray:
         """Send ``action`` after safety clipping; return what was actually sent."""
+
+    def start_episode(self, index: int) -> dict[str, Any]:
+        """Prepare episode ``index`` (a simulator resets; hardware may move to a start pose) and return
+        its task for the policy (at least ``instruction`` when the robot knows it)."""
+        return {}
+
+    def measured_pose(self, observation: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(end-effector xyz, joint positions in ``joint_names`` order) from an observation, where known."""
+        return None, None
+
+    def hold_action(self, observation: dict[str, Any]) -> np.ndarray:
+        """The action that keeps the robot where it is (sent when no fresh policy action is there)."""
+        raise RobotError(f"{self.name} does not say how to hold still; implement hold_action() in its driver")
+
+    def stop(self) -> None:
+        """Bring the robot to a standstill now (e-stop); a driver with a brake or stop command uses it.
+        The default sends nothing more: the daemon stops commanding the robot."""
+        return None
 
     def require_connection(self) -> None:
         if not self.is_connected:
@@ -104,6 +127,7 @@ class Camera(ABC):
         self.fps = fps
         self._latest: np.ndarray | None = None
         self._latest_time = 0.0
+        self.error: BaseException | None = None  # why the reader thread ended, if it failed
         self._new_frame = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -127,7 +151,11 @@ class Camera(ABC):
         period = 1.0 / self.fps
         while not self._stop.is_set():
             started = time.monotonic()
-            frame = self.capture()
+            try:
+                frame = self.capture()
+            except Exception as error:  # the device is gone: the thread ends and is_connected turns False
+                self.error = error
+                return
             with self._new_frame:
                 self._latest, self._latest_time = frame, time.monotonic()
                 self._new_frame.notify_all()
@@ -151,6 +179,11 @@ class Camera(ABC):
             if not self._new_frame.wait_for(lambda: self._latest is not None, timeout=timeout_s):
                 raise RobotError(f"{type(self).__name__} gave no frame within {timeout_s} s; check the device")
             return self._latest  # type: ignore[return-value]
+
+    def latest(self) -> tuple[np.ndarray | None, float]:
+        """The latest frame and its capture time (``time.monotonic()``) without waiting; (None, 0) before the first."""
+        with self._new_frame:
+            return self._latest, self._latest_time
 
     def disconnect(self) -> None:
         self._stop.set()

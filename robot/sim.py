@@ -21,6 +21,7 @@ class SimRobot(Robot):
     with ``limits`` and steps the simulation one control period."""
 
     name = "tabletop-sim"
+    joint_names = ("shoulder_yaw", "shoulder_pitch", "elbow_pitch", "wrist_pitch", "wrist_roll", "tool_yaw")
 
     def __init__(
         self,
@@ -31,6 +32,8 @@ class SimRobot(Robot):
         limits: SafetyLimits | None = None,
         seed: int | None = None,
         state_index: int | None = None,
+        privileged: bool = False,
+        max_steps: int | None = None,
     ) -> None:
         self.task = task
         self.image_size = image_size
@@ -39,7 +42,11 @@ class SimRobot(Robot):
         self.limits = limits or SafetyLimits()
         self.seed = seed
         self.state_index = state_index
+        self.max_steps = max_steps  # None: the task's own episode length at this control rate
+        self.privileged = privileged  # add the simulator truth (robot.privileged_state) for the scripted expert
         self.env: Any = None
+        self._gripper = -1.0  # the last gripper command, kept while holding
+        self.current_state_index: int | None = state_index
         self.last_info: dict[str, Any] = {}
         self._observation: dict[str, Any] | None = None
         self._lock = threading.Lock()
@@ -69,11 +76,43 @@ class SimRobot(Robot):
         from envs.mujoco.env import TabletopEnv
 
         self.env = TabletopEnv(
-            task=self.task, image_size=self.image_size, cameras=self.camera_names, control_hz=self.control_hz
+            task=self.task,
+            image_size=self.image_size,
+            cameras=self.camera_names,
+            control_hz=self.control_hz,
+            max_steps=self.max_steps,
         )
-        options = {} if self.state_index is None else {"state_index": self.state_index}
-        observation, self.last_info = self.env.reset(seed=self.seed, options=options)
+        self._reset(self.seed, self.state_index)
+
+    def _reset(self, seed: int | None, state_index: int | None) -> None:
+        options = {} if state_index is None else {"state_index": state_index}
+        observation, self.last_info = self.env.reset(seed=seed, options=options)
+        self._gripper = -1.0
+        self.current_state_index = state_index
         self._store(observation)
+
+    def start_episode(self, index: int) -> dict[str, Any]:
+        """Episode ``index``: evaluation state ``state_index + index`` (or the state drawn from ``seed + index``)."""
+        self.require_connection()
+        if index > 0 or self.last_info.get("steps"):
+            state = None if self.state_index is None else self.state_index + index
+            seed = None if self.seed is None else self.seed + index
+            self._reset(seed, state)
+        return {
+            "instruction": self.get_observation()["instruction"],
+            "task": self.env.task_name,
+            "state_index": self.current_state_index,
+        }
+
+    def measured_pose(self, observation: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        from envs.mujoco.env import STATE_LAYOUT
+
+        state = np.asarray(observation["observation.state"], dtype=np.float64)
+        return state[STATE_LAYOUT["ee_position"]], state[STATE_LAYOUT["joint_positions"]]
+
+    def hold_action(self, observation: dict[str, Any]) -> np.ndarray:
+        """No motion, the gripper as last commanded (a held object stays held)."""
+        return np.array([0.0] * 6 + [self._gripper])
 
     def disconnect(self) -> None:
         self.require_connection()
@@ -86,6 +125,10 @@ class SimRobot(Robot):
         converted = {"observation.state": observation["state"], "instruction": observation["instruction"]}
         for camera in self.camera_names:
             converted[f"observation.images.{camera}"] = observation[CAMERAS[camera]]
+        if self.privileged:
+            from robot.privileged_state import privileged_observation
+
+            converted["privileged"] = privileged_observation(self.env)
         with self._lock:
             self._observation = converted
 
@@ -101,6 +144,7 @@ class SimRobot(Robot):
         end_effector = np.asarray(self.get_observation()["observation.state"][:3], dtype=np.float64)
         sent = clip_delta_action(requested, end_effector, self.limits).action
         observation, _, terminated, truncated, self.last_info = self.env.step(sent)
+        self._gripper = float(sent[6])
         self.last_info = {**self.last_info, "terminated": terminated, "truncated": truncated}
         self._store(observation)
         return sent.astype(np.float32)

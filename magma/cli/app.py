@@ -8,7 +8,9 @@ import typer
 
 from magma.cli.data import data_app
 from magma.cli.model import model_app
+from magma.cli.robot import robot_app
 from magma.cli.run import run
+from magma.cli.serve import serve
 from magma.cli.sites import sites_app
 from magma.cli.train import train
 from magma.errors import UserFacingError
@@ -25,13 +27,13 @@ app.add_typer(data_app, name="data")
 app.add_typer(sites_app, name="sites")
 app.command(name="train")(train)
 app.command(name="run")(run)
+app.command(name="serve")(serve)
+app.add_typer(robot_app, name="robot")
 
 # Subcommands whose packages have not landed yet: each says so and names where it will live.
 PLANNED_COMMANDS = {
     "lapa": ("latent action quantization, latent labelling and latent-VLA pretraining", "lapa/"),
     "rl": ("GRPO fine-tuning for text, web agents and robot policies", "magma/rl/"),
-    "serve": ("serve a policy to robots and environments over the network", "robot/policy_server"),
-    "robot": ("the robot control daemon for the lab machine", "robot/"),
 }
 
 

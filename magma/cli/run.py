@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 ENVIRONMENTS = ("mujoco", "visualwebarena")
-POLICIES = {"mujoco": ("scripted", "magma"), "visualwebarena": ("oracle", "openai", "magma")}
+POLICIES = {"mujoco": ("scripted", "magma", "remote"), "visualwebarena": ("oracle", "openai", "magma")}
 
 
 def run(
@@ -21,13 +21,17 @@ def run(
         str | None,
         typer.Option(
             "--policy",
-            help="mujoco: scripted (privileged expert, default) or magma; visualwebarena: oracle (bundled tasks' "
+            help="mujoco: scripted (privileged expert, default), magma, or remote (a policy served by `agent serve`, "
+            "--server); visualwebarena: oracle (bundled tasks' "
             "recorded trajectories, default), openai (OPENAI_BASE_URL / OPENAI_API_KEY) or magma.",
         ),
     ] = None,
     checkpoint: Annotated[
         str | None, typer.Option("--checkpoint", help="mujoco: the Magma checkpoint directory for --policy magma.")
     ] = None,
+    server: Annotated[
+        str, typer.Option("--server", help="mujoco: the policy server's URL for --policy remote (token: env).")
+    ] = "ws://127.0.0.1:8700",
     tasks: Annotated[
         list[str] | None,
         typer.Option(
@@ -110,6 +114,13 @@ def run(
 
         def make_policy(environment, name):
             return magma_policy
+    elif policy == "remote":
+        from robot.policy_client import PolicyClient
+
+        remote_policy = PolicyClient(server)  # reconnects with back-off; the policy protocol like a local one
+
+        def make_policy(environment, name):
+            return remote_policy
     else:
 
         def make_policy(environment, name):

@@ -1,0 +1,64 @@
+"""``agent serve``: a policy server (websocket + msgpack for robots, OpenAI chat-completions for agents)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def serve(
+    policy: Annotated[
+        str, typer.Option("--policy", help="magma | lapa | scripted, or a factory as package.module:function.")
+    ] = "scripted",
+    model: Annotated[str | None, typer.Option("--model", help="Checkpoint directory (magma, lapa).")] = None,
+    host: Annotated[str, typer.Option("--host", help="Bind address; anything but loopback needs --token.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8700,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="AGENT_POLICY_TOKEN", help="Bearer token clients must send.")
+    ] = None,
+    cameras: Annotated[str, typer.Option("--cameras", help="Observation image keys, comma-separated.")] = "image",
+    image_size: Annotated[int, typer.Option("--image-size", help="Camera images, pixels per side.")] = 128,
+    state_dim: Annotated[int, typer.Option("--state-dim", help="Robot state size the policy takes (0: none).")] = 13,
+    control_hz: Annotated[float, typer.Option("--control-hz", help="Control rate the policy was trained at.")] = 10.0,
+    statistics_key: Annotated[
+        str | None, typer.Option("--statistics-key", help="Which dataset's action statistics to decode with.")
+    ] = None,
+    max_message_mb: Annotated[float, typer.Option("--max-message-mb", help="Largest request accepted.")] = 16.0,
+    batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Batch requests of clients.")] = True,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Most requests in one batch.")] = 8,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a batch waits for more.")] = 5.0,
+) -> None:
+    """Load a policy once and serve it until SIGINT/SIGTERM: ws://HOST:PORT/ for robots and the daemon,
+    GET /healthz, and POST /v1/chat/completions for OpenAI-compatible agents (magma and lapa)."""
+    from robot.policy_protocol import PolicySpec
+    from robot.policy_server import PolicyServer, ServerConfig
+    from robot.served_policy import load_served_policy
+
+    config = ServerConfig(
+        host=host,
+        port=port,
+        token=token,
+        max_message_mb=max_message_mb,
+        batching=batching,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+    )
+    config.check()  # before a model is loaded
+    keys = [key.strip() for key in cameras.split(",") if key.strip()]
+    spec = PolicySpec(
+        policy=policy,
+        model_id="",
+        state_dim=state_dim,
+        control_hz=control_hz,
+        cameras={key: [image_size, image_size, 3] for key in keys},
+    )
+    server = PolicyServer(load_served_policy(policy, model, spec, statistics_key), config)
+    typer.echo(
+        f"serving {spec.policy} ({spec.model_id}) on ws://{host}:{port} (GET /healthz, POST /v1/chat/completions); "
+        "Ctrl-C stops",
+        err=True,
+    )
+    server.run()

@@ -1,0 +1,525 @@
+"""The robot control daemon (``agent robot run``): drives a robot at a fixed rate from a remote policy,
+safely, whatever the policy does.
+
+Each tick (deadline scheduling: sleep, then a short spin) the loop reads the robot's state and the
+cameras' latest frames (their own threads), collects whatever the policy worker brought back, takes
+the tick's action from the chunk queue (temporal ensembling), runs it through the safety filter and
+sends it; when there is none it sends the robot's hold action. Observations go to the policy server
+from the worker thread, so inference never blocks the loop. The watchdog holds, then safe-stops, when
+actions stop coming; an e-stop (SIGUSR1, ``POST /estop`` or the e-stop file) latches at the next tick.
+SIGTERM / SIGINT / ``POST /stop`` end the episode cleanly. Every episode is recorded.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from data_tools.errors import UserFacingError
+from robot.chunking import ActionQueue
+from robot.daemon_config import DaemonConfig, load_object
+from robot.daemon_status import LoopStats, StatusReporter, StatusServer
+from robot.episode_recorder import EpisodeRecorder, TickRecord
+from robot.interfaces import Camera, Robot, RobotError
+from robot.policy_client import PolicyClient, PolicyServerError, PolicyUnavailableError
+from robot.policy_protocol import PolicySpec
+from robot.policy_worker import PolicyWorker
+from robot.safety import SafetyFilter, clip_delta_action
+from robot.watchdog import ControlState, Watchdog
+
+
+class DaemonError(UserFacingError, RuntimeError):
+    """The daemon cannot drive this robot with this policy (e.g. their action sizes differ)."""
+
+
+@dataclass
+class EpisodeSummary:
+    index: int
+    steps: int
+    success: bool
+    ended_by: str  # "robot" (the task ended it), "max_steps", "stop" (operator / signal)
+    dataset: str | None
+
+
+@dataclass
+class DaemonSummary:
+    run_dir: str
+    episodes: list[EpisodeSummary] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    policy_actions: int = 0  # ticks that sent a (filtered) policy action, not a hold or rest
+    dropped: int = 0
+    holds: int = 0
+    safe_stops: int = 0
+    slips: int = 0
+    jitter_p50_ms: float = 0.0
+    jitter_p99_ms: float = 0.0
+
+    def format(self) -> str:
+        lines = [f"run      : {self.run_dir}"]
+        for episode in self.episodes:
+            mark = "ok  " if episode.success else "fail"
+            lines.append(f"{mark} episode {episode.index}: {episode.steps} steps, ended by {episode.ended_by}")
+        lines.append(
+            f"loop     : jitter p50 {self.jitter_p50_ms:.2f} ms, p99 {self.jitter_p99_ms:.2f} ms, {self.slips} slips"
+        )
+        lines.append(
+            f"safety   : {dict(self.counts)}; {self.dropped} dropped, {self.holds} holds, {self.safe_stops} safe stops"
+        )
+        return "\n".join(lines)
+
+
+def build_camera(config: Any, robot: Robot) -> Camera:
+    factory = load_object(config.driver, "camera driver")
+    args = dict(config.args)
+    if "robot" in inspect.signature(factory).parameters:  # a camera that belongs to its robot (the simulator's)
+        args["robot"] = robot
+    return factory(**args)
+
+
+class RobotDaemon:
+    """Runs ``config.episode.episodes`` episodes; ``estop()``, ``resume()``, ``stop()`` are thread-safe."""
+
+    def __init__(self, config: DaemonConfig, client: PolicyClient | None = None) -> None:
+        self.config = config
+        self.period_s = 1.0 / config.control_hz
+        name = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.run_dir = Path(config.run_dir or Path("runs") / "robot" / name)
+        self.estop_file = Path(config.estop_file) if config.estop_file else self.run_dir / "ESTOP"
+        self.client = client or PolicyClient(
+            config.policy.url,
+            token=os.environ.get(config.policy.token_env) or None,
+            request_timeout_s=config.policy.request_timeout_s,
+            connect_timeout_s=min(2.0, config.policy.request_timeout_s),
+            retry_for_s=0.0,  # the loop never waits: the worker reports and the watchdog acts
+            backoff_s=(0.05, 1.0),
+        )
+        self.robot_class = load_object(config.robot.driver, "robot driver")
+        self.robot: Robot | None = None
+        self.cameras: dict[str, Camera] = {}
+        self.safety: SafetyFilter | None = None
+        self.watchdog = Watchdog(config.watchdog.hold_after_ms / 1e3, config.watchdog.safe_stop_after_ms / 1e3)
+        self.queue = ActionQueue(config.policy.ensemble_weight)
+        self.stats = LoopStats(self.period_s)
+        self.worker = PolicyWorker(self.client)
+        self.status_server: StatusServer | None = None
+        self.summary = DaemonSummary(run_dir=str(self.run_dir))
+        self.tick = 0  # ticks since start, over all episodes
+        self.episode = -1
+        self.dropped = 0
+        self.policy_actions = 0
+        self.events: Counter[str] = Counter()  # incidents (stale camera, lost camera, policy errors...)
+        self.estop_log: list[dict[str, Any]] = []
+        self.messages: list[str] = []
+        self._lock = threading.Lock()
+        self._estop_request: str | None = None
+        self._estop_requested_tick: int | None = None
+        self._resume_request = False
+        self._stop_request = False
+        self._estopped_since: int | None = None
+        self._sent_after_estop = 0
+        self._camera_problem: dict[str, str] = {}
+        self._last_error = ""
+
+    # ---- operator controls (any thread) -------------------------------------------------------
+    def estop(self, source: str = "api") -> str:
+        with self._lock:
+            if self._estop_request is None:
+                self._estop_request, self._estop_requested_tick = source, self.tick
+        return "e-stop requested"
+
+    def resume(self) -> str:
+        with self._lock:
+            self._resume_request = True
+        return "resume requested"
+
+    def stop(self) -> str:
+        with self._lock:
+            self._stop_request = True
+        return "stop requested: the episode ends at the next tick"
+
+    def say(self, message: str) -> None:
+        """One operator-facing message (stderr, the status endpoint)."""
+        self.messages.append(message)
+        print(f"[robot] {message}", file=sys.stderr, flush=True)
+
+    def status(self) -> dict[str, Any]:
+        counts = dict(self.safety.counts) if self.safety else {}
+        counts.update(self.events)
+        return {
+            "state": str(self.watchdog.state),
+            "reason": self.watchdog.reason,
+            "episode": self.episode,
+            "tick": self.tick,
+            **self.stats.snapshot(),
+            "queue_depth": self.queue.depth(self.tick),
+            "counts": counts,
+            "dropped": self.dropped,
+            "policy_actions": self.policy_actions,
+            "holds": self.watchdog.holds,
+            "safe_stops": self.watchdog.safe_stops,
+            "policy_connected": self.client.connected,
+            "policy_reconnects": self.client.reconnects,
+            "last_policy_error": self._last_error,
+            "estops": self.estop_log,
+            "messages": self.messages[-5:],
+        }
+
+    # ---- setup and teardown -------------------------------------------------------------------
+    def run(self) -> DaemonSummary:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(self.config)))
+        robot = self.robot_class(**dict(self.config.robot.args))
+        if not isinstance(robot, Robot):
+            raise DaemonError(f"{self.config.robot.driver} is not a robot.interfaces.Robot; drivers must implement it")
+        action_dim = robot.action_features["action"].shape[0]
+        self.safety = SafetyFilter(self.config.safety, tuple(robot.joint_names), action_dim)  # before anything moves
+        self.cameras = {camera.key: build_camera(camera, robot) for camera in self.config.cameras}
+        self.robot = robot
+        previous_handlers = self._install_signal_handlers()
+        reporter = StatusReporter(
+            self.run_dir / "metrics.jsonl", self.config.status.metrics_every_s, self.config.status.live
+        )
+        try:
+            robot.connect()
+            for camera in self.cameras.values():
+                camera.connect()
+            self._check_policy(action_dim)
+            self._start_status_server()
+            self.worker.start()
+            for index in range(self.config.episode.episodes):
+                if self._stop_request:
+                    break
+                self.summary.episodes.append(self._run_episode(index, reporter))
+        finally:
+            reporter.close()
+            self.worker.stop()
+            for camera in self.cameras.values():
+                camera.disconnect()
+            if robot.is_connected:
+                robot.stop()
+                robot.disconnect()
+            if self.status_server is not None:
+                self.status_server.stop()
+            self.client.close()
+            self._restore_signal_handlers(previous_handlers)
+            self._write_summary()
+        return self.summary
+
+    def _check_policy(self, action_dim: int) -> None:
+        """Connect once before moving; a policy whose action size is not the robot's is refused here."""
+        try:
+            spec = self.client.connect()
+        except PolicyUnavailableError as error:
+            self.say(f"{error}; starting anyway: the robot holds until the policy answers")
+            return
+        except PolicyServerError as error:
+            raise DaemonError(str(error)) from None
+        self._check_spec(spec, action_dim)
+
+    def _check_spec(self, spec: PolicySpec, action_dim: int) -> None:
+        if spec.action_dim != action_dim:
+            raise DaemonError(
+                f"policy '{spec.policy}' ({spec.model_id}) gives {spec.action_dim}-D actions but robot "
+                f"'{self.robot.name if self.robot else '?'}' takes {action_dim}-D ones; serve a policy trained for "
+                "this robot. Nothing was sent to the robot"
+            )
+
+    def _start_status_server(self) -> None:
+        status = self.config.status
+        controls = {"estop": lambda: self.estop("http"), "resume": self.resume, "stop": self.stop}
+        self.status_server = StatusServer(status.host, status.port, self.status, controls)
+        self.status_server.start()
+        (self.run_dir / "status.json").write_text(json.dumps({"url": self.status_server.url, "pid": os.getpid()}))
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        handlers = {
+            signal.SIGTERM: lambda *_: self.stop(),
+            signal.SIGINT: lambda *_: self.stop(),
+            signal.SIGUSR1: lambda *_: self.estop("signal SIGUSR1"),
+        }
+        return {number: signal.signal(number, handler) for number, handler in handlers.items()}
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+    def _write_summary(self) -> None:
+        summary = self.summary
+        summary.counts = dict(self.safety.counts) if self.safety else {}
+        summary.counts.update(self.events)
+        summary.dropped, summary.slips, summary.policy_actions = self.dropped, self.stats.slips, self.policy_actions
+        summary.holds, summary.safe_stops = self.watchdog.holds, self.watchdog.safe_stops
+        summary.jitter_p50_ms, summary.jitter_p99_ms = LoopStats.jitter_ms(self.stats.periods, self.period_s)
+        payload = {**asdict(summary), "estops": self.estop_log}
+        temporary = self.run_dir / ".summary.json.tmp"
+        temporary.write_text(json.dumps(payload, indent=2))
+        temporary.replace(self.run_dir / "summary.json")
+
+    # ---- one episode --------------------------------------------------------------------------
+    def _run_episode(self, index: int, reporter: StatusReporter) -> EpisodeSummary:
+        robot = self.robot
+        assert robot is not None
+        self.episode = index
+        task = robot.start_episode(index)
+        task["instruction"] = task.get("instruction") or self.config.episode.instruction
+        recorder = self._recorder(robot) if self.config.record else None
+        if recorder is not None:
+            recorder.start(index)
+        self.queue.clear()
+        self.worker.drain()
+        while not self.worker.submit("reset", task, self.tick):
+            time.sleep(0.005)  # a request of the previous episode is still in flight
+        self.watchdog.start(time.monotonic())
+        steps, ended_by = 0, "stop"
+        next_tick = last_start = time.monotonic()
+        try:
+            while True:
+                now = self._wait_until(next_tick)
+                if steps:
+                    self.stats.add_period(now - last_start)
+                timings = {"period_s": now - last_start if steps else self.period_s, "lateness_s": now - next_tick}
+                last_start = now
+                with self._lock:
+                    stop = self._stop_request
+                if stop:
+                    break
+                if self._tick(now, task, timings, recorder):
+                    steps += 1
+                info = getattr(robot, "last_info", {}) or {}
+                self.tick += 1
+                reporter.maybe_report(self.status, now)
+                if info.get("terminated") or info.get("truncated"):
+                    ended_by = "robot"
+                    break
+                if self.config.episode.max_steps and steps >= self.config.episode.max_steps:
+                    ended_by = "max_steps"
+                    break
+                next_tick += self.period_s
+                behind = time.monotonic() - next_tick
+                if behind > self.period_s:  # fell more than a period behind: skip, never catch up in a burst
+                    skipped = int(behind // self.period_s)
+                    self.stats.slips += skipped
+                    next_tick += skipped * self.period_s
+        finally:
+            dataset = recorder.finish(keep=True) if recorder is not None else None
+        success = bool((getattr(robot, "last_info", {}) or {}).get("success", False))
+        return EpisodeSummary(index, steps, success, ended_by, str(dataset) if dataset else None)
+
+    def _recorder(self, robot: Robot) -> EpisodeRecorder:
+        features = robot.observation_features
+        names = robot.action_features["action"].names or tuple(
+            f"a{i}" for i in range(robot.action_features["action"].shape[0])
+        )
+        cameras = [f"observation.images.{camera.name}" for camera in self.config.cameras]
+        first = features.get(cameras[0]) if cameras else None
+        size = tuple(first.shape[:2]) if first is not None else (64, 64)
+        return EpisodeRecorder(
+            self.run_dir / "episodes",
+            robot.name,
+            round(self.config.control_hz),
+            features["observation.state"].shape[0],
+            tuple(names),
+            cameras,
+            size,
+        )
+
+    def _wait_until(self, deadline: float) -> float:
+        remaining = deadline - time.monotonic()
+        if remaining > self.config.spin_s:
+            time.sleep(remaining - self.config.spin_s)
+        while (now := time.monotonic()) < deadline:
+            pass
+        return now
+
+    # ---- one tick -----------------------------------------------------------------------------
+    def _tick(self, now: float, task: dict[str, Any], timings: dict[str, float], recorder: Any) -> bool:
+        """One control period; whether an action was sent."""
+        robot, safety, watchdog = self.robot, self.safety, self.watchdog
+        assert robot is not None and safety is not None
+        events: list[str] = []
+        self._operator_requests(now, robot)
+        observation = robot.get_observation()
+        end_effector, joints = robot.measured_pose(observation)
+        frames, cameras_ok, age = self._read_cameras(now, events)
+        timings["observation_age_s"] = age
+        outside = safety.joints_outside(joints)
+        if outside:
+            events.append("joint_limit")
+            safety.count("joint_limit")
+            watchdog.safe_stop(f"joint(s) {outside} outside their limits; move the arm back by hand, then resume")
+        self._collect_policy_results(events, robot.action_features["action"].shape[0])
+        state = watchdog.update(now)
+        raw = None
+        if state == ControlState.ESTOPPED:
+            command = None
+        elif state == ControlState.SAFE_STOPPED:
+            command = self._rest_action(robot, observation, end_effector)
+        else:
+            raw = self.queue.pop(self.tick) if cameras_ok else None
+            command = robot.hold_action(observation)
+            if raw is not None:
+                watchdog.fresh_action(now)
+                filtered = safety.filter(raw, end_effector if end_effector is not None else np.zeros(3))
+                events += filtered.events
+                if filtered.action is None:
+                    self.dropped += 1
+                else:
+                    command = filtered.action
+                    self.policy_actions += 1
+        sent = None
+        if command is not None:
+            try:
+                sent = robot.send_action(command)
+            except RobotError as error:
+                watchdog.safe_stop(f"the robot refused an action: {error}")
+                self.say(f"the robot refused an action ({error}); safe-stopped")
+            if self._estop_request is not None and sent is not None:
+                self._sent_after_estop += 1
+        self._request_actions(state, cameras_ok, observation, frames)
+        if recorder is not None and sent is not None:
+            images = {f"observation.images.{c.name}": frames.get(c.key) for c in self.config.cameras}
+            if all(image is not None for image in images.values()):
+                policy_action = None if raw is None else np.asarray(raw, dtype=np.float64)
+                timings["policy_latency_s"] = self.stats.latency_ms[-1] / 1e3 if self.stats.latency_ms else 0.0
+                recorder.add(
+                    TickRecord(
+                        observation["observation.state"],
+                        np.asarray(sent),
+                        policy_action,
+                        images,
+                        task.get("instruction", ""),
+                        dict(timings),
+                        events,
+                    )
+                )
+        return sent is not None
+
+    def _operator_requests(self, now: float, robot: Robot) -> None:
+        if self._estop_request is None and self.estop_file.exists():
+            self.estop(f"file {self.estop_file}")
+        with self._lock:
+            estop, resume = self._estop_request, self._resume_request
+            self._resume_request = False
+        if estop is not None and self._estopped_since is None:
+            self.watchdog.estop(f"e-stop ({estop}); clear it and POST /resume")
+            robot.stop()
+            self._estopped_since = self.tick
+            self.estop_log.append(
+                {"source": estop, "requested_tick": self._estop_requested_tick, "effective_tick": self.tick}
+            )
+            self.say(f"E-STOP from {estop}: nothing is sent to the robot until the operator resumes")
+        if resume:
+            if self.estop_file.exists():
+                self.say(f"resume refused: remove the e-stop file {self.estop_file} first")
+                return
+            if self.watchdog.resume(now):
+                self.queue.clear()
+                with self._lock:
+                    self._estop_request, self._estop_requested_tick = None, None
+                self._estopped_since = None
+                self._sent_after_estop = 0
+                self.say("resumed by the operator")
+
+    def _read_cameras(self, now: float, events: list[str]) -> tuple[dict[str, np.ndarray], bool, float]:
+        frames, ok, oldest = {}, True, 0.0
+        stale_s = self.config.safety.stale_camera_ms / 1e3
+        for key, camera in self.cameras.items():
+            frame, captured = camera.latest()
+            age = now - captured if frame is not None else float("inf")
+            oldest = max(oldest, age if np.isfinite(age) else 0.0)
+            problem = None
+            if not camera.is_connected:
+                problem = "camera_lost"
+                cause = camera.error or "disconnected"
+                reason = f"camera '{key}' stopped delivering frames ({cause}); check it, then resume"
+                self.watchdog.safe_stop(reason)
+            elif age > stale_s:
+                problem = "stale_camera"
+            if problem is not None:
+                ok = False
+                events.append(problem)
+                if self._camera_problem.get(key) != problem:  # count incidents, not ticks
+                    self.events[problem] += 1
+                    if problem == "camera_lost":
+                        self.say(reason)
+                self._camera_problem[key] = problem
+            else:
+                self._camera_problem.pop(key, None)
+            if frame is not None:
+                frames[key] = frame
+        return frames, ok, oldest
+
+    def _collect_policy_results(self, events: list[str], action_dim: int) -> None:
+        for result in self.worker.drain():
+            if result.error is not None:
+                self._last_error = str(result.error)
+                if "policy_error" not in events:
+                    events.append("policy_error")
+                self.events["policy_error"] += 1
+                if isinstance(result.error, PolicyServerError) and result.error.code in ("bad_shape", "unauthorized"):
+                    self.watchdog.safe_stop(f"the policy server refused the request: {result.error}")
+                continue
+            if result.kind == "connect" and self.client.spec is not None:
+                try:
+                    self._check_spec(self.client.spec, action_dim)
+                except DaemonError as error:
+                    self.watchdog.safe_stop(str(error))
+                continue
+            if result.actions is None:
+                continue
+            if result.actions.shape[-1] != action_dim:
+                events.append("bad_dimension")
+                self.safety.count("bad_dimension")  # type: ignore[union-attr]
+                self.watchdog.safe_stop(
+                    f"the policy sent {result.actions.shape[-1]}-D actions; the robot takes {action_dim}-D"
+                )
+                continue
+            if result.timing:
+                self.stats.latency_ms.append(result.timing.get("round_trip_ms", 0.0))
+            self.queue.add(result.actions, self.tick)
+
+    def _request_actions(
+        self, state: ControlState, cameras_ok: bool, observation: dict[str, Any], frames: dict[str, np.ndarray]
+    ) -> None:
+        if self.worker.busy:
+            return
+        if state in (ControlState.RUNNING, ControlState.HOLDING):
+            if cameras_ok and self.queue.depth(self.tick + 1) <= self.config.policy.request_threshold:
+                self.worker.submit("infer", self._policy_observation(observation, frames), self.tick)
+        elif state == ControlState.SAFE_STOPPED and not self.client.connected:
+            self.worker.submit("connect", None, self.tick)  # reconnect, so that a resume can go on at once
+
+    def _policy_observation(self, observation: dict[str, Any], frames: dict[str, np.ndarray]) -> dict[str, Any]:
+        spec = self.client.spec
+        wanted = spec.cameras.keys() if spec is not None else frames.keys()
+        message: dict[str, Any] = {key: frames[key] for key in wanted if key in frames}
+        message["state"] = np.asarray(observation["observation.state"], dtype=np.float32)
+        for key in self.config.policy.forward:
+            if key in observation:
+                message[key] = observation[key]
+        return message
+
+    def _rest_action(self, robot: Robot, observation: dict[str, Any], end_effector: np.ndarray | None) -> np.ndarray:
+        """The safe-stop behaviour: hold, or move to the rest position within the per-step limit."""
+        hold = robot.hold_action(observation)
+        if self.config.watchdog.rest != "pose" or end_effector is None:
+            return hold
+        limit = self.config.safety.max_translation_m
+        command = np.array(hold, dtype=np.float64)
+        command[:3] = np.clip(np.asarray(self.config.watchdog.rest_position) - end_effector, -limit, limit)
+        return clip_delta_action(command, end_effector, self.config.safety).action

@@ -1,0 +1,19 @@
+"""Hardware drivers live here, one module per robot or camera (``robot/hardware/my_arm.py``).
+
+A driver subclasses ``robot.interfaces.Robot`` (or ``Camera``) and is named in the daemon's config
+by import path, so the daemon needs no change for it::
+
+    robot:
+      driver: robot.hardware.my_arm:MyArm
+      args: {port: /dev/ttyUSB0}
+    cameras:
+      - {name: front, driver: robot.hardware.my_camera:UvcCamera, key: image, args: {device: 0, fps: 30}}
+
+What the daemon uses, beyond connect / disconnect / get_observation / send_action:
+``joint_names`` (the safety config must give limits for each), ``measured_pose(observation)``
+(end-effector xyz and joint positions, for the workspace and joint checks), ``hold_action(observation)``
+(what "hold still" means for the action space), ``stop()`` (the e-stop command or brake) and
+``start_episode(index)`` (a start pose, or waiting for the operator; returns the task). A camera
+implements ``capture()``; its reader thread, timestamps and stale detection come from ``Camera``.
+Test a driver against the simulated one (``robot.sim``) first: both run the same daemon code path.
+"""

@@ -1,0 +1,250 @@
+"""The policy server (``agent serve``): one process that loads a policy once and answers observations
+with actions over a websocket (msgpack, ``robot.policy_protocol``), plus ``GET /healthz`` and the
+OpenAI chat-completions API (``robot.openai_chat``) on the same port.
+
+It binds 127.0.0.1 unless told otherwise and then requires a bearer token (``Authorization: Bearer
+TOKEN``) on every route but ``/healthz``. Message size is checked before anything is decoded, array
+bytes before they are viewed, observation shapes before the policy sees them; a bad request gets a
+typed error reply and the connection and the server go on serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from data_tools.errors import UserFacingError
+from robot.policy_protocol import ProtocolError, check_observation, error_reply, parse_request
+from robot.request_batcher import RequestBatcher
+from robot.served_policy import ServedPolicy
+from robot.wire import WireError, pack, unpack
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+MEGABYTE = 1024 * 1024
+TRANSPORT_LIMIT_FACTOR = 4  # frames above this many times the limit are cut off by the websocket layer itself
+HTTP_STATUS = {
+    "malformed_request": 400,
+    "bad_array": 400,
+    "bad_shape": 400,
+    "message_too_large": 413,
+    "unauthorized": 401,
+    "unsupported": 404,
+    "policy_error": 500,
+}
+log = logging.getLogger("robot.policy_server")
+
+
+class ServerConfigError(UserFacingError, ValueError):
+    """A server setting that is unsafe or cannot work (a public bind without a token, a bad limit)."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8700
+    token: str | None = None  # required unless host is a loopback address
+    max_message_mb: float = 16.0
+    batching: bool = True
+    max_batch: int = 8
+    max_wait_ms: float = 5.0  # how long a batch waits for other clients' requests
+
+    def check(self) -> None:
+        if self.host not in LOOPBACK_HOSTS and not self.token:
+            raise ServerConfigError(
+                f"binding {self.host} exposes the policy to the network; set a bearer token with --token "
+                "(or AGENT_POLICY_TOKEN), or bind 127.0.0.1"
+            )
+        if self.max_message_mb <= 0 or self.max_batch < 1 or self.max_wait_ms < 0:
+            raise ServerConfigError("max_message_mb must be > 0, max_batch >= 1 and max_wait_ms >= 0")
+
+
+class PolicyServer:
+    """Serves one :class:`ServedPolicy`; ``run()`` blocks (``agent serve``), ``start_in_thread()`` does not."""
+
+    def __init__(self, served: ServedPolicy, config: ServerConfig | None = None) -> None:
+        self.served = served
+        self.config = config or ServerConfig()
+        self.config.check()
+        self.max_bytes = int(self.config.max_message_mb * MEGABYTE)
+        served.spec.max_message_bytes = self.max_bytes
+        self.batcher = RequestBatcher(
+            served, self.config.max_batch if self.config.batching else 1, self.config.max_wait_ms / 1e3
+        )
+        self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.port: int | None = None
+        self._websockets: set[web.WebSocketResponse] = set()
+
+    # ---- the app ------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth], client_max_size=self.max_bytes)
+        app.router.add_get("/", self._websocket)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.on_startup.append(self._startup)
+        app.on_shutdown.append(self._close_websockets)
+        app.on_cleanup.append(self._cleanup)
+        return app
+
+    async def _startup(self, app: web.Application) -> None:
+        self.batcher.start()
+
+    async def _close_websockets(self, app: web.Application) -> None:
+        for ws in list(self._websockets):
+            await ws.close(code=1001, message=b"server shutting down")
+
+    async def _cleanup(self, app: web.Application) -> None:
+        await self.batcher.stop()
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.config.token and request.path != "/healthz":
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.config.token}".encode()):
+                return _json_error(
+                    "unauthorized", "missing or wrong bearer token; send the header 'Authorization: Bearer TOKEN'"
+                )
+        return await handler(request)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        spec = self.served.spec
+        return web.json_response({"status": "ok", "policy": spec.policy, "model_id": spec.model_id})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        model = {"id": self.served.spec.model_id, "object": "model", "owned_by": "embodied-agent-toolkit"}
+        return web.json_response({"object": "list", "data": [model]})
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        if self.served.chat is None:
+            return _json_error(
+                "unsupported", f"policy '{self.served.spec.policy}' has no language model; serve --policy magma"
+            )
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _json_error("malformed_request", "the request body is not JSON; send an OpenAI chat request")
+        except web.HTTPRequestEntityTooLarge:
+            return _json_error("message_too_large", f"the request is over this server's limit of {self.max_bytes}")
+        if not isinstance(body, dict):
+            return _json_error("malformed_request", "the request body must be a JSON object")
+        try:
+            return web.json_response(await self.batcher.call(self.served.chat.complete, body))
+        except ProtocolError as error:
+            return _json_error(error.code, str(error))
+        except Exception as error:
+            log.exception("chat completion failed")
+            return _json_error("policy_error", f"the model failed: {type(error).__name__}: {error}")
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=self.max_bytes * TRANSPORT_LIMIT_FACTOR, compress=False)
+        if not ws.can_prepare(request).ok:
+            return web.json_response({**self.served.spec.to_metadata(), "hint": "connect with a websocket client"})
+        await ws.prepare(request)
+        session = self.served.make_session()
+        await ws.send_bytes(pack(self.served.spec.to_metadata()))
+        replies: asyncio.Queue = asyncio.Queue()
+        writer = asyncio.create_task(self._send_in_order(ws, replies))
+        self.batcher.active_sessions += 1
+        self._websockets.add(ws)
+        try:
+            async for message in ws:
+                received = time.perf_counter()
+                if message.type == WSMsgType.BINARY:
+                    replies.put_nowait(asyncio.create_task(self._answer(session, message.data, received)))
+                elif message.type == WSMsgType.TEXT:
+                    reply = error_reply("malformed_request", "send msgpack in binary frames, not text frames")
+                    replies.put_nowait(_done(reply))
+        finally:
+            self._websockets.discard(ws)
+            self.batcher.active_sessions -= 1
+            replies.put_nowait(None)
+            await writer
+        return ws
+
+    async def _send_in_order(self, ws: web.WebSocketResponse, replies: asyncio.Queue) -> None:
+        while (pending := await replies.get()) is not None:
+            reply = await pending
+            if not ws.closed:
+                with contextlib.suppress(ConnectionError):  # the client left; its remaining replies are dropped
+                    await ws.send_bytes(pack(reply))
+
+    async def _answer(self, session: Any, data: bytes, received: float) -> dict[str, Any]:
+        request_id = None
+        try:
+            kind, request_id, body = parse_request(unpack(data, self.max_bytes))
+            if kind == "metadata":
+                return {**self.served.spec.to_metadata(), "id": request_id}
+            if kind == "reset":
+                await self.batcher.reset(session, body)
+                return {"type": "reset", "id": request_id}
+            check_observation(body, self.served.spec)
+            actions, timing = await self.batcher.infer(session, body)
+            timing["server_ms"] = (time.perf_counter() - received) * 1e3
+            return {"type": "actions", "id": request_id, "actions": actions, "timing": timing}
+        except (WireError, ProtocolError) as error:
+            return error_reply(error.code, str(error), request_id)
+        except UserFacingError as error:
+            return error_reply("policy_error", str(error), request_id)
+        except Exception as error:
+            log.exception("policy failed")
+            return error_reply("policy_error", f"the policy failed: {type(error).__name__}: {error}", request_id)
+
+    # ---- running ------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve until SIGINT/SIGTERM."""
+        web.run_app(self.app(), host=self.config.host, port=self.config.port, print=None, access_log=None)
+
+    def start_in_thread(self) -> int:
+        """Serve from a background thread (benchmarks, embedding); returns the bound port."""
+        started = threading.Event()
+        self._loop = asyncio.new_event_loop()
+
+        async def start() -> None:
+            self._runner = web.AppRunner(self.app(), access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.config.host, self.config.port)
+            await site.start()
+            self.port = self._runner.addresses[0][1]
+            started.set()
+
+        def serve() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(start())  # type: ignore[union-attr]
+            self._loop.run_forever()  # type: ignore[union-attr]
+
+        self._thread = threading.Thread(target=serve, name="policy-server", daemon=True)
+        self._thread.start()
+        if not started.wait(30):
+            raise ServerConfigError(f"the policy server did not start on {self.config.host}:{self.config.port}")
+        return self.port  # type: ignore[return-value]
+
+    def stop(self) -> None:
+        if self._loop is None or self._runner is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+def _done(value: Any) -> asyncio.Future:
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future
+
+
+def _json_error(code: str, message: str) -> web.Response:
+    """An error in the OpenAI error shape, with the HTTP status its code implies."""
+    body = {"error": {"message": message, "type": code, "code": code}}
+    return web.json_response(body, status=HTTP_STATUS.get(code, 400))

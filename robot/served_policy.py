@@ -1,0 +1,165 @@
+"""What the policy server serves: a :class:`ServedPolicy` (its spec, a fresh policy state per client,
+and an optional batched ``act_batch``), loaded by name (``magma``, ``lapa``, ``scripted``) or from a
+``module:callable`` that returns one.
+
+Each websocket client gets its own session (``make_session()``: a Policy with ``reset`` / ``act``), so
+episodes of several robots never mix. Requests of several clients are run together through
+``act_batch(sessions, observations)`` when the policy has one (the Magma model: one left-padded
+generate call); otherwise each session's ``act`` is called in turn (the per-item fallback).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_tools.errors import UserFacingError
+from magma.policies import Policy
+from robot.policy_protocol import PolicySpec
+
+POLICY_NAMES = ("magma", "lapa", "scripted")
+
+
+class PolicyLoadError(UserFacingError, ValueError):
+    """An unknown policy name, a missing model, or a custom factory that does not give a ServedPolicy."""
+
+
+@dataclass
+class ServedPolicy:
+    spec: PolicySpec
+    make_session: Callable[[], Policy]
+    act_batch: Callable[[list[Any], list[dict[str, Any]]], list[np.ndarray]] | None = None
+    chat: Any = None  # a robot.openai_chat.ChatModel when the policy has a language model
+
+    def run_batch(self, sessions: list[Any], observations: list[dict[str, Any]]) -> list[np.ndarray | Exception]:
+        """One (chunk, dim) float32 array per request, or the exception its policy raised. A batch call
+        that fails is retried item by item, so one bad request does not fail the others."""
+        if self.act_batch is not None and len(sessions) > 1:
+            try:
+                return [self._as_chunk(result) for result in self.act_batch(sessions, observations)]
+            except Exception:
+                pass
+        results: list[np.ndarray | Exception] = []
+        for session, observation in zip(sessions, observations, strict=True):
+            try:
+                results.append(self._as_chunk(session.act(observation)))
+            except Exception as error:
+                results.append(error)
+        return results
+
+    def _as_chunk(self, result: Any) -> np.ndarray:
+        array = np.asarray(result, dtype=np.float32)
+        if array.ndim not in (1, 2) or array.shape[-1] != self.spec.action_dim:
+            raise ValueError(
+                f"the policy returned actions of shape {array.shape}; its spec says action_dim={self.spec.action_dim}"
+            )
+        return array.reshape(-1, self.spec.action_dim)
+
+
+class _MagmaSession:
+    """One client's episode state over a shared Magma model: its instruction."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+        self.instruction = ""
+
+    def reset(self, task: dict[str, Any]) -> None:
+        self.instruction = str(task.get("instruction", ""))
+
+    def act(self, observation: dict[str, Any]) -> np.ndarray:
+        return _magma_batch(self.policy, [self], [observation])[0]
+
+
+def _magma_batch(policy: Any, sessions: list[_MagmaSession], observations: list[dict[str, Any]]) -> list[np.ndarray]:
+    """One generate call over several clients' observations (left-padded prompts)."""
+    import torch
+
+    from magma.actions import ActionParseError
+
+    prompts = [
+        policy.prompt.format(instruction=observation.get("instruction") or session.instruction)
+        for session, observation in zip(sessions, observations, strict=True)
+    ]
+    images = [[np.asarray(observation[policy.image_key])] for observation in observations]
+    with torch.inference_mode():
+        inputs = policy.processor(prompts, images).to(policy.model.device)
+        tokens = policy.model.generate(
+            **inputs.generation_kwargs(), max_new_tokens=policy.codec.action_dim, stop_token_ids=[]
+        )
+    actions = []
+    for row in tokens:
+        try:
+            actions.append(policy.codec.decode(row.tolist()))
+        except ActionParseError:
+            policy.invalid_outputs += 1
+            actions.append(policy.fallback_action.copy())
+    return actions
+
+
+def load_magma(model: str | None, spec: PolicySpec, name: str = "magma", statistics_key: str | None = None):
+    """A robot-action Magma checkpoint (``magma.policies.robot.MagmaRobotPolicy``) and its chat model."""
+    from magma.policies.robot import MagmaRobotPolicy
+    from robot.openai_chat import ChatModel
+
+    if not model:
+        raise PolicyLoadError(f"--policy {name} needs --model DIR (a checkpoint trained on robot actions)")
+    if not Path(model).is_dir():
+        raise PolicyLoadError(f"--model '{model}' is not a checkpoint directory; give the folder with config.json")
+    device = "cuda" if _cuda_available() else "cpu"
+    policy = MagmaRobotPolicy.from_pretrained(model, statistics_key=statistics_key, device=device)
+    spec.policy, spec.model_id = name, spec.model_id or Path(model).resolve().name
+    spec.action_dim = policy.codec.action_dim
+    spec.chunk_length = 1
+    spec.action_statistics = policy.codec.stats.to_dict()
+    return ServedPolicy(
+        spec=spec,
+        make_session=lambda: _MagmaSession(policy),
+        act_batch=lambda sessions, observations: _magma_batch(policy, sessions, observations),
+        chat=ChatModel(policy.model, policy.processor, spec.model_id),
+    )
+
+
+def load_scripted(model: str | None, spec: PolicySpec) -> ServedPolicy:
+    """The MuJoCo tabletop scripted expert, fed simulator truth through the observation (robot.privileged_state)."""
+    from robot.privileged_state import ObservedScriptedExpert
+
+    spec.policy, spec.model_id = "scripted", spec.model_id or "tabletop-scripted-expert"
+    spec.action_dim, spec.chunk_length, spec.action_space = 7, 1, "delta_ee"
+    spec.cameras = {}  # the expert reads no image
+    return ServedPolicy(spec=spec, make_session=ObservedScriptedExpert)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def load_served_policy(name: str, model: str | None, spec: PolicySpec, statistics_key: str | None = None):
+    """``magma`` | ``lapa`` | ``scripted`` | ``package.module:factory`` (``factory(model, spec) -> ServedPolicy``).
+
+    ``lapa`` serves a latent-VLA checkpoint fine-tuned to robot actions by the lapa pipeline: that
+    checkpoint is a robot-action Magma checkpoint (same format, same codec), so it loads as ``magma``.
+    """
+    if name in ("magma", "lapa"):
+        return load_magma(model, spec, name=name, statistics_key=statistics_key)
+    if name == "scripted":
+        return load_scripted(model, spec)
+    if ":" not in name:
+        raise PolicyLoadError(
+            f"unknown policy '{name}'; use one of {list(POLICY_NAMES)} or a factory as package.module:function"
+        )
+    module_name, _, attribute = name.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise PolicyLoadError(f"cannot load policy factory '{name}' ({error}); check the module path") from None
+    served = factory(model, spec)
+    if not isinstance(served, ServedPolicy):
+        raise PolicyLoadError(f"policy factory '{name}' returned {type(served).__name__}, not a ServedPolicy")
+    return served

@@ -1,0 +1,102 @@
+"""The daemon's pure parts: the msgpack array codec, the action queue's temporal ensembling, the
+watchdog's hold / safe-stop / resume, and the safety filter's clipping and refusals."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from robot.chunking import ActionQueue
+from robot.daemon_config import daemon_config_from
+from robot.safety import SafetyConfigError, SafetyFilter, SafetyLimits
+from robot.sim import SimRobot
+from robot.watchdog import ControlState, Watchdog
+from robot.wire import WireError, pack, unpack
+
+
+def test_wire_round_trips_arrays_and_refuses_inconsistent_ones():
+    message = {
+        "type": "infer",
+        "observation": {
+            "image": np.arange(12, dtype=np.uint8).reshape(2, 2, 3),
+            "state": np.array([0.5, -1.0], dtype=np.float32),
+            "instruction": "pick",
+            "nested": [np.int64(3)],
+        },
+    }
+    decoded = unpack(pack(message), max_bytes=1 << 20)
+    assert np.array_equal(decoded["observation"]["image"], message["observation"]["image"])
+    assert decoded["observation"]["state"].dtype == np.float32 and decoded["observation"]["nested"] == [3]
+    with pytest.raises(WireError) as too_large:
+        unpack(pack(message), max_bytes=10)
+    assert too_large.value.code == "message_too_large"
+    lying = msgpack.packb({"__ndarray__": True, "data": b"\x00" * 7, "dtype": "<f4", "shape": [2]})
+    with pytest.raises(WireError, match="needs 8 bytes") as bad:
+        unpack(lying, max_bytes=1 << 20)
+    assert bad.value.code == "bad_array"
+    objects = msgpack.packb({"__ndarray__": True, "data": b"\x00" * 8, "dtype": "|O", "shape": [1]})
+    with pytest.raises(WireError, match="not accepted"):
+        unpack(objects, max_bytes=1 << 20)
+    with pytest.raises(WireError) as garbage:
+        unpack(b"\xc1\xc1\xc1", max_bytes=1 << 20)
+    assert garbage.value.code == "malformed_request"
+
+
+def test_action_queue_ensembles_overlapping_chunks_and_drops_the_past():
+    queue = ActionQueue(ensemble_weight=0.0)
+    assert queue.pop(0) is None and queue.depth(0) == 0
+    queue.add(np.array([[0.0], [1.0], [2.0], [3.0]]), tick=0)
+    assert queue.pop(0)[0] == 0.0 and queue.depth(1) == 3
+    queue.add(np.array([[10.0], [20.0]]), tick=2)  # overlaps ticks 2 and 3
+    assert queue.pop(2)[0] == pytest.approx((2.0 + 10.0) / 2)
+    weighted = ActionQueue(ensemble_weight=1.0)
+    weighted.add(np.array([[0.0], [0.0]]), tick=5)
+    weighted.add(np.array([[1.0]]), tick=6)
+    expected = (0.0 * 1 + 1.0 * np.exp(-1.0)) / (1 + np.exp(-1.0))  # the older chunk weighs more
+    assert weighted.pop(6)[0] == pytest.approx(expected)
+    assert weighted.pop(7) is None  # both chunks are in the past now
+    single = ActionQueue()
+    single.add(np.array([0.1, 0.2]), tick=3)  # a single-action policy is a chunk of one
+    assert np.allclose(single.pop(3), [0.1, 0.2]) and single.pop(4) is None
+
+
+def test_watchdog_holds_then_safe_stops_and_resumes_only_when_told():
+    watchdog = Watchdog(hold_after_s=0.3, safe_stop_after_s=2.0)
+    watchdog.start(now=0.0)
+    assert watchdog.update(0.2) == ControlState.RUNNING
+    assert watchdog.update(0.5) == ControlState.HOLDING and watchdog.holds == 1
+    watchdog.fresh_action(0.6)
+    assert watchdog.update(0.7) == ControlState.RUNNING
+    assert watchdog.update(2.7) == ControlState.SAFE_STOPPED and "no action" in watchdog.reason
+    watchdog.fresh_action(2.8)  # a late action does not lift a safe stop
+    assert watchdog.update(2.9) == ControlState.SAFE_STOPPED
+    assert watchdog.resume(3.0) and watchdog.update(3.1) == ControlState.RUNNING
+    watchdog.estop("button")
+    watchdog.start(10.0)  # a new episode keeps an e-stop latched
+    assert watchdog.update(10.1) == ControlState.ESTOPPED
+
+
+def test_safety_filter_clips_counts_and_refuses():
+    limits = SafetyLimits(max_translation_m=0.02, joint_limits={"a": [-1.0, 1.0], "b": [-2.0, 2.0]})
+    safety = SafetyFilter(limits, ("a", "b"))
+    clipped = safety.filter(np.array([0.5, 0, 0, 0, 0, 0, 1.0]), np.array([0.3, 0.0, 0.3]))
+    assert clipped.action[0] == pytest.approx(0.02) and clipped.events == ["clipped"]
+    assert safety.filter(np.array([np.nan] * 7), np.zeros(3)).action is None
+    assert safety.filter(np.zeros(8), np.zeros(3)).events == ["bad_dimension"]
+    near_edge = safety.filter(np.array([0, 0, -0.02, 0, 0, 0, 0]), np.array([0.3, 0.0, 0.005]))
+    assert near_edge.action[2] == pytest.approx(-0.005)  # the workspace floor at z = 0
+    assert dict(safety.counts) == {"clipped": 2, "non_finite": 1, "bad_dimension": 1}
+    assert safety.joints_outside(np.array([0.0, 2.5])) == ["b"]
+    with pytest.raises(SafetyConfigError, match=r"missing: \['b'\]"):
+        SafetyFilter(SafetyLimits(joint_limits={"a": [-1.0, 1.0]}), ("a", "b"))
+
+
+def test_shipped_sim_config_covers_every_joint_of_the_simulated_robot():
+    config = daemon_config_from({"safety": {"joint_limits": {}}}, [], "test")
+    with pytest.raises(SafetyConfigError, match="shoulder_yaw"):
+        SafetyFilter(config.safety, SimRobot.joint_names)
+    from robot.daemon_config import load_daemon_config
+
+    shipped = load_daemon_config("sim-tabletop")
+    assert SafetyFilter(shipped.safety, SimRobot.joint_names).joint_names == SimRobot.joint_names
