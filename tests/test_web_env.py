@@ -36,7 +36,9 @@ PAGES = {
     "/tabs": "<html><body><a href='/page2' target='_blank'>Open in new tab</a></body></html>",
     "/geo": """<html><body><p id="geo">unknown</p><script>
 navigator.geolocation.getCurrentPosition(
-  (p) => { document.getElementById('geo').textContent = p.coords.latitude.toFixed(3) + ',' + p.coords.longitude.toFixed(3); },
+  (p) => {
+    document.getElementById('geo').textContent = p.coords.latitude.toFixed(3) + ',' + p.coords.longitude.toFixed(3);
+  },
   (e) => { document.getElementById('geo').textContent = 'denied ' + e.code; });
 </script></body></html>""",
 }
