@@ -9,6 +9,7 @@ episode then ends with ``stop []`` and is graded like any other, as VWA does.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,9 +109,13 @@ def run_web_episode(
     result: WebEpisodeResult,
     rules: EarlyStopRules,
     trajectory_dir: Path | None = None,
+    parse_action: Callable[[str], str | None] = parsed_action,
+    stop_action: str = "stop []",
 ) -> tuple[WebEpisodeResult, list[StepRecord]]:
     """Run the episode already reset in ``env`` (``task_info`` is what the policy's ``reset`` gets and
-    ``observation`` its first observation) and fill ``result``; returns it with the step records."""
+    ``observation`` its first observation) and fill ``result``; returns it with the step records.
+    ``parse_action`` (reply -> canonical action text or None) and ``stop_action`` (sent at an early stop) are
+    the env's grammar: VWA by default, another UI env's (Android) otherwise."""
     observation = task_info.pop("observation")
     policy.reset(task_info)
     started = time.perf_counter()
@@ -127,7 +132,7 @@ def run_web_episode(
         reply = str(policy.act(observation))
         policy_seconds = time.perf_counter() - policy_started
         result.policy_seconds += policy_seconds
-        action = parsed_action(reply)
+        action = parse_action(reply)
         actions.append(action)
         url = str(observation.get("url", ""))
         observation, reward, terminated, truncated, info = env.step(reply)
@@ -140,8 +145,8 @@ def run_web_episode(
         reason = rules.reason(actions)
         if reason:
             result.early_stop = reason
-            observation, reward, _, _, info = env.step("stop []")
-            records.append(StepRecord(step + 1, str(observation.get("url", "")), "", "stop []", None, None))
+            observation, reward, _, _, info = env.step(stop_action)
+            records.append(StepRecord(step + 1, str(observation.get("url", "")), "", stop_action, None, None))
             break
     result.seconds = time.perf_counter() - started
     result.status = "done"

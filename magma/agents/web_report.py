@@ -22,9 +22,9 @@ pre{white-space:pre-wrap;background:#f6f6f6;padding:.5em;max-width:60em}
 """
 
 _INDEX = _ENVIRONMENT.from_string(
-    """<!doctype html><html><head><meta charset="utf-8"><title>Web run report</title>
+    """<!doctype html><html><head><meta charset="utf-8"><title>{{ title }}</title>
 <style>{{ style }}</style></head><body>
-<h1>Web run report</h1>
+<h1>{{ title }}</h1>
 <p>{{ results|length }} tasks; policy {{ settings.policy }}{% if settings.model %} ({{ settings.model }}){% endif %};
 max {{ settings.max_steps }} steps.</p>
 <h2>Summary</h2>
@@ -89,7 +89,9 @@ def _read_steps(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def write_report(out_dir: str | Path, results: list[dict[str, Any]], summary: dict[str, Any]) -> Path:
+def write_report(
+    out_dir: str | Path, results: list[dict[str, Any]], summary: dict[str, Any], title: str = "Web run report"
+) -> Path:
     """Write report.html and every task's page; returns the report's path."""
     from magma.agents.web_suite import RUN_FILE, trajectory_name
 
@@ -111,5 +113,6 @@ def write_report(out_dir: str | Path, results: list[dict[str, Any]], summary: di
     groups += [(f"eval {name}", row) for name, row in summary["by_eval_type"].items()]
     groups.append(("all", summary["overall"]))
     report = out_dir / "report.html"
-    report.write_text(_INDEX.render(results=rows, groups=groups, settings=settings, style=_STYLE), encoding="utf-8")
+    page = _INDEX.render(results=rows, groups=groups, settings=settings, style=_STYLE, title=title)
+    report.write_text(page, encoding="utf-8")
     return report

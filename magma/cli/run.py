@@ -10,8 +10,9 @@ from typing import Annotated
 
 import typer
 
-ENVIRONMENTS = ("mujoco", "visualwebarena")
+ENVIRONMENTS = ("mujoco", "visualwebarena", "android")
 POLICIES = {"mujoco": ("scripted", "magma", "remote"), "visualwebarena": ("oracle", "openai", "magma")}
+POLICIES["android"] = ("scripted", "openai", "magma")
 
 
 def run(
@@ -71,13 +72,26 @@ def run(
     image_size: Annotated[int, typer.Option("--image-size", help="Camera images, pixels per side.")] = 128,
     out: Annotated[str | None, typer.Option("--out", help="Output directory (default runs/run-ENV-TIME).")] = None,
     videos: Annotated[bool, typer.Option("--videos/--no-videos", help="Write an mp4 of every episode.")] = True,
+    device: Annotated[
+        str | None,
+        typer.Option("--device", help="android: the SERIAL from `adb devices` (default: the only one) or 'simulated'."),
+    ] = None,
+    adb: Annotated[
+        str, typer.Option("--adb", help="android: the adb server HOST:PORT and client (HOST:PORT/adbutils or /adb).")
+    ] = "127.0.0.1:5037/adbutils",
+    record: Annotated[
+        str | None, typer.Option("--record", help="android: also write the episodes as training shards into DIR.")
+    ] = None,
 ) -> None:
     """Run a policy over tasks of an environment and print the success per task."""
     if env not in ENVIRONMENTS:
-        raise typer.BadParameter(f"--env must be one of {ENVIRONMENTS}; android is not built yet")
+        raise typer.BadParameter(f"--env must be one of {ENVIRONMENTS}")
     policy = policy or POLICIES[env][0]
     if policy not in POLICIES[env]:
         raise typer.BadParameter(f"--policy for --env {env} must be one of {POLICIES[env]}")
+    if env == "android":
+        run_android(tasks, policy, model, max_steps, resume, out, device, adb, record)
+        return
     if env == "visualwebarena":
         run_web(
             tasks or ["bundled"],
@@ -176,3 +190,48 @@ def run_web(
     results = run_web_suite(settings, options, out_dir, factory, resume=resume, on_result=report)
     typer.echo(summary_table(summarize(results)))
     typer.echo(f"results: {out_dir / 'results.jsonl'}  report: {out_dir / 'report.html'}")
+
+
+def run_android(
+    tasks: list[str] | None,
+    policy: str,
+    model: str | None,
+    max_steps: int,
+    resume: bool,
+    out: str | None,
+    device: str | None,
+    adb: str,
+    record: str | None,
+) -> None:
+    from magma.agents.android_suite import (
+        AndroidRunOptions,
+        AndroidRunSettings,
+        android_policy_factory,
+        run_android_suite,
+    )
+    from magma.agents.web_suite import summarize, summary_table
+
+    if resume and not out:
+        raise typer.BadParameter("--resume needs --out, the directory of the run to finish")
+    if tasks and len(tasks) > 1:
+        raise typer.BadParameter("--env android takes one --tasks FILE (a JSON list of tasks)")
+    endpoint, _, client = adb.partition("/")
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit() or client not in ("", "adbutils", "adb"):
+        raise typer.BadParameter(f"--adb must be HOST:PORT or HOST:PORT/adbutils|adb, got {adb!r}")
+    settings = AndroidRunSettings(policy=policy, model=model, max_steps=max_steps, device=device)
+    if tasks:
+        settings.tasks = tasks[0]
+    options = AndroidRunOptions(adb_host=host, adb_port=int(port), client=client or "adbutils", record_dir=record)
+    out_dir = Path(out or f"runs/run-android-{time.strftime('%Y%m%d-%H%M%S')}")
+
+    def report(result) -> None:
+        mark = {True: "ok  ", False: "fail", None: "??? "}[result.success] if result.status == "done" else "err "
+        detail = result.error or result.early_stop or "; ".join(result.eval_notes)
+        typer.echo(f"{mark} {result.key:<24} {result.steps:>3} steps {result.seconds:>6.1f} s  {detail}", err=True)
+
+    results = run_android_suite(settings, options, out_dir, android_policy_factory(policy, model), resume, report)
+    typer.echo(summary_table(summarize(results)))
+    typer.echo(f"results: {out_dir / 'results.jsonl'}  report: {out_dir / 'report.html'}")
+    if record:
+        typer.echo(f"training shards: {record}")

@@ -15,6 +15,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -22,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from magma.errors import UserFacingError
-from magma.policies.web import WEB_SYSTEM_PROMPT, WebHistory, web_prompt
+from magma.policies.web import WEB_SYSTEM_PROMPT, WebHistory, WebPrompt, web_prompt
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUSES = (408, 409, 429, 500, 502, 503, 504)
@@ -121,11 +122,19 @@ class ChatClient:
 
 
 class OpenAIChatPolicy:
-    """The web prompt sent to a chat endpoint each step; ``act`` returns the model's whole reply."""
+    """The web prompt (or another env's ``prompt`` function, same signature as ``web_prompt``) sent to a chat
+    endpoint each step; ``act`` returns the model's whole reply."""
 
-    def __init__(self, client: ChatClient, system: str = WEB_SYSTEM_PROMPT, max_image_side: int = 1280) -> None:
+    def __init__(
+        self,
+        client: ChatClient,
+        system: str = WEB_SYSTEM_PROMPT,
+        max_image_side: int = 1280,
+        prompt: Callable[..., WebPrompt] = web_prompt,
+    ) -> None:
         self.client = client
         self.system = system
+        self.prompt = prompt
         self.max_image_side = max_image_side
         self.history = WebHistory()
 
@@ -133,7 +142,7 @@ class OpenAIChatPolicy:
         self.history.reset(task)
 
     def act(self, observation: dict[str, Any]) -> str:
-        prompt = web_prompt(observation, self.history.task, self.history.actions, self.system)
+        prompt = self.prompt(observation, self.history.task, self.history.actions, self.system)
         reply = self.client.complete(chat_messages(prompt.system, prompt.user, prompt.images, self.max_image_side))
         self.history.record(reply)
         return reply

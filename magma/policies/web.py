@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,17 +90,24 @@ class WebHistory:
 
 
 class MagmaWebPolicy:
-    """The Magma model answering the web prompt with greedy decoding; ``act`` returns the whole reply (the
-    environment reads the action from its last ``` block)."""
+    """The Magma model answering the web prompt (or another env's ``prompt``, same signature as
+    ``web_prompt``) with greedy decoding; ``act`` returns the whole reply (the environment reads the action
+    from its last ``` block)."""
 
     def __init__(
-        self, model: Any, processor: Any, max_new_tokens: int = 256, generation_lock: threading.Lock | None = None
+        self,
+        model: Any,
+        processor: Any,
+        max_new_tokens: int = 256,
+        generation_lock: threading.Lock | None = None,
+        prompt: Callable[..., WebPrompt] | None = None,
     ) -> None:
         self.model = model.eval()
         self.processor = processor
         self.max_new_tokens = max_new_tokens
         self.generation_lock = generation_lock or contextlib.nullcontext()  # one model shared by worker threads
         self.history = WebHistory()
+        self.prompt = prompt
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu", **kwargs: Any) -> MagmaWebPolicy:
@@ -116,7 +123,11 @@ class MagmaWebPolicy:
     def act(self, observation: dict[str, Any]) -> str:
         import torch
 
-        text, images = build_web_prompt(observation, self.history.task, self.history.actions)
+        if self.prompt is None:
+            text, images = build_web_prompt(observation, self.history.task, self.history.actions)
+        else:
+            turn = self.prompt(observation, self.history.task, self.history.actions)
+            text, images = f"{turn.system}\n\n{turn.magma_text()}", turn.images
         with self.generation_lock, torch.inference_mode():
             inputs = self.processor(text, images)
             tokens = self.model.generate(

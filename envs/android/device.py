@@ -1,0 +1,250 @@
+"""``AndroidDevice``: one phone or emulator through an adb client, with the commands the environment needs,
+each bounded by a timeout, and their output read in the formats real devices print."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+from envs.android.adb_client import (
+    AdbClient,
+    AndroidDeviceError,
+    DeviceLostError,
+    DeviceNotFoundError,
+    DeviceOfflineError,
+    DeviceUnauthorizedError,
+    ShellOutput,
+    make_client,
+)
+from envs.android.text_input import (
+    ADB_KEYBOARD_PACKAGE,
+    adb_keyboard_command,
+    input_text_commands,
+    is_input_text_typable,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_SIZE = re.compile(r"(Override|Physical) size:\s*(\d+)x(\d+)")
+_DENSITY = re.compile(r"(Override|Physical) density:\s*(\d+)")
+_RESUMED = re.compile(
+    r"(?:topResumedActivity|mResumedActivity|ResumedActivity)[:=]\s*ActivityRecord\{\S+ \S+ ([^\s/}]+)/([^\s}]+)"
+)
+_FOCUS = re.compile(r"mCurrentFocus=Window\{\S+ \S+ ([^\s/}]+)/([^\s}]+)\}")
+_KEYCODES = {"back": "KEYCODE_BACK", "home": "KEYCODE_HOME", "enter": "KEYCODE_ENTER"}
+
+
+class DeviceActionError(AndroidDeviceError):
+    """An action the device refused (an app not installed, text it cannot type); a counted failed step."""
+
+
+@dataclass(frozen=True)
+class ScreenInfo:
+    """The display as the device reports it: physical (portrait) size, density and rotation (0..3)."""
+
+    physical_size: tuple[int, int]
+    density: int
+    rotation: int = 0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) as shown, which is what screenshots and ``input`` coordinates use."""
+        width, height = self.physical_size
+        return (height, width) if self.rotation % 2 else (width, height)
+
+
+def select_serial(client_kind: str, host: str, port: int, serial: str | None, executable: str = "adb") -> str:
+    """The serial to use: ``serial`` when it is attached and ready, or the only device when none is given."""
+    listing = make_client(client_kind, host, port, serial or "", executable).devices()
+    states = {entry.serial: entry.state for entry in listing}
+    if serial is None:
+        if not listing:
+            raise DeviceNotFoundError(
+                f"no Android device is attached to the adb server at {host}:{port}; start an emulator "
+                "(`emulator -avd NAME`) or plug in a phone with USB debugging on, then check `adb devices`"
+            )
+        if len(listing) > 1:
+            raise DeviceNotFoundError(
+                f"{len(listing)} devices are attached ({', '.join(states)}); pick one with --device SERIAL"
+            )
+        serial = listing[0].serial
+    if serial not in states:
+        attached = ", ".join(f"{name} ({state})" for name, state in states.items()) or "none"
+        raise DeviceNotFoundError(
+            f"device {serial} is not attached to the adb server at {host}:{port} (attached: {attached}); "
+            "check the serial with `adb devices`"
+        )
+    if states[serial] == "unauthorized":
+        raise DeviceUnauthorizedError(
+            f"device {serial} is unauthorized: unlock it and accept the 'Allow USB debugging?' prompt, then rerun"
+        )
+    if states[serial] != "device":
+        raise DeviceOfflineError(
+            f"device {serial} is {states[serial]}: wait for it to boot or reconnect it, then rerun"
+        )
+    return serial
+
+
+class AndroidDevice:
+    """Commands on one device; after ``connect`` a device that disappears raises DeviceLostError."""
+
+    def __init__(self, client: AdbClient, command_timeout_s: float = 10.0) -> None:
+        self.client = client
+        self.serial = client.serial
+        self.command_timeout_s = command_timeout_s
+        self.screen = ScreenInfo((0, 0), 0)
+
+    # -- plumbing ------------------------------------------------------------------------------------
+
+    def shell(self, command: str, timeout: float | None = None) -> ShellOutput:
+        try:
+            return self.client.shell(command, timeout or self.command_timeout_s)
+        except (DeviceNotFoundError, DeviceOfflineError) as error:
+            raise DeviceLostError(
+                f"device {self.serial} went away ({error}); reconnect it and resume the run"
+            ) from None
+
+    def exec_out(self, command: str, timeout: float | None = None) -> bytes:
+        try:
+            return self.client.exec_out(command, timeout or self.command_timeout_s)
+        except (DeviceNotFoundError, DeviceOfflineError) as error:
+            raise DeviceLostError(
+                f"device {self.serial} went away ({error}); reconnect it and resume the run"
+            ) from None
+
+    # -- readiness and screen ------------------------------------------------------------------------
+
+    def wait_until_booted(self, timeout_s: float = 60.0, poll_s: float = 0.5) -> None:
+        """Poll ``getprop sys.boot_completed`` until it says 1 (an emulator that is still booting)."""
+        deadline = time.monotonic() + timeout_s
+        while self.shell("getprop sys.boot_completed").stdout.strip() != b"1":
+            if time.monotonic() > deadline:
+                raise DeviceOfflineError(f"device {self.serial} has not finished booting after {timeout_s:.0f} s")
+            time.sleep(poll_s)
+
+    def read_screen(self) -> ScreenInfo:
+        """Size and density from ``wm size`` / ``wm density`` (an override wins), rotation from ``settings``."""
+        size_text = self.shell("wm size").text
+        sizes = {kind: (int(width), int(height)) for kind, width, height in _SIZE.findall(size_text)}
+        density_text = self.shell("wm density").text
+        densities = {kind: int(value) for kind, value in _DENSITY.findall(density_text)}
+        if not sizes:
+            raise AndroidDeviceError(
+                f"cannot read the screen size of {self.serial} from `wm size`: {size_text.strip()!r}"
+            )
+        rotation_text = self.shell("settings get system user_rotation").stdout.strip()
+        rotation = int(rotation_text) % 4 if rotation_text.isdigit() else 0
+        self.screen = ScreenInfo(
+            sizes.get("Override", sizes.get("Physical")),
+            densities.get("Override", densities.get("Physical", 0)),
+            rotation,
+        )
+        return self.screen
+
+    def screencap_png(self) -> bytes:
+        data = self.exec_out("screencap -p")
+        if not data.startswith(PNG_SIGNATURE):
+            raise AndroidDeviceError(f"screencap on {self.serial} returned no PNG ({data[:80]!r}); is the screen on?")
+        return data
+
+    def dump_hierarchy(self) -> str:
+        """The ``uiautomator dump`` XML (through /dev/tty; a file and ``cat`` on devices that cannot)."""
+        text = self.exec_out("uiautomator dump /dev/tty", timeout=max(self.command_timeout_s, 20)).decode(
+            "utf-8", "replace"
+        )
+        if "<hierarchy" in text or "ERROR" in text:
+            return text
+        path = "/sdcard/window_dump.xml"
+        return self.shell(f"uiautomator dump {path} >/dev/null && cat {path}", timeout=20).text
+
+    def foreground(self) -> tuple[str, str]:
+        """(package, activity) in front, from ``dumpsys activity activities`` (else ``dumpsys window``)."""
+        match = _RESUMED.search(self.shell("dumpsys activity activities").text)
+        if match is None:
+            match = _FOCUS.search(self.shell("dumpsys window").text)
+        if match is None:
+            return "", ""
+        package, activity = match.groups()
+        return package, (package + activity if activity.startswith(".") else activity)
+
+    # -- input ---------------------------------------------------------------------------------------
+
+    def tap(self, x: float, y: float) -> None:
+        self._checked(f"input tap {round(x)} {round(y)}")
+
+    def swipe(self, start: tuple[float, float], end: tuple[float, float], duration_ms: int = 300) -> None:
+        self._checked(f"input swipe {round(start[0])} {round(start[1])} {round(end[0])} {round(end[1])} {duration_ms}")
+
+    def long_press(self, x: float, y: float, duration_ms: int = 1000) -> None:
+        self.swipe((x, y), (x, y), duration_ms)
+
+    def key(self, name: str) -> None:
+        self._checked(f"input keyevent {_KEYCODES.get(name, name)}")
+
+    def type_text(self, text: str, unicode_input: str = "adb_keyboard") -> None:
+        """Type ``text`` into the focused field (see ``envs.android.text_input`` for what needs ADBKeyBoard)."""
+        if is_input_text_typable(text):
+            for command in input_text_commands(text):
+                self._checked(command)
+            return
+        if unicode_input == "adb_keyboard" and self.is_installed(ADB_KEYBOARD_PACKAGE):
+            self._checked(adb_keyboard_command(text))
+            return
+        raise DeviceActionError(
+            f"`input text` cannot type {text!r} (only printable ASCII); install and enable ADBKeyBoard "
+            f"({ADB_KEYBOARD_PACKAGE}) on {self.serial} to type other characters, or type ASCII"
+        )
+
+    def _checked(self, command: str) -> ShellOutput:
+        result = self.shell(command)
+        if result.returncode != 0 or b"Exception" in result.stderr:
+            message = result.text.strip().splitlines()[:2]
+            raise DeviceActionError(
+                f"`{command[:80]}` failed on {self.serial}: {' '.join(message) or result.returncode}"
+            )
+        return result
+
+    # -- apps ----------------------------------------------------------------------------------------
+
+    def is_installed(self, package: str) -> bool:
+        return self.shell(f"pm path {package}").returncode == 0
+
+    def launch_app(self, package: str) -> None:
+        """Start ``package``'s launcher activity (as tapping its icon does)."""
+        if not self.is_installed(package):
+            raise DeviceActionError(f"app {package} is not installed on {self.serial}; install it or open another app")
+        result = self.shell(f"monkey -p {package} -c android.intent.category.LAUNCHER 1")
+        if "No activities found" in result.text or "monkey aborted" in result.text:
+            raise DeviceActionError(f"app {package} on {self.serial} has no launcher activity to open")
+
+    def start_activity(self, component: str) -> None:
+        """``am start -W -n package/activity``; a missing activity or app raises DeviceActionError."""
+        result = self.shell(f"am start -W -n {component}", timeout=max(self.command_timeout_s, 30))
+        if "Error" in result.text:
+            line = next(line for line in result.text.splitlines() if "Error" in line)
+            raise DeviceActionError(f"cannot start {component} on {self.serial}: {line.strip()}; is the app installed?")
+
+    def force_stop(self, package: str) -> None:
+        self.shell(f"am force-stop {package}")
+
+    def clear_data(self, package: str) -> None:
+        result = self.shell(f"pm clear {package}", timeout=max(self.command_timeout_s, 30))
+        if "Success" not in result.text:
+            raise DeviceActionError(f"cannot clear the data of {package} on {self.serial}: {result.text.strip()!r}")
+
+
+def connect_device(
+    client_kind: str = "adbutils",
+    host: str = "127.0.0.1",
+    port: int = 5037,
+    serial: str | None = None,
+    command_timeout_s: float = 10.0,
+    boot_timeout_s: float = 60.0,
+    executable: str = "adb",
+) -> AndroidDevice:
+    """A ready device: attached, authorised, online and booted, its screen read."""
+    serial = select_serial(client_kind, host, port, serial, executable)
+    device = AndroidDevice(make_client(client_kind, host, port, serial, executable), command_timeout_s)
+    device.wait_until_booted(boot_timeout_s)
+    device.read_screen()
+    return device

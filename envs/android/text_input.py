@@ -1,0 +1,62 @@
+"""Typing text on a device: ``input text`` commands quoted for the device shell, and what they cannot type.
+
+The device runs the command line through its ``sh`` (mksh on Android), so the text goes in one POSIX
+single-quoted word (``'`` written as ``'\\''``): spaces, quotes, ``&``, ``;``, ``|``, ``$``, backticks, ``*``
+and ``\\`` all reach ``input`` unchanged. ``input text`` itself then changes two things:
+
+- ``%s`` becomes a space (Android's old escape for spaces). To type a literal ``%s`` the text is cut between
+  ``%`` and ``s`` into two ``input text`` commands; spaces are sent as ``%s`` so that old Android versions,
+  which split the argument at spaces, type them too.
+- It types only what the virtual keyboard's key map has keys for: printable ASCII. Other characters (``é``,
+  ``ß``, emoji, CJK) make it throw. Such text is sent through ADBKeyBoard (``com.android.adbkeyboard``,
+  broadcast ``ADB_INPUT_B64`` with the text in base64) when that IME is installed and enabled; otherwise the
+  step fails with a message saying so. A newline is sent as the Enter key, a tab as the Tab key.
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+
+ADB_KEYBOARD_PACKAGE = "com.android.adbkeyboard"
+_KEYS = {"\n": "KEYCODE_ENTER", "\t": "KEYCODE_TAB"}
+
+
+def is_input_text_typable(text: str) -> bool:
+    """Whether ``input text`` can type every character of ``text`` (printable ASCII, newline, tab)."""
+    return all(32 <= ord(character) < 127 or character in _KEYS for character in text)
+
+
+def _input_text_chunks(text: str) -> list[str]:
+    """``text`` cut so that no chunk contains ``%s`` (a literal ``%`` then ``s`` goes in two commands)."""
+    chunks, start = [], 0
+    for index in range(len(text) - 1):
+        if text[index] == "%" and text[index + 1] == "s":
+            chunks.append(text[start : index + 1])
+            start = index + 1
+    chunks.append(text[start:])
+    return [chunk for chunk in chunks if chunk]
+
+
+def input_text_commands(text: str) -> list[str]:
+    """Shell commands that type ``text`` (printable ASCII, newlines, tabs) with ``input text`` / ``keyevent``."""
+    if not is_input_text_typable(text):
+        raise ValueError(f"input text cannot type {text!r}: only printable ASCII; use adb_keyboard_command")
+    commands: list[str] = []
+    piece = ""
+    for character in [*text, None]:
+        if character is None or character in _KEYS:
+            for chunk in _input_text_chunks(piece):
+                commands.append("input text " + shlex.quote(chunk.replace(" ", "%s")))
+            if character is not None:
+                commands.append(f"input keyevent {_KEYS[character]}")
+            piece = ""
+        else:
+            piece += character
+    return commands
+
+
+def adb_keyboard_command(text: str) -> str:
+    """The broadcast that makes ADBKeyBoard type ``text`` (any Unicode)."""
+    encoded = base64.b64encode(text.encode("utf-8")).decode("ascii")
+    return f"am broadcast -a ADB_INPUT_B64 --es msg {encoded}"

@@ -1,0 +1,180 @@
+"""``agent run --env android``: a policy over Android tasks on one device, with the web runs' outputs.
+
+The run directory is the web runner's (``magma.agents.web_suite``): ``run.json`` (settings; ``--resume``
+refuses others), ``results.jsonl`` (a flushed line per task), ``trajectories/<task>/`` (Set-of-Mark
+screenshots and ``steps.jsonl``), ``summary.json`` (by task group and by check type) and ``report.html``.
+Episodes run through the same loop as web episodes, with VisualWebArena's early stops. A device that goes
+away mid-run makes the remaining tasks errors with one message each, and the run ends with its summary;
+``--resume`` reruns them once the device is back. ``--device simulated`` starts the simulated phone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from data_tools.errors import UserFacingError
+from envs.android.actions import described_action
+from envs.android.env import AndroidEnv, AndroidEnvConfig
+from envs.android.tasks import BUNDLED_TASKS, AndroidTask, load_tasks
+from magma.agents.android_recording import AndroidRecorder, write_android_shards
+from magma.agents.web_episode import EarlyStopRules, WebEpisodeResult, run_web_episode
+from magma.agents.web_suite import (
+    RESULTS_FILE,
+    SUMMARY_FILE,
+    _ResultLog,
+    prepare_run_directory,
+    read_results,
+    summarize,
+    trajectory_name,
+)
+from magma.policies import Policy
+
+ANDROID_POLICIES = ("scripted", "openai", "magma")
+SIMULATED = "simulated"
+EARLY_STOP_ACTION = json.dumps({"SET_TASK_STATUS": "IMPOSSIBLE"})
+
+AndroidPolicyFactory = Callable[[Any, AndroidTask], Policy]
+
+
+@dataclass
+class AndroidRunSettings:
+    """Everything that decides a run's results; ``--resume`` refuses a directory made with other settings."""
+
+    tasks: str = str(BUNDLED_TASKS)
+    policy: str = "scripted"
+    model: str | None = None
+    max_steps: int = 20
+    device: str | None = None  # a serial, "simulated", or None for the only attached device
+    parse_failures: int = 3
+    repeated_actions: int = 5
+
+
+@dataclass
+class AndroidRunOptions:
+    """How to reach the device and what to keep (not part of the results)."""
+
+    adb_host: str = "127.0.0.1"
+    adb_port: int = 5037
+    client: str = "adbutils"
+    record_dir: str | None = None  # write the episodes as training shards here
+    save_images: bool = True
+
+
+def _run_tasks(
+    env: AndroidEnv,
+    tasks: list[AndroidTask],
+    settings: AndroidRunSettings,
+    options: AndroidRunOptions,
+    out_dir: Path,
+    make_policy: AndroidPolicyFactory,
+    log: _ResultLog,
+) -> None:
+    rules = EarlyStopRules(settings.parse_failures, settings.repeated_actions)
+    recorder = AndroidRecorder(env) if options.record_dir else None
+    for task in tasks:
+        checks = sorted({str(check["type"]) for check in task.checks}) or ["none"]
+        result = WebEpisodeResult(task.task_id, task.goal, task.group, checks, "error")
+        trajectory_dir = out_dir / "trajectories" / trajectory_name(task.task_id)
+        trajectory_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            episode_env = recorder if recorder is not None else env
+            observation, _ = episode_env.reset(options={"task": task})
+            policy = make_policy(env, task)
+            task_info = {"instruction": task.goal, "task_id": task.task_id, "images": [], "observation": observation}
+            result, records = run_web_episode(
+                episode_env,
+                policy,
+                task_info,
+                result,
+                rules,
+                trajectory_dir if options.save_images else None,
+                parse_action=described_action,
+                stop_action=EARLY_STOP_ACTION,
+            )
+            with (trajectory_dir / "steps.jsonl").open("w", encoding="utf-8") as file:
+                for record in records:
+                    file.write(json.dumps(asdict(record)) + "\n")
+        except UserFacingError as error:  # device lost, app missing, a task the policy cannot play: next task
+            result.status, result.error = "error", str(error)
+        log.write(result)
+    if recorder is not None and recorder.episodes:
+        write_android_shards(recorder.episodes, options.record_dir)
+
+
+def run_android_suite(
+    settings: AndroidRunSettings,
+    options: AndroidRunOptions,
+    out_dir: str | Path,
+    make_policy: AndroidPolicyFactory,
+    resume: bool = False,
+    on_result: Callable[[WebEpisodeResult], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every task of ``settings.tasks`` not finished yet; returns all results of the run, in task order."""
+    out_dir = Path(out_dir)
+    tasks = load_tasks(settings.tasks)
+    if settings.policy == "scripted":
+        without = [task.task_id for task in tasks if not task.demo]
+        if without:
+            raise UserFacingError(f"--policy scripted needs tasks with a demo; {without[:3]} have none")
+    server = None
+    serial, host, port = settings.device, options.adb_host, options.adb_port
+    if settings.device == SIMULATED:
+        from envs.android.simulated_device import SimulatedAdbServer
+
+        server = SimulatedAdbServer().start()
+        serial, host, port = server.add_device().serial, "127.0.0.1", server.port
+    config = AndroidEnvConfig(
+        serial=serial, adb_host=host, adb_port=port, client=options.client, max_steps=settings.max_steps
+    )
+    env = AndroidEnv(config)
+    try:
+        env.connect()  # no device, unauthorised, offline: one message, before anything is written
+        done = prepare_run_directory(out_dir, settings, resume)  # type: ignore[arg-type]
+        pending = [task for task in tasks if done.get(task.task_id, {}).get("status") != "done"]
+        _run_tasks(env, pending, settings, options, out_dir, make_policy, _ResultLog(out_dir / RESULTS_FILE, on_result))
+    finally:
+        env.close()
+        if server is not None:
+            server.stop()
+    results = read_results(out_dir)
+    ordered = [results[task.task_id] for task in tasks if task.task_id in results]
+    summary = summarize(ordered)
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    from magma.agents.web_report import write_report
+
+    write_report(out_dir, ordered, summary, title="Android run report")
+    return ordered
+
+
+def android_policy_factory(policy: str, model: str | None) -> AndroidPolicyFactory:
+    """Fresh per-episode policies that share what is expensive (a loaded model, an HTTP client)."""
+    if policy == "scripted":
+        from envs.android.scripted import ScriptedAndroidPolicy
+
+        return lambda env, task: ScriptedAndroidPolicy(env, task.demo)
+    if policy == "openai":
+        import os
+
+        from magma.agents.android_prompt import ANDROID_SYSTEM_PROMPT, android_prompt
+        from magma.policies.openai_chat import ChatClient, OpenAIChatPolicy
+
+        name = model or os.environ.get("OPENAI_MODEL")
+        if not name:
+            raise UserFacingError("--policy openai needs --model NAME (the endpoint's model name) or OPENAI_MODEL")
+        client = ChatClient(name)
+        return lambda env, task: OpenAIChatPolicy(client, system=ANDROID_SYSTEM_PROMPT, prompt=android_prompt)
+    if policy == "magma":
+        if not model or not Path(model).is_dir():
+            raise UserFacingError(f"--policy magma needs --model DIR, a Magma checkpoint directory (got {model!r})")
+        import torch
+
+        from magma.agents.android_prompt import android_prompt
+        from magma.policies.web import MagmaWebPolicy
+
+        shared = MagmaWebPolicy.from_pretrained(model, device="cuda" if torch.cuda.is_available() else "cpu")
+        return lambda env, task: MagmaWebPolicy(shared.model, shared.processor, prompt=android_prompt)
+    raise UserFacingError(f"--policy {policy!r} is not an Android policy; use one of {', '.join(ANDROID_POLICIES)}")
