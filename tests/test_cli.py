@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 AGENT = [str(Path(sys.executable).with_name("agent"))]
 
 
@@ -21,13 +19,6 @@ def test_help_lists_every_subcommand():
     assert result.returncode == 0
     for name in ("run", "train", "data", "lapa", "rl", "serve", "robot", "sites", "model"):
         assert f" {name} " in result.stdout, name
-
-
-@pytest.mark.parametrize(("name", "package"), [("rl", "magma/rl/"), ("lapa", "lapa/")])
-def test_unbuilt_subcommands_say_where_they_will_live(name, package):
-    result = agent(name, "--anything")
-    assert result.returncode == 2
-    assert "not built yet" in result.stderr and package in result.stderr
 
 
 def test_model_info_for_magma_8b_config():

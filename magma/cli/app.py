@@ -7,7 +7,9 @@ import sys
 import typer
 
 from magma.cli.data import data_app
+from magma.cli.lapa import lapa_app
 from magma.cli.model import model_app
+from magma.cli.rl import rl_app
 from magma.cli.robot import robot_app
 from magma.cli.run import run
 from magma.cli.serve import serve
@@ -22,35 +24,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.add_typer(model_app, name="model")
-app.add_typer(data_app, name="data")
-app.add_typer(sites_app, name="sites")
-app.command(name="train")(train)
 app.command(name="run")(run)
+app.command(name="train")(train)
+app.add_typer(data_app, name="data")
+app.add_typer(lapa_app, name="lapa")
+app.add_typer(rl_app, name="rl")
 app.command(name="serve")(serve)
 app.add_typer(robot_app, name="robot")
-
-# Subcommands whose packages have not landed yet: each says so and names where it will live.
-PLANNED_COMMANDS = {
-    "lapa": ("latent action quantization, latent labelling and latent-VLA pretraining", "lapa/"),
-    "rl": ("GRPO fine-tuning for text, web agents and robot policies", "magma/rl/"),
-}
-
-
-def _register_planned(name: str, summary: str, package: str) -> None:
-    def planned(ctx: typer.Context) -> None:
-        typer.echo(f"agent {name}: not built yet; it will live in {package}.", err=True)
-        raise typer.Exit(code=2)
-
-    app.command(
-        name=name,
-        help=f"{summary[0].upper()}{summary[1:]}. Not built yet: will live in {package}.",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )(planned)
-
-
-for _name, (_summary, _package) in PLANNED_COMMANDS.items():
-    _register_planned(_name, _summary, _package)
+app.add_typer(sites_app, name="sites")
+app.add_typer(model_app, name="model")
 
 
 def main() -> None:

@@ -1,0 +1,128 @@
+"""LAPA benchmarks on CPU: latent action quantizer training throughput and labelling speed.
+
+Each figure is one JSON line on stdout (``{"name", "value", "unit", "baseline", "ratio", ...}``);
+progress goes to stderr. Figures:
+
+* ``quantizer_train_samples_per_s/<config>``: one training step of the quantizer (forward on a batch
+  of frame pairs, backward, AdamW step) with SDPA attention, against the same model (same weights,
+  same batch) with naive attention (``softmax(q k^T / sqrt(d)) v`` written out) in the same run;
+  ratio is SDPA / naive. Configs: ``lapa-tiny`` (64 px, dim 128) and ``lapa-mid`` (128 px in 16 px
+  patches, dim 384, 4 + 4 encoder and 4 decoder layers).
+* ``label_frames_per_s/lapa-tiny``: ``agent lapa label``'s job (decode, codes, samples, shards) over
+  synthetic 64 px mp4 videos in one process, against decoding the same clips alone; ratio is
+  labelling / decoding.
+
+Usage: ``python bench/lapa.py [--quick] [--threads 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+# this file is bench/lapa.py: the repository root goes first so that `lapa` is the package, not this script
+sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() not in (ROOT, BENCH)), str(BENCH)]
+
+import report  # noqa: E402  (bench/report.py)
+import torch  # noqa: E402
+
+from lapa.config import QuantizerConfig, load_quantizer_train_config  # noqa: E402
+from lapa.frame_pairs import read_clip  # noqa: E402
+from lapa.labelling import LabelOptions, run_label_job  # noqa: E402
+from lapa.quantizer import LatentActionQuantizer  # noqa: E402
+from lapa.synthetic_motion import write_motion_videos  # noqa: E402
+
+MID_OVERRIDES = [
+    "quantizer.image_size=128",
+    "quantizer.patch_size=16",
+    "quantizer.dim=384",
+    "quantizer.heads=6",
+    "quantizer.spatial_layers=4",
+    "quantizer.temporal_layers=4",
+    "quantizer.decoder_layers=4",
+    "quantizer.quant_dim=32",
+]
+
+
+def step_seconds(model: LatentActionQuantizer, batch: int, steps: int, warmup: int) -> float:
+    """Median seconds of a training step (forward, backward, AdamW step) on a fixed random batch."""
+    size = model.config.image_size
+    generator = torch.Generator().manual_seed(0)
+    first = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=generator)
+    second = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=generator)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times = []
+    for index in range(warmup + steps):
+        started = time.perf_counter()
+        out = model(first, second)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if index >= warmup:
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def bench_training(name: str, config: QuantizerConfig, batch: int, steps: int) -> None:
+    torch.manual_seed(0)
+    sdpa = LatentActionQuantizer(QuantizerConfig(**{**config.to_dict(), "attention": "sdpa"})).train()
+    naive = LatentActionQuantizer(QuantizerConfig(**{**config.to_dict(), "attention": "naive"})).train()
+    naive.load_state_dict(sdpa.state_dict())
+    parameters = sum(p.numel() for p in sdpa.parameters())
+    report.log("lapa", f"{name}: {parameters / 1e6:.1f} M parameters, batch {batch}")
+    naive_s = step_seconds(naive, batch, steps, warmup=2)
+    sdpa_s = step_seconds(sdpa, batch, steps, warmup=2)
+    report.emit(
+        f"quantizer_train_samples_per_s/{name}",
+        batch / sdpa_s,
+        "samples/s",
+        baseline=f"naive attention: {batch / naive_s:.1f} samples/s",
+        ratio=naive_s / sdpa_s,
+        parameters=parameters,
+        batch=batch,
+    )
+
+
+def bench_labelling(videos: int, frames: int) -> None:
+    config = load_quantizer_train_config("lapa-tiny").quantizer
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        clips = write_motion_videos(root / "videos", count=videos, size=64, frames=frames, fps=10.0, seed=0)
+        torch.manual_seed(0)
+        LatentActionQuantizer(config).save_pretrained(root / "quantizer")
+        started = time.perf_counter()
+        for clip in clips:
+            read_clip(str(clip.path), config.image_size, keep_originals=True)
+        decode_fps = videos * frames / (time.perf_counter() - started)
+        options = LabelOptions(checkpoint=str(root / "quantizer"), window_s=0.3)
+        summary = run_label_job([str(root / "videos")], [], root / "labels", options, progress=False)
+    report.emit(
+        "label_frames_per_s/lapa-tiny",
+        summary.frames_per_s,
+        "frames/s",
+        baseline=f"decoding the clips alone: {decode_fps:.1f} frames/s",
+        ratio=summary.frames_per_s / decode_fps,
+        samples=summary.samples,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="Fewer steps and videos (a smoke run).")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    steps = 3 if args.quick else 10
+    bench_training("lapa-tiny", load_quantizer_train_config("lapa-tiny").quantizer, batch=32, steps=steps)
+    bench_training("lapa-mid", load_quantizer_train_config("lapa-tiny", MID_OVERRIDES).quantizer, batch=8, steps=steps)
+    bench_labelling(videos=2 if args.quick else 8, frames=40 if args.quick else 100)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Typed configuration of the latent action quantizer and of its training run.
+
+``configs/lapa/NAME.yaml`` fills :class:`QuantizerTrainConfig` (the ``quantizer:`` section is the
+model, the rest is the run); ``key=value`` dotted overrides change it
+(``agent lapa train --config lapa-tiny quantizer.codebook_size=16``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from magma.config import ConfigError, find_config_file, merge_structured, read_yaml
+
+LAPA_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "lapa"
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "naive")
+
+
+class CodebookGridError(ConfigError):
+    """A number of latent tokens that cannot tile the encoder's patch grid."""
+
+
+@dataclass
+class QuantizerConfig:
+    """The LAQ VQ-VAE: a spatio-temporal transformer encoder over a frame pair, NSVQ on the difference
+    of the two frames' features (``num_codes`` tokens from a codebook of ``codebook_size``), and a
+    decoder over the first frame's features with cross-attention to the action tokens."""
+
+    image_size: int = 64  # frames are square, image_size x image_size pixels
+    patch_size: int = 8
+    channels: int = 3
+    dim: int = 128
+    heads: int = 4
+    spatial_layers: int = 2  # encoder: attention among the patches of one frame
+    temporal_layers: int = 2  # encoder: causal attention between the two frames at each patch
+    decoder_layers: int = 2
+    mlp_ratio: float = 4.0
+    quant_dim: int = 32  # the codebook's vector size (the action features are projected to it)
+    codebook_size: int = 8  # V
+    num_codes: int = 4  # k tokens per frame pair: a sqrt(k) x sqrt(k) grid pooled from the patch grid
+    attention: str = "sdpa"  # "sdpa" (torch scaled_dot_product_attention) | "naive" (the benchmark baseline)
+
+    @property
+    def grid_side(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def code_grid_side(self) -> int:
+        return math.isqrt(self.num_codes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def validate_quantizer_config(config: QuantizerConfig, source: str) -> None:
+    """Refuse a quantizer that cannot be built, naming every problem and its fix."""
+    problems = []
+    if config.image_size < 1 or config.patch_size < 1 or config.image_size % config.patch_size:
+        problems.append(
+            f"quantizer.image_size={config.image_size} is not a multiple of quantizer.patch_size={config.patch_size}"
+        )
+    if config.dim % config.heads:
+        problems.append(f"quantizer.dim={config.dim} is not divisible by quantizer.heads={config.heads}")
+    if config.codebook_size < 2:
+        problems.append(f"quantizer.codebook_size={config.codebook_size} must be >= 2")
+    if config.attention not in ATTENTION_IMPLEMENTATIONS:
+        problems.append(f"quantizer.attention='{config.attention}' must be one of {ATTENTION_IMPLEMENTATIONS}")
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+    side, grid = config.code_grid_side, config.grid_side
+    if config.num_codes < 1 or side * side != config.num_codes or grid % side:
+        tilings = [n * n for n in range(1, grid + 1) if grid % n == 0]
+        raise CodebookGridError(
+            f"{source}: quantizer.num_codes={config.num_codes} latent tokens cannot tile the "
+            f"{grid} x {grid} patch grid (image_size {config.image_size} / patch_size {config.patch_size}): "
+            f"the tokens form a square grid whose side divides {grid}; use num_codes in {tilings}"
+        )
+
+
+@dataclass
+class FramePairsConfig:
+    """Where frame pairs (x_t, x_{t+window}) come from: video files and/or LeRobot datasets."""
+
+    videos: list[str] = field(default_factory=list)  # files, directories (searched recursively) or list files
+    datasets: list[str] = field(default_factory=list)  # LeRobotDataset v3 roots (their videos; actions unused)
+    camera: str | None = None  # the dataset camera; None: the first
+    window_s: float = 0.3  # seconds between the two frames of a pair (frames = round(window_s * fps))
+    stride_s: float | None = None  # seconds between pair starts; None: every frame starts a pair
+
+
+@dataclass
+class QuantizerOptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0  # 0 disables clipping
+
+
+@dataclass
+class CodebookUpkeepConfig:
+    """Every ``every`` steps, codes used less than ``dead_share / codebook_size`` of the time in that
+    window are replaced by perturbed encoder outputs of live (preferably over-used) codes."""
+
+    every: int = 10
+    dead_share: float = 0.5
+    noise: float = 0.05  # perturbation, relative to the encoder outputs' standard deviation
+    stop_after: int | None = None  # no replacements after this step (None: for the whole run)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0  # steps between checkpoints; 0: only at the end
+    keep: int = 2
+
+
+@dataclass
+class LoggingConfig:
+    every: int = 10
+    progress: bool = True
+
+
+@dataclass
+class QuantizerTrainConfig:
+    name: str = "lapa"
+    run_dir: str = "runs/${name}"
+    seed: int = 0
+    max_steps: int = 1000
+    batch_size: int = 32  # frame pairs per process per step
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    data: FramePairsConfig = field(default_factory=FramePairsConfig)
+    optim: QuantizerOptimConfig = field(default_factory=QuantizerOptimConfig)
+    codebook: CodebookUpkeepConfig = field(default_factory=CodebookUpkeepConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_quantizer_train_config(name_or_path: str | Path, overrides: list[str] | None = None) -> QuantizerTrainConfig:
+    """A recipe name (``configs/lapa/NAME.yaml``) or YAML path, with ``key=value`` overrides."""
+    path = find_config_file(name_or_path, LAPA_CONFIG_DIR, "lapa")
+    return quantizer_train_config_from(read_yaml(path, "lapa"), overrides or [], str(path))
+
+
+def quantizer_train_config_from(data: Any, overrides: list[str], source: str) -> QuantizerTrainConfig:
+    tree = OmegaConf.create(data) if isinstance(data, dict) else data
+    config = merge_structured(QuantizerTrainConfig, tree, overrides, source)
+    problems = []
+    if config.max_steps < 1 or config.batch_size < 1:
+        problems.append(f"max_steps={config.max_steps} and batch_size={config.batch_size} must be >= 1")
+    if config.data.window_s <= 0:
+        problems.append(f"data.window_s={config.data.window_s} must be a positive number of seconds")
+    if config.codebook.every < 1:
+        problems.append(f"codebook.every={config.codebook.every} must be >= 1")
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+    validate_quantizer_config(config.quantizer, source)
+    return config

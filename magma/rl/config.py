@@ -1,0 +1,175 @@
+"""Typed GRPO configuration. ``configs/rl/NAME.yaml`` fills it; ``key=value`` dotted overrides on the
+command line change it (``agent rl grpo --config text-digits sampling.group_size=16``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from magma.config import ConfigError, find_config_file, merge_structured, read_yaml
+from magma.rl.algorithms import ADVANTAGE_SCALES, AGG_MODES, KL_ESTIMATORS, RATIO_LEVELS
+from magma.training.config import CheckpointConfig, LoggingConfig, ModuleOptimConfig, OptimConfig
+
+RL_CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs" / "rl"
+TASKS = ("text", "robot", "web")
+
+
+@dataclass
+class AlgorithmConfig:
+    """The loss: see ``magma.rl.algorithms`` for what each choice computes."""
+
+    advantage_scale: str = "group"  # group (GRPO) | batch | none (Dr. GRPO)
+    epsilon: float = 1e-6
+    clip_low: float = 0.2
+    clip_high: float = 0.28  # > clip_low: DAPO's clip-higher
+    dual_clip: float | None = None  # e.g. 3.0; None disables
+    ratio_level: str = "token"  # token (GRPO) | sequence (GSPO)
+    loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
+    norm_length: int | None = None  # the constant of seq-mean-token-sum-norm; None: sampling.max_new_tokens
+    kl_coef: float = 0.0  # > 0 needs a reference model
+    kl_estimator: str = "k3"  # k1 | k2 | k3
+    entropy_coef: float = 0.0  # > 0 rewards entropy (a bonus: loss -= coef * entropy)
+    drop_zero_variance_groups: bool = True  # DAPO dynamic sampling
+    importance_correction: bool = False  # truncated IS between the sampling and the training log-probs
+    importance_cap: float = 2.0
+
+
+@dataclass
+class SamplingConfig:
+    group_size: int = 8  # completions (or episodes) per prompt (or initial state)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 16
+
+
+@dataclass
+class TextTaskConfig:
+    """Text with a verifiable reward: prompts and a reward function (``magma.rl.rewards``)."""
+
+    reward: str = "digit_fraction"  # a name in magma.rl.rewards.REWARDS or "package.module:function"
+    prompts: list[str] = field(default_factory=list)  # empty: the reward's own prompt set
+    prompts_per_step: int = 8
+    eval_prompts: int = 16  # prompts scored greedily at each evaluation
+
+
+@dataclass
+class RobotTaskConfig:
+    """The VLA on the MuJoCo tabletop suite; a group is one initial state of the task's evaluation set."""
+
+    task: str = "reach"
+    states: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # evaluation-state indices trained on
+    states_per_step: int = 2
+    eval_states: list[int] = field(default_factory=list)  # empty: the training states
+    eval_samples: int = 4  # sampled episodes per evaluation state (plus one greedy)
+    image_size: int = 64
+    control_hz: float = 10.0
+    max_episode_steps: int = 20
+    progress_weight: float = 0.0  # reward = success + weight * share of the distance to the object closed
+    statistics_key: str | None = None  # which dataset's action statistics in the checkpoint
+    prompt: str = "<image>\nWhat action should the robot take to {instruction}?"
+
+
+@dataclass
+class WebTaskConfig:
+    """The web agent on the bundled sites; a group is one task (one start state of the site)."""
+
+    tasks: list[str] = field(default_factory=list)  # bundled task ids (site:id); empty: every bundled task
+    tasks_per_step: int = 2
+    max_episode_steps: int = 3
+
+
+@dataclass
+class RLEvalConfig:
+    every: int = 0  # GRPO steps between evaluations; 0: before the first and after the last step only
+
+
+@dataclass
+class RLConfig:
+    name: str = "grpo"
+    task: str = "text"  # text | robot | web
+    model: str = "magma-tiny"  # a model preset / YAML (new weights) or a checkpoint directory
+    model_overrides: list[str] = field(default_factory=list)
+    reference: str | None = None  # None, "initial" (a frozen copy of the start) or a checkpoint directory
+    run_dir: str = "runs/${name}"
+    seed: int = 0
+    max_steps: int = 100  # GRPO steps: one rollout, then inner_epochs of updates on it
+    inner_epochs: int = 1
+    mini_batches: int = 1  # optimizer steps per epoch (the rollout is split into this many parts)
+    micro_batch_size: int = 32  # samples per forward/backward; gradients accumulate over a mini-batch
+    mixed_precision: str | None = None
+    gradient_checkpointing: bool = False
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=1e-5, schedule="constant", vision_tower=ModuleOptimConfig(train=False))
+    )
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: RLEvalConfig = field(default_factory=RLEvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    text: TextTaskConfig = field(default_factory=TextTaskConfig)
+    robot: RobotTaskConfig = field(default_factory=RobotTaskConfig)
+    web: WebTaskConfig = field(default_factory=WebTaskConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_rl_config(name_or_path: str | Path, overrides: list[str] | None = None) -> RLConfig:
+    """A recipe name (``configs/rl/NAME.yaml``) or YAML path, with ``key=value`` overrides."""
+    path = find_config_file(name_or_path, RL_CONFIG_DIR, "rl")
+    return rl_config_from(read_yaml(path, "rl"), overrides or [], str(path))
+
+
+def rl_config_from(data: Any, overrides: list[str], source: str) -> RLConfig:
+    tree = OmegaConf.create(data) if isinstance(data, dict) else data
+    config = merge_structured(RLConfig, tree, overrides, source)
+    validate_rl_config(config, source)
+    return config
+
+
+def _choice(problems: list[str], key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        problems.append(f"{key}={value!r} must be one of {list(choices)}")
+
+
+def validate_rl_config(config: RLConfig, source: str) -> None:
+    """Every problem of the config in one ConfigError, each with its key and the fix."""
+    problems: list[str] = []
+    algorithm, sampling = config.algorithm, config.sampling
+    _choice(problems, "task", config.task, TASKS)
+    _choice(problems, "algorithm.advantage_scale", algorithm.advantage_scale, ADVANTAGE_SCALES)
+    _choice(problems, "algorithm.ratio_level", algorithm.ratio_level, RATIO_LEVELS)
+    _choice(problems, "algorithm.loss_agg", algorithm.loss_agg, AGG_MODES)
+    _choice(problems, "algorithm.kl_estimator", algorithm.kl_estimator, KL_ESTIMATORS)
+    if sampling.group_size < 2:
+        problems.append(
+            f"sampling.group_size={sampling.group_size}: a group needs at least 2 samples for a baseline "
+            "(GRPO compares each sample with the others of its group); use 4 to 16"
+        )
+    if sampling.max_new_tokens < 1:
+        problems.append("sampling.max_new_tokens must be >= 1")
+    if algorithm.dual_clip is not None and algorithm.dual_clip <= 1.0:
+        problems.append(f"algorithm.dual_clip={algorithm.dual_clip} must be > 1 (e.g. 3.0) or null")
+    if algorithm.clip_low < 0 or algorithm.clip_high < 0:
+        problems.append("algorithm.clip_low and algorithm.clip_high must be >= 0")
+    if algorithm.kl_coef > 0 and config.reference is None:
+        problems.append(
+            f"algorithm.kl_coef={algorithm.kl_coef} needs a reference model: set reference=initial "
+            "(a frozen copy of the starting weights) or reference=CHECKPOINT_DIR"
+        )
+    if config.reference not in (None, "initial") and not (Path(config.reference) / "config.json").is_file():
+        problems.append(
+            f"reference='{config.reference}' is not a checkpoint directory (no config.json there); "
+            "give a directory written by save_pretrained, 'initial', or null for no reference model"
+        )
+    for key in ("max_steps", "inner_epochs", "mini_batches", "micro_batch_size"):
+        if getattr(config, key) < 1:
+            problems.append(f"{key}={getattr(config, key)} must be >= 1")
+    if config.task == "robot" and not config.robot.states:
+        problems.append("robot.states is empty; list the evaluation-state indices to train on, e.g. [0, 1]")
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))

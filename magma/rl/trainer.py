@@ -1,0 +1,441 @@
+"""The GRPO loop, read top to bottom: build (accelerator, policy, optional reference, optimizer, task),
+resume if asked, then per step: roll out the current policy (groups of samples with rewards), leave
+out what cannot train (counted), compute group advantages, score the samples with the policy before
+the update (and the reference), then ``inner_epochs`` passes of clipped-loss updates over
+``mini_batches`` optimizer steps, accumulating gradients over micro-batches; log, evaluate,
+checkpoint; export at the end.
+
+Loss normalisation over micro-batches: every micro-batch's loss is divided by the token / sequence
+counts of its whole mini-batch (summed over processes), so the micro-batch losses add up to the
+mini-batch loss that ``agg_loss`` defines, whatever the micro-batch size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from magma.model import MagmaForCausalLM
+from magma.rl.algorithms import (
+    agg_loss,
+    group_advantages,
+    importance_weights,
+    kl_penalty,
+    masked_mean,
+    policy_loss,
+    reward_metrics,
+)
+from magma.rl.config import RLConfig
+from magma.rl.rollout import (
+    RLTask,
+    Sample,
+    SkipCounter,
+    assign_advantages,
+    collate_samples,
+    completion_log_probs,
+    drop_empty_completions,
+    drop_singleton_groups,
+    drop_zero_variance_groups,
+    trajectory_table,
+)
+from magma.training.optimization import build_optimizer, build_scheduler, set_trainable
+from magma.training.run_directory import TRAINER_STATE_FILE, RunDirectory, write_json_atomically
+
+
+@dataclass
+class GRPOState:
+    """Counters that survive a resume (model, optimizer, scheduler and RNG are saved by accelerate)."""
+
+    step: int = 0
+    samples: int = 0
+    trajectories: int = 0
+    elapsed_s: float = 0.0
+    generation_s: float = 0.0
+    skipped: dict[str, int] = field(default_factory=dict)
+    first_reward: float | None = None
+    last_reward: float | None = None
+    first_eval: dict[str, float] = field(default_factory=dict)
+    last_eval: dict[str, float] = field(default_factory=dict)
+
+
+def load_reference(config: RLConfig, policy: MagmaForCausalLM) -> MagmaForCausalLM | None:
+    """The frozen reference model: none, a copy of the starting policy, or a checkpoint."""
+    if config.reference is None:
+        return None
+    if config.reference == "initial":
+        reference = copy.deepcopy(policy)
+    else:
+        reference = MagmaForCausalLM.from_pretrained(config.reference, dtype=policy.dtype)
+    return reference.eval().requires_grad_(False)
+
+
+def build_task(config: RLConfig, processor: Any) -> RLTask:
+    """The use the config names (imported lazily: the robot and web tasks pull in their simulators)."""
+    if config.task == "text":
+        from magma.rl.text_task import TextTask
+
+        return TextTask(config, processor)
+    if config.task == "robot":
+        from magma.rl.robot_task import RobotTask
+
+        return RobotTask(config, processor)
+    from magma.rl.web_task import WebAgentTask
+
+    return WebAgentTask(config, processor)
+
+
+def chunks(items: list, size: int) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+class GRPOTrainer:
+    def __init__(self, config: RLConfig, resume: bool = False, task: RLTask | None = None) -> None:
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+        from accelerate.utils import set_seed
+
+        from magma.training.trainer import load_model_and_processor
+
+        self.config = config
+        self.run = RunDirectory(config.run_dir)
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            AcceleratorState._reset_state(reset_partial_state=True)  # a later trainer in this process
+        self.accelerator = accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision
+        )
+        resume_step = self.run.check_resumable(config) if resume else None  # type: ignore[arg-type]
+        if not resume:
+            self.run.check_fresh()
+        accelerator.wait_for_everyone()
+        if not resume and accelerator.is_main_process:
+            self.run.start(config)  # type: ignore[arg-type]
+
+        set_seed(config.seed)
+        model, self.processor = load_model_and_processor(config)  # type: ignore[arg-type]
+        self.reference = load_reference(config, model)
+        if self.reference is not None:
+            self.reference.to(accelerator.device)
+        self.trainable = set_trainable(model, config.optim, lora_enabled=False)
+        optimizer = build_optimizer(model, config.optim)
+        updates = config.max_steps * config.inner_epochs * config.mini_batches
+        scheduler = build_scheduler(optimizer, config.optim, updates)
+        self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+        self.state = GRPOState()
+        if resume_step:
+            checkpoint = self.run.checkpoint_path(resume_step)
+            accelerator.load_state(str(checkpoint))
+            self.state = GRPOState(**json.loads((checkpoint / TRAINER_STATE_FILE).read_text()))
+        if accelerator.is_main_process:
+            if resume_step is not None:
+                self.run.truncate_metrics_after(resume_step)
+            self.run.remove_stale_staging()
+        self.task = task if task is not None else build_task(config, self.processor)
+
+    @property
+    def policy(self) -> MagmaForCausalLM:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        config, state = self.config, self.state
+        progress = _progress_bar(config, self.accelerator.is_main_process, state.step)
+        started = time.perf_counter() - state.elapsed_s
+        if state.step == 0:
+            state.first_eval = self.evaluate()
+        try:
+            while state.step < config.max_steps:
+                step_started = time.perf_counter()
+                self.policy.eval()
+                # each process rolls out its own groups (one process: the index is the step)
+                index = state.step * self.accelerator.num_processes + self.accelerator.process_index
+                rollout = self.task.rollout(self.policy, index)
+                generation_s = time.perf_counter() - step_started
+                skipped = rollout.skipped
+                samples = self.trainable_samples(rollout.samples, skipped)
+                reward_stats = self.reward_statistics(rollout.samples)
+                # every process updates when any has samples (DDP needs all of them in each step)
+                anyone = int(self.accelerator.reduce(torch.tensor(len(samples), device=self.accelerator.device), "sum"))
+                metrics = self.update(samples, filler=rollout.samples[:1] or samples[:1]) if anyone else {}
+                state.step += 1
+                state.samples += anyone  # counters are over all processes
+                local_trajectories = len(trajectory_table(rollout.samples)[0]) if rollout.samples else 0
+                state.trajectories += int(
+                    self.accelerator.reduce(torch.tensor(local_trajectories, device=self.accelerator.device), "sum")
+                )
+                state.generation_s += generation_s
+                state.elapsed_s = time.perf_counter() - started
+                skipped = SkipCounter({reason: count for reason, count in skipped.items() if count})
+                for reason, count in skipped.items():
+                    state.skipped[reason] = state.skipped.get(reason, 0) + count
+                if state.first_reward is None:
+                    state.first_reward = reward_stats.get("reward_mean")
+                state.last_reward = reward_stats.get("reward_mean", state.last_reward)
+                step_s = time.perf_counter() - step_started
+                record = {
+                    "step": state.step,
+                    **reward_stats,
+                    **rollout.metrics,
+                    **metrics,
+                    "trained_samples": len(samples),
+                    "skipped": dict(skipped),
+                    "samples_per_s": len(rollout.samples) / step_s,
+                    "step_s": step_s,
+                    "generation_share": generation_s / step_s,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "elapsed_s": round(state.elapsed_s, 3),
+                }
+                if config.eval.every and state.step % config.eval.every == 0 and state.step < config.max_steps:
+                    record |= self.evaluate()
+                if state.step % config.logging.every == 0 or state.step == config.max_steps:
+                    self._log(record)
+                progress.update(1)
+                progress.set_postfix(reward=f"{reward_stats.get('reward_mean', float('nan')):.3f}")
+                if config.checkpoint.every and state.step % config.checkpoint.every == 0:
+                    self.save_checkpoint()
+            progress.close()
+            state.last_eval = self.evaluate()
+            self._log({"step": state.step, **state.last_eval})
+            if not self.run.checkpoint_steps() or self.run.checkpoint_steps()[-1] != state.step:
+                self.save_checkpoint()
+            final = self.export()
+        finally:
+            self.task.close()
+        return self.summarise(str(final))
+
+    def reward_statistics(self, samples: list[Sample]) -> dict[str, float]:
+        """Reward diagnostics over every scored trajectory of the rollout (before any filtering)."""
+        if not samples:
+            return {}
+        _, rewards, groups = trajectory_table(samples)
+        advantages = group_advantages(rewards, groups, self.config.algorithm.advantage_scale)
+        return reward_metrics(rewards, groups, advantages)
+
+    def trainable_samples(self, samples: list[Sample], skipped: SkipCounter) -> list[Sample]:
+        """Drop empty completions and groups of one, set advantages, then (dynamic sampling) drop
+        zero-variance groups; every dropped sample is counted in ``skipped``."""
+        algorithm = self.config.algorithm
+        samples = drop_singleton_groups(drop_empty_completions(samples, skipped), skipped)
+        assign_advantages(samples, algorithm.advantage_scale, algorithm.epsilon)  # type: ignore[arg-type]
+        if algorithm.drop_zero_variance_groups:
+            samples = drop_zero_variance_groups(samples, skipped)
+        return samples
+
+    # ---- one update -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, samples: list[Sample]) -> None:
+        """Log-probs of the policy before this step's updates (needed when it takes several optimizer
+        steps on one rollout) and of the reference model (for the KL term), written on the samples."""
+        config = self.config
+        several_updates = config.inner_epochs * config.mini_batches > 1
+        if not several_updates and self.reference is None:
+            return
+        pad = self.processor.config.tokens.pad_token_id
+        temperature = config.sampling.temperature
+        for micro in chunks(samples, config.micro_batch_size):
+            batch = collate_samples(micro, pad)
+            if several_updates:
+                old, _ = completion_log_probs(self.model, batch, self.task.allowed, temperature)
+                for sample, row in zip(micro, old.cpu(), strict=True):
+                    sample.old_log_probs = row[: len(sample.completion_ids)].tolist()
+            if self.reference is not None:
+                ref, _ = completion_log_probs(self.reference, batch, self.task.allowed, temperature)
+                for sample, row in zip(micro, ref.cpu(), strict=True):
+                    sample.ref_log_probs = row[: len(sample.completion_ids)].tolist()
+
+    def update(self, samples: list[Sample], filler: list[Sample]) -> dict[str, float]:
+        """``inner_epochs`` x ``mini_batches`` optimizer steps on one rollout. ``filler`` (any one sample)
+        stands in, with zero weight, on a process that has fewer micro-batches than another."""
+        config = self.config
+        self.score(samples)
+        self.model.train()
+        on_policy = config.inner_epochs * config.mini_batches == 1
+        generator = torch.Generator().manual_seed(config.seed * 7919 + self.state.step)
+        totals: dict[str, float] = {}
+        counted = 0
+        for _ in range(config.inner_epochs):
+            order = torch.randperm(len(samples), generator=generator).tolist()
+            for part in range(config.mini_batches):  # always mini_batches steps, on every process
+                mini = [samples[i] for i in order[part :: config.mini_batches]]
+                metrics = self.optimizer_step(mini, on_policy, filler)
+                for key, value in metrics.items():
+                    totals[key] = totals.get(key, 0.0) + value
+                counted += 1
+        return {key: value / max(counted, 1) for key, value in totals.items()}
+
+    def optimizer_step(self, mini: list[Sample], on_policy: bool, filler: list[Sample]) -> dict[str, float]:
+        """One optimizer step over a mini-batch, accumulating gradients over its micro-batches."""
+        config, accelerator, algorithm = self.config, self.accelerator, self.config.algorithm
+        device = accelerator.device
+        pad = self.processor.config.tokens.pad_token_id
+        world = accelerator.num_processes
+        local = torch.tensor([sum(sum(s.mask()) for s in mini), len(mini)], dtype=torch.float64, device=device)
+        num_tokens, num_sequences = accelerator.reduce(local, "sum").tolist()
+        micro_batches = chunks(mini, config.micro_batch_size)
+        # every process runs as many forward/backward passes as the busiest one (DDP stays in step)
+        passes = int(accelerator.reduce(torch.tensor(len(micro_batches), device=device), "max"))
+        agg = {
+            "num_tokens": num_tokens / world,  # DDP averages gradients over processes: undo it
+            "num_sequences": num_sequences / world,
+            "norm_length": algorithm.norm_length or config.sampling.max_new_tokens,
+        }
+        sums: dict[str, float] = {}
+        for index in range(passes):
+            padding_pass = index >= len(micro_batches)
+            batch = collate_samples(filler if padding_pass else micro_batches[index], pad)
+            sync = index == passes - 1
+            context = accelerator.no_sync(self.model) if not sync else contextlib.nullcontext()
+            with context, accelerator.autocast():
+                log_probs, entropy = completion_log_probs(
+                    self.model, batch, self.task.allowed, config.sampling.temperature, True
+                )
+                mask = batch.completion_mask.to(device)
+                sampling = batch.sampling_log_probs.to(device)
+                old = log_probs.detach() if on_policy else batch.old_log_probs.to(device)
+                weights = (
+                    importance_weights(old, sampling, mask, algorithm.importance_cap)
+                    if algorithm.importance_correction
+                    else None
+                )
+                loss, metrics = policy_loss(
+                    log_probs,
+                    old,
+                    batch.advantages.to(device),
+                    mask,
+                    clip_low=algorithm.clip_low,
+                    clip_high=algorithm.clip_high,
+                    dual_clip=algorithm.dual_clip,
+                    ratio_level=algorithm.ratio_level,  # type: ignore[arg-type]
+                    agg_mode=algorithm.loss_agg,  # type: ignore[arg-type]
+                    weights=weights,
+                    **agg,
+                )
+                metrics["policy_loss"] = loss.detach()
+                metrics["entropy"] = masked_mean(entropy.detach(), mask)
+                if algorithm.entropy_coef:
+                    loss = loss - algorithm.entropy_coef * agg_loss(entropy, mask, algorithm.loss_agg, **agg)  # type: ignore[arg-type]
+                if self.reference is not None and batch.ref_log_probs is not None:
+                    kl = agg_loss(
+                        kl_penalty(log_probs, batch.ref_log_probs.to(device), algorithm.kl_estimator),  # type: ignore[arg-type]
+                        mask,
+                        algorithm.loss_agg,  # type: ignore[arg-type]
+                        **agg,
+                    )
+                    metrics["kl"] = kl.detach()
+                    loss = loss + algorithm.kl_coef * kl
+                metrics["sampling_log_ratio"] = ((old - sampling) * mask).sum() / mask.sum().clamp(min=1)
+                if padding_pass:
+                    loss = loss * 0.0
+                accelerator.backward(loss)
+            if not padding_pass:
+                share = len(micro_batches[index]) / len(mini)
+                for key, value in metrics.items():
+                    additive = key in ("policy_loss", "kl")
+                    sums[key] = sums.get(key, 0.0) + float(value) * (1.0 if additive else share)
+        grad_norm = None
+        if config.optim.max_grad_norm > 0:
+            grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), config.optim.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if grad_norm is not None:
+            sums["grad_norm"] = float(grad_norm)
+        return sums
+
+    # ---- evaluation, logging, checkpoints -------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        self.policy.eval()
+        metrics = self.task.evaluate(self.policy)
+        self.state.last_eval = metrics
+        return metrics
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            self.run.append_metrics(record)
+
+    def save_checkpoint(self) -> None:
+        """accelerate's state and the trainer counters, staged and renamed when complete."""
+        accelerator, step = self.accelerator, self.state.step
+        staging = self.run.staging_path(step)
+        if accelerator.is_main_process:
+            staging.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_json_atomically(staging / TRAINER_STATE_FILE, vars(self.state))
+            self.run.publish_checkpoint(step, self.config.checkpoint.keep)
+        accelerator.wait_for_everyone()
+
+    def export(self):
+        """The final policy as an ordinary checkpoint (tokenizer and inherited action statistics)."""
+        from magma.training.trainer import inherited_action_statistics
+
+        if self.accelerator.is_main_process:
+            self.policy.save_pretrained(
+                self.run.final_model,
+                tokenizer=self.processor.tokenizer,
+                action_statistics=inherited_action_statistics(self.config) or None,  # type: ignore[arg-type]
+            )
+        self.accelerator.wait_for_everyone()
+        return self.run.final_model
+
+    def summarise(self, final: str) -> dict[str, Any]:
+        state = self.state
+        summary = {
+            "run_dir": str(self.run.root),
+            "task": self.config.task,
+            "steps": state.step,
+            "processes": self.accelerator.num_processes,
+            "trained_samples": state.samples,
+            "trajectories": state.trajectories,
+            "elapsed_s": round(state.elapsed_s, 2),
+            "generation_share": round(state.generation_s / state.elapsed_s, 3) if state.elapsed_s else None,
+            "first_reward": state.first_reward,
+            "last_reward": state.last_reward,
+            "eval_before": state.first_eval,
+            "eval_after": state.last_eval,
+            "skipped": state.skipped,
+            "trainable_parameters": self.trainable,
+            "model": final,
+        }
+        if self.accelerator.is_main_process:
+            write_json_atomically(self.run.summary_path, summary)
+        self.accelerator.end_training()
+        return summary
+
+
+def _progress_bar(config: RLConfig, is_main: bool, initial: int):
+    from tqdm.auto import tqdm
+
+    enabled = is_main and config.logging.progress
+    return tqdm(total=config.max_steps, initial=initial, desc=config.name, unit="step", disable=not enabled)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """One screen of text for the end of ``agent rl grpo``."""
+
+    def shown(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = [
+        f"run        : {summary['run_dir']}  (task {summary['task']}, {summary['processes']} process(es))",
+        f"steps      : {summary['steps']}  trajectories {summary['trajectories']}  trained samples "
+        f"{summary['trained_samples']}",
+        f"time       : {summary['elapsed_s']} s  (generation {shown(summary['generation_share'])} of it)",
+        f"reward     : first step {shown(summary['first_reward'])}  last step {shown(summary['last_reward'])}",
+    ]
+    for key in sorted(set(summary["eval_before"]) | set(summary["eval_after"])):
+        before, after = summary["eval_before"].get(key), summary["eval_after"].get(key)
+        lines.append(f"eval       : {key:<32} {shown(before)} -> {shown(after)}")
+    skipped = summary["skipped"]
+    lines.append("skipped    : " + (", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) or "none"))
+    lines.append(f"model      : {summary['model']}")
+    return "\n".join(lines)

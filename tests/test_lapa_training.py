@@ -1,0 +1,167 @@
+"""Training the quantizer for real: mp4 videos written by the test (a square moving in known
+directions), real accelerate in one process and two processes (torchrun, gloo), checkpoints and
+an exact resume, and the codes checked against the true motion with a probe."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from data_tools.video import write_mp4
+from lapa.config import quantizer_train_config_from
+from lapa.frame_pairs import FramePairError, load_frame_pairs
+from lapa.labelling import clip_codes
+from lapa.probe import direction_labels, linear_probe
+from lapa.quantizer import LatentActionQuantizer
+from lapa.synthetic_motion import write_motion_videos
+from lapa.training import QuantizerTrainer
+from magma.training.launch import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+QUANTIZER = {
+    "image_size": 32,
+    "patch_size": 8,
+    "dim": 64,
+    "heads": 4,
+    "spatial_layers": 1,
+    "temporal_layers": 1,
+    "decoder_layers": 1,
+    "quant_dim": 8,
+    "codebook_size": 8,
+    "num_codes": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def motion_videos(tmp_path_factory):
+    return write_motion_videos(tmp_path_factory.mktemp("videos"), count=16, size=32, frames=30, fps=10.0, seed=0)
+
+
+def config(run_dir: Path, videos: Path, **fields) -> dict:
+    base = {
+        "run_dir": str(run_dir),
+        "max_steps": 6,
+        "batch_size": 8,
+        "quantizer": QUANTIZER,
+        "data": {"videos": [str(videos)], "window_s": 0.2},
+        "optim": {"lr": 2e-3},
+        "codebook": {"every": 2, "dead_share": 1.0},
+        "logging": {"every": 1, "progress": False},
+    }
+    for key, value in fields.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return base
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_codes_carry_the_motion_and_every_code_stays_in_use(tmp_path, motion_videos):
+    videos = motion_videos[0].path.parent
+    train_config = quantizer_train_config_from(
+        config(tmp_path / "run", videos, max_steps=250, batch_size=32, codebook={"every": 10, "dead_share": 0.5}),
+        [],
+        "test",
+    )
+    summary = QuantizerTrainer(train_config).train()
+    evaluation = summary["eval"]
+    assert evaluation["recon_vs_copy"] < 0.97  # better than copying the first frame
+    assert evaluation["codebook_usage"] == 1.0
+    windows = [r["codebook/perplexity"] for r in metrics(tmp_path / "run") if "codebook/perplexity" in r]
+    assert len(windows) == 25 and min(windows[10:]) >= 0.5 * 8  # alive through training, not only at the end
+    assert summary["replicas_identical"]
+
+    # a linear probe from codes to the square's direction, trained on 11 videos, scored on the other 5
+    quantizer = LatentActionQuantizer.from_pretrained(tmp_path / "run" / "final")
+    pairs = load_frame_pairs([str(videos)], [], 32, window_s=0.2)
+    truth = {str(video.path): video.positions for video in motion_videos}
+    codes, labels, clips = [], [], []
+    for index, clip in enumerate(pairs.clips):
+        rows = pairs.pairs[pairs.pairs[:, 0] == index]
+        codes.append(clip_codes(quantizer, clip.frames, rows[:, 1], int(rows[0, 2] - rows[0, 1]), 64))
+        motion = truth[clip.name][rows[:, 2]] - truth[clip.name][rows[:, 1]]
+        labels.append(direction_labels(motion.astype(float), min_motion=0.5))
+        clips.append(np.full(len(rows), index))
+    codes, labels, clips = np.concatenate(codes), np.concatenate(labels), np.concatenate(clips)
+    train, test = (labels >= 0) & (clips < 11), (labels >= 0) & (clips >= 11)
+    probe = linear_probe(codes[train], labels[train], codes[test], labels[test], codebook_size=8)
+    assert probe.classes == 4 and probe.test_pairs > 100
+    assert probe.accuracy > probe.chance + 0.08, probe
+
+
+def test_a_resumed_run_continues_exactly(tmp_path, motion_videos):
+    videos = motion_videos[0].path.parent
+    fields = {"checkpoint": {"every": 3}}
+    straight = QuantizerTrainer(quantizer_train_config_from(config(tmp_path / "straight", videos, **fields), [], "t"))
+    straight.train()
+    first = quantizer_train_config_from(config(tmp_path / "resumed", videos, **fields), ["max_steps=3"], "t")
+    QuantizerTrainer(first).train()
+    assert (tmp_path / "resumed" / "checkpoints" / "step-00000003").is_dir()
+    second = quantizer_train_config_from(config(tmp_path / "resumed", videos, **fields), [], "t")
+    QuantizerTrainer(second, resume=True).train()
+
+    expected = {r["step"]: r for r in metrics(tmp_path / "straight") if "loss" in r}
+    got = {r["step"]: r for r in metrics(tmp_path / "resumed") if "loss" in r}
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]
+    for step in range(1, 7):
+        assert got[step]["loss"] == pytest.approx(expected[step]["loss"], rel=1e-6), step
+    windows = [r for r in metrics(tmp_path / "resumed") if "codebook/replaced" in r]
+    assert [r["step"] for r in windows] == [2, 4, 6] and sum(r["codebook/replaced"] for r in windows) > 0
+    a = LatentActionQuantizer.from_pretrained(tmp_path / "straight" / "final").state_dict()
+    b = LatentActionQuantizer.from_pretrained(tmp_path / "resumed" / "final").state_dict()
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_two_processes_keep_their_codebooks_identical(tmp_path, motion_videos):
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(config(tmp_path / "two", motion_videos[0].path.parent, batch_size=4)))
+    command = [
+        str(Path(sys.executable).with_name("accelerate")),
+        "launch",
+        "--config_file",
+        str(REPO / "configs" / "accelerate" / "cpu-2proc.yaml"),
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "magma.cli.app",
+        "lapa",
+        "train",
+        "--config",
+        str(path),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["samples"] == 6 * 8
+    windows = [r for r in metrics(tmp_path / "two") if "codebook/replaced" in r]
+    assert sum(r["codebook/replaced"] for r in windows) > 0  # dead codes were replaced on both replicas ...
+    assert all(r["codebook/replica_max_diff"] == 0.0 for r in windows)  # ... identically
+    assert summary["replicas_identical"]
+    assert "replicas    : identical" in result.stdout
+
+
+def test_a_video_shorter_than_the_window_is_one_clear_message(tmp_path):
+    short = write_mp4(np.zeros((3, 32, 32, 3), dtype=np.uint8), tmp_path / "short.mp4", fps=10.0)
+    with pytest.raises(FramePairError, match=r"short.mp4' lasts 0.30 s .* shorter than the frame-pair window of 1.0 s"):
+        load_frame_pairs([str(short)], [], 32, window_s=1.0)
+    path = tmp_path / "short.yaml"
+    path.write_text(yaml.safe_dump(config(tmp_path / "run", short, data={"window_s": 1.0})))
+    result = subprocess.run(
+        [sys.executable, "-m", "magma.cli.app", "lapa", "train", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "shorter than the frame-pair window" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,115 @@
+"""The rollout layer on the real tiny model: sampled log-probs agree with the trainer's scoring pass
+(left padding, position ids, completion-only logits), and episodes become step-level samples."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from magma.rl.generation import allowed_tokens, sample_completions
+from magma.rl.rollout import (
+    EpisodeStep,
+    Sample,
+    SkipCounter,
+    assign_advantages,
+    collate_samples,
+    completion_log_probs,
+    drop_empty_completions,
+    drop_singleton_groups,
+    drop_zero_variance_groups,
+    episode_samples,
+    valid_reward,
+)
+
+
+def prompt_ids(processor, text: str) -> list[int]:
+    return processor.encode([{"role": "user", "content": text}], add_generation_prompt=True).input_ids
+
+
+def test_sampling_log_probs_match_the_scoring_pass(tiny_model, tiny_processor, image_files):
+    encoded = [
+        tiny_processor.encode([{"role": "user", "content": "<image>\nWhere is the cup?"}], [image_files[0]], True),
+        tiny_processor.encode([{"role": "user", "content": "Count to three, slowly please."}], [], True),
+    ]
+    assert len(encoded[0].input_ids) != len(encoded[1].input_ids)  # the shorter prompt gets left padding
+    allowed = allowed_tokens(tiny_model.config)
+    generator = torch.Generator().manual_seed(3)
+    completions = sample_completions(
+        tiny_model, tiny_processor.collate(encoded, padding_side="left"), 6, temperature=0.8, generator=generator
+    )
+    samples = [
+        Sample(e.input_ids, c.token_ids, c.log_probs, group_id=0, trajectory_id=i, crops=e.crops, grids=e.grids)
+        for i, (e, c) in enumerate(zip(encoded, completions, strict=True))
+    ]
+    assert all(c.token_ids and not set(c.token_ids) & {1029, 1030, 1032, 1033} for c in completions)
+    batch = collate_samples(samples, tiny_model.config.tokens.pad_token_id)
+    with torch.no_grad():
+        scored, entropy = completion_log_probs(tiny_model, batch, allowed, temperature=0.8, with_entropy=True)
+    mask = batch.completion_mask.bool()
+    torch.testing.assert_close(scored[mask], batch.sampling_log_probs[mask], atol=2e-4, rtol=1e-4)
+    assert bool((entropy[mask] > 0).all())
+    # each sample scored alone (no padding at all) gives the same log-probs
+    for row, sample in enumerate(samples):
+        alone = collate_samples([sample], tiny_model.config.tokens.pad_token_id)
+        with torch.no_grad():
+            single, _ = completion_log_probs(tiny_model, alone, allowed, temperature=0.8)
+        n = len(sample.completion_ids)
+        torch.testing.assert_close(single[0, :n], scored[row, :n], atol=2e-4, rtol=1e-4)
+    # layout: [left-padded prompt | right-padded completion], positions count attended tokens only
+    short = 1
+    first = int(batch.attention_mask[short].argmax())
+    assert first > 0 and batch.position_ids[short, first] == 0
+    prompt_length = batch.input_ids.shape[1] - batch.completion_length
+    assert batch.position_ids[short, prompt_length] == len(samples[short].prompt_ids)
+
+
+def test_greedy_sampling_matches_generate(tiny_model, tiny_processor):
+    inputs = tiny_processor(["Say hello", "What is two plus two?"])
+    expected = tiny_model.generate(**inputs.generation_kwargs(), max_new_tokens=5, stop_token_ids=[])
+    completions = sample_completions(tiny_model, inputs, 5, temperature=0.0, stop_token_ids=[])
+    assert [c.token_ids for c in completions] == expected.tolist()
+
+
+def test_episodes_become_step_samples_with_trajectory_advantages():
+    def steps(count: int) -> list[EpisodeStep]:
+        return [EpisodeStep([1, 2, 3], [900 + i], [-1.0]) for i in range(count)]
+
+    samples = episode_samples(steps(3), reward=1.0, group_id=5, trajectory_id=0)
+    samples += episode_samples(steps(1), reward=0.0, group_id=5, trajectory_id=1)
+    assert [s.meta["step"] for s in samples] == [0, 1, 2, 0]
+    assert [s.reward for s in samples] == [1.0, 1.0, 1.0, 0.0]
+    # two trajectories in the group (not four samples): mean 0.5, std sqrt(0.5)
+    assign_advantages(samples, "group", epsilon=0.0)
+    assert [s.advantage for s in samples] == pytest.approx([1 / math.sqrt(2)] * 3 + [-1 / math.sqrt(2)])
+
+
+def test_unusable_samples_are_counted_and_left_out():
+    def sample(group: int, trajectory: int, reward: float, completion: list[int]) -> Sample:
+        return Sample([1], completion, [-1.0] * len(completion), group, trajectory, reward)
+
+    skipped = SkipCounter()
+    samples = [
+        sample(0, 0, 1.0, [5]),
+        sample(0, 1, 0.0, []),  # an empty completion
+        sample(0, 2, 0.0, [6]),
+        sample(1, 3, 1.0, [7]),  # alone in its group once nothing else is there
+        sample(2, 4, 1.0, [8]),
+        sample(2, 5, 1.0, [9]),  # group 2 has no spread
+    ]
+    kept = drop_singleton_groups(drop_empty_completions(samples, skipped), skipped)
+    assign_advantages(kept, "group")
+    kept = drop_zero_variance_groups(kept, skipped)
+    assert [s.trajectory_id for s in kept] == [0, 2]
+    assert dict(skipped) == {"empty_completion": 1, "singleton_group": 1, "zero_variance_group": 2}
+    assert [valid_reward(v) for v in (1, "0.5", float("nan"), float("inf"), None, "x")] == [1.0, 0.5] + [None] * 4
+
+
+def test_collated_layout_and_loss_mask():
+    samples = [Sample([5, 6, 7], [8, 9], [-0.1, -0.2], 0, 0), Sample([5], [10], [-0.3], 0, 1, loss_mask=[0])]
+    batch = collate_samples(samples, pad_token_id=1029)
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9], [1029, 1029, 5, 10, 1029]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 0]]
+    assert batch.completion_mask.tolist() == [[1.0, 1.0], [0.0, 0.0]]
+    assert batch.position_ids[1, 2:4].tolist() == [0, 1]
