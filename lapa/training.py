@@ -207,18 +207,10 @@ class QuantizerTrainer:
         }
 
     def save_checkpoint(self) -> None:
-        accelerator, step = self.accelerator, self.state.step
-        staging = self.run.staging_path(step)
-        if accelerator.is_main_process:
-            staging.mkdir(parents=True, exist_ok=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            self.state.upkeep = self.upkeep.state_dict()
-            write_json_atomically(staging / TRAINER_STATE_FILE, asdict(self.state))
-            self.run.publish_checkpoint(step, self.config.checkpoint.keep)
-        accelerator.wait_for_everyone()
+        self.state.upkeep = self.upkeep.state_dict()
+        self.run.save_accelerate_checkpoint(
+            self.accelerator, self.state.step, asdict(self.state), self.config.checkpoint.keep
+        )
 
     def export(self):
         if self.accelerator.is_main_process:

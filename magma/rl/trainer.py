@@ -362,17 +362,9 @@ class GRPOTrainer:
 
     def save_checkpoint(self) -> None:
         """accelerate's state and the trainer counters, staged and renamed when complete."""
-        accelerator, step = self.accelerator, self.state.step
-        staging = self.run.staging_path(step)
-        if accelerator.is_main_process:
-            staging.mkdir(parents=True, exist_ok=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            write_json_atomically(staging / TRAINER_STATE_FILE, vars(self.state))
-            self.run.publish_checkpoint(step, self.config.checkpoint.keep)
-        accelerator.wait_for_everyone()
+        self.run.save_accelerate_checkpoint(
+            self.accelerator, self.state.step, vars(self.state), self.config.checkpoint.keep
+        )
 
     def export(self):
         """The final policy as an ordinary checkpoint (tokenizer and inherited action statistics)."""

@@ -125,6 +125,30 @@ class RunDirectory:
             shutil.rmtree(self.checkpoint_path(old), ignore_errors=True)
         return final
 
+    def save_accelerate_checkpoint(
+        self,
+        accelerator: Any,
+        step: int,
+        trainer_state: dict[str, Any],
+        keep: int,
+        per_process: dict[str, Any] | None = None,
+    ) -> None:
+        """accelerate's state (model, optimizer, scheduler, RNG of every process), ``per_process`` files
+        (name -> JSON payload, written by each process) and the trainer counters, staged in a temporary
+        directory and renamed when complete. Every process calls it."""
+        staging = self.staging_path(step)
+        if accelerator.is_main_process:
+            staging.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staging))
+        for name, payload in (per_process or {}).items():
+            write_json_atomically(staging / name, payload)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_json_atomically(staging / TRAINER_STATE_FILE, trainer_state)
+            self.publish_checkpoint(step, keep)
+        accelerator.wait_for_everyone()
+
     def remove_stale_staging(self) -> None:
         """Temporary checkpoint directories left by a killed run."""
         if self.checkpoints.is_dir():

@@ -272,19 +272,14 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """accelerate's state (model, optimizer, scheduler, RNG of every process) + each process's data
         position + the trainer counters, staged in a temporary directory and renamed when complete."""
-        accelerator, step = self.accelerator, self.state.step
-        staging = self.run.staging_path(step)
-        if accelerator.is_main_process:
-            staging.mkdir(parents=True, exist_ok=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging))
-        rank = accelerator.process_index
-        write_json_atomically(staging / DATA_STATE_FILE.format(rank=rank), self.loader.state_dict())
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            write_json_atomically(staging / TRAINER_STATE_FILE, vars(self.state))
-            self.run.publish_checkpoint(step, self.config.checkpoint.keep)
-        accelerator.wait_for_everyone()
+        rank = self.accelerator.process_index
+        self.run.save_accelerate_checkpoint(
+            self.accelerator,
+            self.state.step,
+            vars(self.state),
+            self.config.checkpoint.keep,
+            per_process={DATA_STATE_FILE.format(rank=rank): self.loader.state_dict()},
+        )
 
     def export(self) -> Path:
         """The final model as an ordinary checkpoint (LoRA merged, tokenizer and action statistics
