@@ -17,9 +17,6 @@ Frames are uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1]. A checkpoint is a
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +27,7 @@ from torch import nn
 from lapa.attention import TransformerBlock
 from lapa.config import QuantizerConfig, validate_quantizer_config
 from lapa.nsvq import NoiseSubstitutionVQ
+from magma.checkpoint import staged_directory
 from magma.config import ConfigError, merge_structured
 from magma.errors import UserFacingError
 
@@ -181,21 +179,12 @@ class LatentActionQuantizer(nn.Module):
     # ---- checkpoints ------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """``config.json`` + ``model.safetensors``, staged in a temporary directory and renamed."""
-        target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with staged_directory(directory) as staging:
             config = {"format": FORMAT_NAME, **self.config.to_dict()}
             (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
             state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
             save_file(state, str(staging / WEIGHTS_FILE))
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return target
+        return Path(directory)
 
     @classmethod
     def from_pretrained(

@@ -57,6 +57,23 @@ class CheckpointError(UserFacingError, ValueError):
 
 
 # ---- saving -------------------------------------------------------------------------------------
+@contextmanager
+def staged_directory(directory: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``directory`` to write into; on success it replaces ``directory``
+    (an interrupted save leaves the old one, never a half-written one), on failure it is removed."""
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def save_pretrained(
     model: MagmaForCausalLM,
     directory: str | Path,
@@ -65,10 +82,7 @@ def save_pretrained(
     max_shard_size: int | str = "4GB",
 ) -> Path:
     """Write the checkpoint atomically: a temporary directory renamed over ``directory`` when done."""
-    target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staged_directory(directory) as staging:
         config = {"format": FORMAT_NAME, **model.config.to_dict()}
         if tokenizer is not None:
             config["tokenizer"] = None  # the tokenizer now lives in the checkpoint itself
@@ -78,13 +92,7 @@ def save_pretrained(
         save_torch_state_dict(state, staging, max_shard_size=max_shard_size)
         if action_statistics:
             save_action_statistics(staging / ACTION_STATISTICS_FILENAME, action_statistics)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+    return Path(directory)
 
 
 # ---- reading ------------------------------------------------------------------------------------

@@ -1,7 +1,11 @@
-"""Shared fixtures: the real tiny model, its processor and real image files written by the tests."""
+"""Shared fixtures: the real tiny model, its processor, real image files written by the tests, and a local
+OpenAI-compatible chat endpoint (the stand-in for a hosted model, which tests cannot reach)."""
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +52,37 @@ def write_image(path: Path, width: int, height: int, seed: int = 0) -> Path:
 @pytest.fixture
 def image_files(tmp_path: Path) -> list[Path]:
     return [write_image(tmp_path / "wide.png", 200, 100, 1), write_image(tmp_path / "tall.jpg", 100, 200, 2)]
+
+
+class _ChatCompletions(BaseHTTPRequestHandler):
+    """``POST .../chat/completions``: records (Authorization header, request) and answers with
+    ``server.answer(request)``, in the OpenAI response shape."""
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append((self.headers.get("Authorization"), request))
+        reply = self.server.answer(request)
+        body = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def chat_endpoint(monkeypatch):
+    """A chat endpoint on a free loopback port, set as OPENAI_BASE_URL (key "test-key"); a test sets
+    ``chat_endpoint.answer = fn(request) -> reply`` and reads ``chat_endpoint.requests``."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatCompletions)
+    server.requests = []
+    server.answer = lambda request: ""
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    yield server
+    server.shutdown()
+    server.server_close()

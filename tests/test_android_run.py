@@ -9,11 +9,7 @@ import re
 import subprocess
 import sys
 import tarfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-
-import pytest
 
 from data_tools.sample_format import validate_sample
 from envs.android.actions import parse_android_action
@@ -91,47 +87,24 @@ def test_device_unplugged_mid_run_errors_the_rest_and_the_run_goes_on(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["overall"]["errors"] == 5
 
 
-class _ChatModel(BaseHTTPRequestHandler):
-    """A chat endpoint whose 'model' reads the Android prompt's listing like an agent would."""
-
-    def do_POST(self) -> None:
-        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append(request)
-        text = request["messages"][-1]["content"][0]["text"]
-        marks = {label: int(number) for number, label in re.findall(r"^\[(\d+)\] \[\w+\] \[([^\]]*)\]", text, re.M)}
-        if "GOAL: Turn on dark mode" not in text:
-            reply = "I do not know."  # never an action: an early stop after 3 replies
-        elif "[Dark mode] [checked]" in text:
-            reply = 'Done.\n```{"SET_TASK_STATUS": "COMPLETE"}```'
-        elif "Dark mode" in marks:
-            action = json.dumps({"action_type": "click", "index": marks["Dark mode"]})
-            reply = f"Tap the switch.\n```{action}```"
-        else:
-            reply = f"```{json.dumps({'TAP': {'MARK': marks['Settings']}})}```"
-        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def chat_endpoint(monkeypatch):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatModel)
-    server.requests = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/v1")
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    yield server
-    server.shutdown()
-    server.server_close()
+def _android_chat(request: dict) -> str:
+    """A chat 'model' that reads the Android prompt's listing like an agent would."""
+    text = request["messages"][-1]["content"][0]["text"]
+    marks = {label: int(number) for number, label in re.findall(r"^\[(\d+)\] \[\w+\] \[([^\]]*)\]", text, re.M)}
+    if "GOAL: Turn on dark mode" not in text:
+        reply = "I do not know."  # never an action: an early stop after 3 replies
+    elif "[Dark mode] [checked]" in text:
+        reply = 'Done.\n```{"SET_TASK_STATUS": "COMPLETE"}```'
+    elif "Dark mode" in marks:
+        action = json.dumps({"action_type": "click", "index": marks["Dark mode"]})
+        reply = f"Tap the switch.\n```{action}```"
+    else:
+        reply = f"```{json.dumps({'TAP': {'MARK': marks['Settings']}})}```"
+    return reply
 
 
 def test_openai_policy_reads_the_android_prompt_and_stops_early(chat_endpoint, tmp_path):
+    chat_endpoint.answer = _android_chat
     tasks = json.loads(Path("envs/android/tasks/sim_app.json").read_text())
     path = tmp_path / "tasks.json"
     path.write_text(json.dumps([tasks[0], tasks[4]]))  # dark_mode, reset_cancelled
@@ -140,9 +113,9 @@ def test_openai_policy_reads_the_android_prompt_and_stops_early(chat_endpoint, t
     dark, reset = run_android_suite(settings, AndroidRunOptions(), tmp_path / "run", factory)
     assert dark["success"] is True and dark["steps"] == 3 and dark["failed_steps"] == 0
     assert reset["success"] is False and "no parsable action in 3" in reset["early_stop"]
-    first = chat_endpoint.requests[0]["messages"]
+    first = chat_endpoint.requests[0][1]["messages"]
     assert first[0]["role"] == "system" and '{"TAP": {"MARK": id}}' in first[0]["content"]
     assert first[1]["content"][1]["image_url"]["url"].startswith("data:image/jpeg;base64,")
     assert "APP: com.example.simapp/com.example.simapp.MainActivity" in first[1]["content"][0]["text"]
-    later = chat_endpoint.requests[1]["messages"][1]["content"][0]["text"]
+    later = chat_endpoint.requests[1][1]["messages"][1]["content"][0]["text"]
     assert 'PREVIOUS ACTIONS:\n1. {"TAP": {"MARK": 2}}' in later  # the history holds the model's own actions

@@ -8,9 +8,7 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -148,40 +146,17 @@ def test_agent_run_visualwebarena_workers_kill_resume_and_report(tmp_path):
 # -- the OpenAI-compatible policy against a local chat endpoint ---------------------------------------
 
 
-class _ChatHandler(BaseHTTPRequestHandler):
-    """Answers like a chat model: the reply for the request's objective, from the server's script."""
+def _scripted_chat(script):
+    """A chat 'model' answering the policy from ``script(objective, prompt)`` and judging fuzzy answers."""
 
-    def do_POST(self) -> None:
-        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append((self.headers.get("Authorization"), request))
+    def answer(request: dict) -> str:
         user = request["messages"][-1]["content"]
         if isinstance(user, str):  # a grading question (the fuzzy judge)
-            reply = "correct" if "cannot" in user.split("Predicted answer:")[-1] else "incorrect"
-        else:
-            text = user[0]["text"]
-            reply = self.server.script(text.split("\n", 1)[0].removeprefix("OBJECTIVE: "), text)
-        body = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+            return "correct" if "cannot" in user.split("Predicted answer:")[-1] else "incorrect"
+        text = user[0]["text"]
+        return script(text.split("\n", 1)[0].removeprefix("OBJECTIVE: "), text)
 
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def chat_endpoint(monkeypatch):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatHandler)
-    server.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/v1")
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    yield server
-    server.shutdown()
-    server.server_close()
+    return answer
 
 
 def test_openai_policy_answers_parses_and_stops_early_and_a_judge_grades(chat_endpoint, tmp_path):
@@ -198,7 +173,7 @@ def test_openai_policy_answers_parses_and_stops_early_and_a_judge_grades(chat_en
             return "In summary, the next action I will perform is ```stop [This cannot be done on this site]```"
         return "In summary, the next action I will perform is ```scroll [down]```"  # 5 in a row: early stop
 
-    chat_endpoint.script = script
+    chat_endpoint.answer = _scripted_chat(script)
     settings = WebRunSettings(tasks=["classifieds:0-2", "classifieds:15"], policy="openai", model="test-model")
     factory = web_policy_factory("openai", "test-model")
     results = run_web_suite(settings, WebRunOptions(), tmp_path / "run", factory)

@@ -23,6 +23,7 @@ from data_tools.errors import UserFacingError
 from envs.web.task_selection import SelectedTask, select_tasks
 from magma.agents.web_episode import EarlyStopRules, WebEpisodeResult, run_web_episode, save_step_image
 from magma.policies import Policy
+from magma.training.run_directory import write_json_atomically
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.jsonl"
@@ -98,9 +99,7 @@ def prepare_run_directory(out_dir: Path, settings: WebRunSettings, resume: bool)
         raise RunDirectoryError(f"{out_dir} is not empty and holds no run; pass an empty or new --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "trajectories").mkdir(exist_ok=True)
-    temporary = run_file.with_suffix(".partial")
-    temporary.write_text(json.dumps(wanted, indent=2), encoding="utf-8")
-    temporary.replace(run_file)
+    write_json_atomically(run_file, wanted)
     return {}
 
 
