@@ -29,6 +29,10 @@ bench: install
 	$(PY) bench/data_tools.py
 	$(PY) bench/mujoco_env.py
 	$(PY) bench/web_env.py
+	$(PY) bench/robot.py
+	$(PY) bench/grpo.py
+	$(PY) bench/lapa.py
+	$(PY) bench/android_env.py
 
 # The synthetic three-source corpus the tiny training recipes read (data/example, a few MB).
 example-data: install

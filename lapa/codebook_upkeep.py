@@ -4,9 +4,11 @@ The usage of each code is counted over a window of steps (summed over processes)
 window, codes used less than ``dead_share / codebook_size`` of the time are replaced by encoder
 outputs of the last step (gathered from every process), drawn with probability proportional to
 their own code's usage so that over-used codes are split, plus a small perturbation; the optimizer
-moments of the replaced rows are reset. Every input of the replacement is identical on every
-process (summed counts, gathered vectors in rank order, a generator seeded by the step), so DDP
-replicas compute the same new codebook and never diverge, without a broadcast.
+moments of the replaced rows are reset. After the first step the whole codebook can be seeded the
+same way from that step's encoder outputs, drawn uniformly (``seed_from_data``). Every input of the
+replacement is identical on every process (summed counts, gathered vectors in rank order, a
+generator seeded by the step), so DDP replicas compute the same new codebook and never diverge,
+without a broadcast.
 """
 
 from __future__ import annotations
@@ -56,21 +58,42 @@ class CodebookUpkeep:
         ``latents`` (M, D) and ``latent_codes`` (M,) are the encoder outputs of the step and their
         codes, gathered from every process in rank order."""
         dead = self.dead_codes(global_counts)
-        if len(dead) == 0 or len(latents) == 0:
+        share = (global_counts / global_counts.sum().clamp_min(1)).float()
+        return self._overwrite(codebook, optimizer, dead, latents, share[latent_codes.long().cpu()] + 1e-6, step)
+
+    @torch.no_grad()
+    def seed_codebook(
+        self, codebook: torch.nn.Parameter, optimizer: torch.optim.Optimizer, latents: torch.Tensor
+    ) -> int:
+        """Every code drawn from ``latents`` (the first step's encoder outputs of every process, in rank
+        order), distinct rows where there are enough, plus the perturbation."""
+        every_code = torch.arange(self.codebook_size)
+        return self._overwrite(codebook, optimizer, every_code, latents, torch.ones(len(latents)), step=0)
+
+    def _overwrite(
+        self,
+        codebook: torch.nn.Parameter,
+        optimizer: torch.optim.Optimizer,
+        rows: torch.Tensor,
+        latents: torch.Tensor,
+        weights: torch.Tensor,
+        step: int,
+    ) -> int:
+        """Codebook ``rows`` := latents drawn with ``weights`` + noise; their Adam moments zeroed."""
+        if len(rows) == 0 or len(latents) == 0:
             return 0
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        share = (global_counts / global_counts.sum().clamp_min(1)).float()
-        weights = share[latent_codes.long().cpu()] + 1e-6
-        picks = torch.multinomial(weights, len(dead), replacement=len(dead) > len(latents), generator=generator)
+        picks = torch.multinomial(weights, len(rows), replacement=len(rows) > len(latents), generator=generator)
         source = latents.detach().float().cpu()
         scale = float(source.std(dim=0).mean()) if len(source) > 1 else 1.0
-        noise = torch.randn(len(dead), source.shape[1], generator=generator) * self.config.noise * scale
-        codebook[dead.to(codebook.device)] = (source[picks] + noise).to(codebook.device, codebook.dtype)
+        noise = torch.randn(len(rows), source.shape[1], generator=generator) * self.config.noise * scale
+        rows = rows.to(codebook.device)
+        codebook[rows] = (source[picks] + noise).to(codebook.device, codebook.dtype)
         state = getattr(optimizer, "optimizer", optimizer).state.get(codebook, {})
         for moment in ("exp_avg", "exp_avg_sq"):
             if moment in state:
-                state[moment][dead.to(codebook.device)] = 0.0
-        return len(dead)
+                state[moment][rows] = 0.0
+        return len(rows)
 
     def reset_window(self) -> None:
         self.window_counts.zero_()

@@ -105,9 +105,13 @@ class QuantizerOptimConfig:
 @dataclass
 class CodebookUpkeepConfig:
     """Every ``every`` steps, codes used less than ``dead_share / codebook_size`` of the time in that
-    window are replaced by perturbed encoder outputs of live (preferably over-used) codes."""
+    window are replaced by perturbed encoder outputs of live (preferably over-used) codes.
+    ``seed_from_data``: after the first step the whole codebook is drawn from that step's encoder
+    outputs (as k-means starts from data points), instead of staying at its N(0, 1) initialisation,
+    which lies away from the encoder's outputs and leaves most codes unused in the first windows."""
 
     every: int = 10
+    seed_from_data: bool = True
     dead_share: float = 0.5
     noise: float = 0.05  # perturbation, relative to the encoder outputs' standard deviation
     stop_after: int | None = None  # no replacements after this step (None: for the whole run)

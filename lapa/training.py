@@ -115,6 +115,9 @@ class QuantizerTrainer:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+            if state.step == 0 and self.config.codebook.seed_from_data:
+                latents = accelerator.gather(out.latents.contiguous())
+                self.upkeep.seed_codebook(self.quantizer.vq.codebook, self.optimizer, latents)
             self.upkeep.observe(out.codes)
             state.step += 1
             state.samples += global_batch

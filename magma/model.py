@@ -19,7 +19,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from magma.config import MagmaConfig
 from magma.errors import UserFacingError
 from magma.projector import MultimodalProjector
-from magma.sampling import sample_next_token
+from magma.sampling import mask_logits, sample_next_token
 from magma.vision_tower import ConvNextVisionTower
 
 if TYPE_CHECKING:
@@ -248,8 +248,10 @@ class MagmaForCausalLM(nn.Module):
         stop_token_ids: list[int] | None = None,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        allowed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Prefill once, then decode token by token (KV cache unless ``use_cache=False``).
+        ``allowed`` (vocab,) bool restricts the tokens chosen (``magma.sampling.allowed_tokens``).
 
         Returns (batch, new tokens); a row that hit a stop token is padded with the pad id after it.
         """
@@ -279,7 +281,8 @@ class MagmaForCausalLM(nn.Module):
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         new_tokens = []
         for _ in range(max_new_tokens):
-            token = sample_next_token(out.logits[:, -1], temperature, top_p, generator)
+            logits = out.logits[:, -1] if allowed is None else mask_logits(out.logits[:, -1], allowed)
+            token = sample_next_token(logits, temperature, top_p, generator)
             token = torch.where(finished, torch.full_like(token, pad_id), token)
             new_tokens.append(token)
             finished |= torch.isin(token, stops)

@@ -1,8 +1,11 @@
-"""Next-token selection for generation: greedy, temperature and nucleus (top-p) sampling."""
+"""Next-token selection for generation: greedy, temperature and nucleus (top-p) sampling, and the
+mask of the token ids a completion may contain."""
 
 from __future__ import annotations
 
 import torch
+
+from magma.config import MagmaConfig
 
 
 def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -28,3 +31,23 @@ def sample_next_token(
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     probs = top_p_filter(probs, top_p)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def allowed_tokens(config: MagmaConfig, token_range: tuple[int, int] | None = None) -> torch.Tensor:
+    """(V,) bool: the ids a completion may contain. Never padding or the image tokens (an ``<image>``
+    token would need image features the model cannot produce); with ``token_range`` (first, last),
+    only those ids (a robot action is made of action-bin tokens only). Sampling and training apply
+    the same mask, so the log-probs of both are of one distribution."""
+    allowed = torch.ones(config.text.vocab_size, dtype=torch.bool)
+    if token_range is not None:
+        allowed[:] = False
+        allowed[token_range[0] : token_range[1] + 1] = True
+    tokens = config.tokens
+    structural = [tokens.pad_token_id, tokens.image_token_id, tokens.image_start_token_id, tokens.image_end_token_id]
+    allowed[structural] = False
+    return allowed
+
+
+def mask_logits(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """``logits`` (..., V) as float, -inf where ``allowed`` is False."""
+    return logits.float().masked_fill(~allowed.to(logits.device), float("-inf"))

@@ -76,29 +76,8 @@ class _MagmaSession:
 
 
 def _magma_batch(policy: Any, sessions: list[_MagmaSession], observations: list[dict[str, Any]]) -> list[np.ndarray]:
-    """One generate call over several clients' observations (left-padded prompts)."""
-    import torch
-
-    from magma.actions import ActionParseError
-
-    prompts = [
-        policy.prompt.format(instruction=observation.get("instruction") or session.instruction)
-        for session, observation in zip(sessions, observations, strict=True)
-    ]
-    images = [[np.asarray(observation[policy.image_key])] for observation in observations]
-    with torch.inference_mode():
-        inputs = policy.processor(prompts, images).to(policy.model.device)
-        tokens = policy.model.generate(
-            **inputs.generation_kwargs(), max_new_tokens=policy.codec.action_dim, stop_token_ids=[]
-        )
-    actions = []
-    for row in tokens:
-        try:
-            actions.append(policy.codec.decode(row.tolist()))
-        except ActionParseError:
-            policy.invalid_outputs += 1
-            actions.append(policy.fallback_action.copy())
-    return actions
+    """One generate call over several clients' observations (``MagmaRobotPolicy.act_batch``)."""
+    return policy.act_batch(observations, [session.instruction for session in sessions])
 
 
 def load_magma(model: str | None, spec: PolicySpec, name: str = "magma", statistics_key: str | None = None):

@@ -68,7 +68,7 @@ def metrics(run_dir: Path) -> list[dict]:
 def test_codes_carry_the_motion_and_every_code_stays_in_use(tmp_path, motion_videos):
     videos = motion_videos[0].path.parent
     train_config = quantizer_train_config_from(
-        config(tmp_path / "run", videos, max_steps=250, batch_size=32, codebook={"every": 10, "dead_share": 0.5}),
+        config(tmp_path / "run", videos, max_steps=500, batch_size=32, codebook={"every": 10, "dead_share": 0.5}),
         [],
         "test",
     )
@@ -77,7 +77,12 @@ def test_codes_carry_the_motion_and_every_code_stays_in_use(tmp_path, motion_vid
     assert evaluation["recon_vs_copy"] < 0.97  # better than copying the first frame
     assert evaluation["codebook_usage"] == 1.0
     windows = [r["codebook/perplexity"] for r in metrics(tmp_path / "run") if "codebook/perplexity" in r]
-    assert len(windows) == 25 and min(windows[10:]) >= 0.5 * 8  # alive through training, not only at the end
+    # alive through training, not only at the end: after the first tenth of the run (the codebook
+    # starts from the first batch's encoder outputs) at least 0.8 x V in 9 windows of 10 and never
+    # below 0.7 x V (seeds 0-2 measured: 2, 0 and 1 windows of 45 below 0.8 x V, lowest 0.73 x V)
+    assert len(windows) == 50
+    settled = windows[5:]
+    assert min(settled) >= 0.7 * 8 and sum(w >= 0.8 * 8 for w in settled) >= 0.9 * len(settled), windows
     assert summary["replicas_identical"]
 
     # a linear probe from codes to the square's direction, trained on 11 videos, scored on the other 5
@@ -95,7 +100,7 @@ def test_codes_carry_the_motion_and_every_code_stays_in_use(tmp_path, motion_vid
     train, test = (labels >= 0) & (clips < 11), (labels >= 0) & (clips >= 11)
     probe = linear_probe(codes[train], labels[train], codes[test], labels[test], codebook_size=8)
     assert probe.classes == 4 and probe.test_pairs > 100
-    assert probe.accuracy > probe.chance + 0.08, probe
+    assert probe.accuracy > probe.chance + 0.15, probe  # seeds 0-2 measured: 53-61 % against 25 %
 
 
 def test_a_resumed_run_continues_exactly(tmp_path, motion_videos):

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from magma.rl.generation import allowed_tokens, sample_completions
+from magma.rl.generation import sample_completions
 from magma.rl.rollout import (
     EpisodeStep,
     Sample,
@@ -22,6 +22,7 @@ from magma.rl.rollout import (
     episode_samples,
     valid_reward,
 )
+from magma.sampling import allowed_tokens
 
 
 def prompt_ids(processor, text: str) -> list[int]:

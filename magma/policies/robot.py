@@ -13,13 +13,18 @@ from magma.actions import ActionParseError, RobotActionCodec, select_statistics
 from magma.checkpoint import load_checkpoint_action_statistics
 from magma.model import MagmaForCausalLM, default_dtype
 from magma.processor import MagmaProcessor
+from magma.sampling import allowed_tokens
 
 DEFAULT_PROMPT = "<image>\nWhat action should the robot take to {instruction}?"
 
 
 class MagmaRobotPolicy:
-    """Greedy decoding of one action (``action_dim`` tokens) per step. A step whose output is not a
-    valid action token block counts in ``invalid_outputs`` and sends ``fallback_action``."""
+    """Greedy decoding of one action (``action_dim`` tokens) per step.
+
+    ``constrained`` (the default) lets the decoder choose among the codec's action-bin tokens only, so
+    every output is an action; with ``constrained=False`` it decodes over the whole vocabulary, as
+    OpenVLA does, and a step whose output is not a valid action token block counts in
+    ``invalid_outputs`` and sends ``fallback_action``."""
 
     def __init__(
         self,
@@ -29,6 +34,7 @@ class MagmaRobotPolicy:
         prompt: str = DEFAULT_PROMPT,
         image_key: str = "image",
         fallback_action: np.ndarray | None = None,
+        constrained: bool = True,
     ) -> None:
         self.model = model.eval()
         self.processor = processor
@@ -38,6 +44,7 @@ class MagmaRobotPolicy:
         self.fallback_action = np.zeros(codec.action_dim) if fallback_action is None else fallback_action
         self.instruction = ""
         self.invalid_outputs = 0
+        self.allowed = allowed_tokens(model.config, codec.token_range) if constrained else None
 
     @classmethod
     def from_pretrained(
@@ -53,17 +60,30 @@ class MagmaRobotPolicy:
     def reset(self, task: dict[str, Any]) -> None:
         self.instruction = str(task.get("instruction", ""))
 
-    @torch.inference_mode()
     def act(self, observation: dict[str, Any]) -> np.ndarray:
-        instruction = observation.get("instruction") or self.instruction
-        inputs = self.processor(self.prompt.format(instruction=instruction), [observation[self.image_key]])
+        return self.act_batch([observation], [self.instruction])[0]
+
+    @torch.inference_mode()
+    def act_batch(self, observations: list[dict[str, Any]], instructions: list[str]) -> list[np.ndarray]:
+        """One generate call over several observations (left-padded prompts); an observation's own
+        ``instruction`` wins over the one given for it."""
+        prompts = [
+            self.prompt.format(instruction=observation.get("instruction") or instruction)
+            for observation, instruction in zip(observations, instructions, strict=True)
+        ]
+        images = [[np.asarray(observation[self.image_key])] for observation in observations]
+        inputs = self.processor(prompts, images).to(self.model.device)
         tokens = self.model.generate(
-            **inputs.to(self.model.device).generation_kwargs(),
+            **inputs.generation_kwargs(),
             max_new_tokens=self.codec.action_dim,
             stop_token_ids=[],
-        )[0]
-        try:
-            return self.codec.decode(tokens.tolist())
-        except ActionParseError:
-            self.invalid_outputs += 1
-            return self.fallback_action.copy()
+            allowed=self.allowed,
+        )
+        actions = []
+        for row in tokens:
+            try:
+                actions.append(self.codec.decode(row.tolist()))
+            except ActionParseError:
+                self.invalid_outputs += 1
+                actions.append(self.fallback_action.copy())
+        return actions

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from magma.config import MagmaConfig
 from magma.model import MagmaForCausalLM, left_align, positions_from_mask
 from magma.processor import ModelInputs
-from magma.sampling import top_p_filter
+from magma.sampling import allowed_tokens, mask_logits, top_p_filter
 
 
 @dataclass
@@ -26,26 +25,6 @@ class Completion:
     token_ids: list[int]
     log_probs: list[float]
     stopped: bool  # ended with a stop token (False: cut at max_new_tokens)
-
-
-def allowed_tokens(config: MagmaConfig, token_range: tuple[int, int] | None = None) -> torch.Tensor:
-    """(V,) bool: the ids a completion may contain. Never padding or the image tokens (an ``<image>``
-    token would need image features the model cannot produce); with ``token_range`` (first, last),
-    only those ids (a robot action is made of action-bin tokens only). Sampling and training apply
-    the same mask, so the log-probs of both are of one distribution."""
-    allowed = torch.ones(config.text.vocab_size, dtype=torch.bool)
-    if token_range is not None:
-        allowed[:] = False
-        allowed[token_range[0] : token_range[1] + 1] = True
-    tokens = config.tokens
-    structural = [tokens.pad_token_id, tokens.image_token_id, tokens.image_start_token_id, tokens.image_end_token_id]
-    allowed[structural] = False
-    return allowed
-
-
-def mask_logits(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """``logits`` (..., V) as float, -inf where ``allowed`` is False."""
-    return logits.float().masked_fill(~allowed.to(logits.device), float("-inf"))
 
 
 def sampling_distribution(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:

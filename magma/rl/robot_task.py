@@ -25,8 +25,9 @@ from magma.checkpoint import load_checkpoint_action_statistics
 from magma.model import MagmaForCausalLM
 from magma.processor import EncodedSample, MagmaProcessor
 from magma.rl.config import RLConfig, RobotTaskConfig
-from magma.rl.generation import allowed_tokens, sample_completions
+from magma.rl.generation import sample_completions
 from magma.rl.rollout import EpisodeStep, RolloutResult, SkipCounter, episode_samples
+from magma.sampling import allowed_tokens
 
 GRIPPER_MASK = [True] * 6 + [False]  # the gripper (-1 / +1) passes through un-normalised
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from magma.model import positions_from_mask
-from magma.rl.generation import mask_logits
+from magma.sampling import mask_logits
 
 if TYPE_CHECKING:
     from magma.model import MagmaForCausalLM

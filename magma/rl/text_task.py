@@ -14,9 +14,10 @@ import torch
 from magma.model import IGNORE_INDEX, MagmaForCausalLM
 from magma.processor import EncodedSample, MagmaProcessor
 from magma.rl.config import RLConfig
-from magma.rl.generation import allowed_tokens, sample_completions
+from magma.rl.generation import sample_completions
 from magma.rl.rewards import RewardFunction, TextPrompt, default_prompts, resolve_reward
 from magma.rl.rollout import RolloutResult, Sample, SkipCounter, valid_reward
+from magma.sampling import allowed_tokens
 
 
 class TextTask:

@@ -22,8 +22,9 @@ from magma.config import ConfigError
 from magma.model import MagmaForCausalLM
 from magma.processor import MagmaProcessor
 from magma.rl.config import RLConfig
-from magma.rl.generation import allowed_tokens, sample_completions
+from magma.rl.generation import sample_completions
 from magma.rl.rollout import EpisodeStep, RolloutResult, SkipCounter, episode_samples
+from magma.sampling import allowed_tokens
 
 BUNDLED_TASKS = Path(__file__).resolve().parent.parent.parent / "envs" / "web" / "tasks" / "bundled"
 
