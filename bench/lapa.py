@@ -3,11 +3,12 @@
 Each figure is one JSON line on stdout (``{"name", "value", "unit", "baseline", "ratio", ...}``);
 progress goes to stderr. Figures:
 
-* ``quantizer_train_samples_per_s/<config>``: one training step of the quantizer (forward on a batch
-  of frame pairs, backward, AdamW step) with SDPA attention, against the same model (same weights,
-  same batch) with naive attention (``softmax(q k^T / sqrt(d)) v`` written out) in the same run;
-  ratio is SDPA / naive. Configs: ``lapa-tiny`` (64 px, dim 128) and ``lapa-mid`` (128 px in 16 px
-  patches, dim 384, 4 + 4 encoder and 4 decoder layers).
+* ``quantizer_train_samples_per_s/<config>/<attention>``: one training step of the quantizer (forward
+  on a batch of frame pairs, backward, AdamW step) with ``auto`` attention (the default: SDPA, the
+  math written out for short sequences on CPU) and with SDPA everywhere, each against the same model
+  (same weights, same batch) with naive attention (``softmax(q k^T / sqrt(d)) v`` written out) in
+  the same run; ratio is naive time / this time. Configs: ``lapa-tiny`` (64 px, dim 128) and
+  ``lapa-mid`` (128 px in 16 px patches, dim 384, 4 + 4 encoder and 4 decoder layers).
 * ``label_frames_per_s/lapa-tiny``: ``agent lapa label``'s job (decode, codes, samples, shards) over
   synthetic 64 px mp4 videos in one process, against decoding the same clips alone; ratio is
   labelling / decoding.
@@ -71,22 +72,26 @@ def step_seconds(model: LatentActionQuantizer, batch: int, steps: int, warmup: i
 
 def bench_training(name: str, config: QuantizerConfig, batch: int, steps: int) -> None:
     torch.manual_seed(0)
-    sdpa = LatentActionQuantizer(QuantizerConfig(**{**config.to_dict(), "attention": "sdpa"})).train()
-    naive = LatentActionQuantizer(QuantizerConfig(**{**config.to_dict(), "attention": "naive"})).train()
-    naive.load_state_dict(sdpa.state_dict())
-    parameters = sum(p.numel() for p in sdpa.parameters())
+    models = {
+        implementation: LatentActionQuantizer(QuantizerConfig(**{**config.to_dict(), "attention": implementation}))
+        for implementation in ("naive", "auto", "sdpa")
+    }
+    for model in models.values():
+        model.load_state_dict(models["naive"].state_dict())
+        model.train()
+    parameters = sum(p.numel() for p in models["naive"].parameters())
     report.log("lapa", f"{name}: {parameters / 1e6:.1f} M parameters, batch {batch}")
-    naive_s = step_seconds(naive, batch, steps, warmup=2)
-    sdpa_s = step_seconds(sdpa, batch, steps, warmup=2)
-    report.emit(
-        f"quantizer_train_samples_per_s/{name}",
-        batch / sdpa_s,
-        "samples/s",
-        baseline=f"naive attention: {batch / naive_s:.1f} samples/s",
-        ratio=naive_s / sdpa_s,
-        parameters=parameters,
-        batch=batch,
-    )
+    seconds = {implementation: step_seconds(model, batch, steps, warmup=2) for implementation, model in models.items()}
+    for implementation in ("auto", "sdpa"):
+        report.emit(
+            f"quantizer_train_samples_per_s/{name}/{implementation}",
+            batch / seconds[implementation],
+            "samples/s",
+            baseline=f"naive attention: {batch / seconds['naive']:.1f} samples/s",
+            ratio=seconds["naive"] / seconds[implementation],
+            parameters=parameters,
+            batch=batch,
+        )
 
 
 def bench_labelling(videos: int, frames: int) -> None:

@@ -1,6 +1,12 @@
 """Transformer blocks of the quantizer: multi-head attention through torch's
-``scaled_dot_product_attention`` (fused kernels) or, for the benchmark baseline, the same math
-written out (``softmax(q k^T / sqrt(d)) v``); pre-norm blocks with optional cross-attention."""
+``scaled_dot_product_attention`` (fused kernels) or the same math written out
+(``softmax(q k^T / sqrt(d)) v``, the benchmark baseline); pre-norm blocks with optional
+cross-attention.
+
+``auto`` (the default) uses SDPA except where the written-out math is faster: on CPU, when both
+sequences are at most ``SHORT_SEQUENCE`` tokens. The temporal blocks attend over the two frames of
+each patch, batch x patches sequences of length 2, and torch's CPU SDPA kernel spends about 4x
+longer on those than two batched matmuls (``bench/lapa.py`` measures all three choices)."""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+SHORT_SEQUENCE = 8
 
 
 def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
@@ -23,7 +31,7 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
 class Attention(nn.Module):
     """Multi-head attention of ``x`` over ``context`` (itself when None)."""
 
-    def __init__(self, dim: int, heads: int, implementation: str = "sdpa", causal: bool = False) -> None:
+    def __init__(self, dim: int, heads: int, implementation: str = "auto", causal: bool = False) -> None:
         super().__init__()
         self.heads = heads
         self.implementation = implementation
@@ -31,6 +39,12 @@ class Attention(nn.Module):
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_kv = nn.Linear(dim, 2 * dim, bias=False)
         self.out = nn.Linear(dim, dim)
+
+    def uses_sdpa(self, q: torch.Tensor, k: torch.Tensor) -> bool:
+        if self.implementation != "auto":
+            return self.implementation == "sdpa"
+        short = max(q.shape[-2], k.shape[-2]) <= SHORT_SEQUENCE
+        return not (short and q.device.type == "cpu")
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, dim = x.shape
@@ -40,7 +54,7 @@ class Attention(nn.Module):
         source = x if context is None else context
         q = self._split(self.to_q(x))
         k, v = (self._split(part) for part in self.to_kv(source).chunk(2, dim=-1))
-        if self.implementation == "sdpa":
+        if self.uses_sdpa(q, k):
             attended = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         else:
             attended = naive_attention(q, k, v, causal=self.causal)
@@ -56,7 +70,7 @@ class TransformerBlock(nn.Module):
         dim: int,
         heads: int,
         mlp_ratio: float,
-        implementation: str = "sdpa",
+        implementation: str = "auto",
         causal: bool = False,
         cross_attention: bool = False,
     ) -> None:

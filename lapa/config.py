@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from magma.config import ConfigError, find_config_file, merge_structured, read_yaml
 
 LAPA_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "lapa"
-ATTENTION_IMPLEMENTATIONS = ("sdpa", "naive")
+ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "naive")
 
 
 class CodebookGridError(ConfigError):
@@ -43,7 +43,9 @@ class QuantizerConfig:
     quant_dim: int = 32  # the codebook's vector size (the action features are projected to it)
     codebook_size: int = 8  # V
     num_codes: int = 4  # k tokens per frame pair: a sqrt(k) x sqrt(k) grid pooled from the patch grid
-    attention: str = "sdpa"  # "sdpa" (torch scaled_dot_product_attention) | "naive" (the benchmark baseline)
+    # "auto": SDPA, but the math written out for short sequences on CPU (lapa/attention.py) |
+    # "sdpa" (torch scaled_dot_product_attention everywhere) | "naive" (the benchmark baseline)
+    attention: str = "auto"
 
     @property
     def grid_side(self) -> int:

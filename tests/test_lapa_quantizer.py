@@ -17,6 +17,7 @@ from lapa.nsvq import NoiseSubstitutionVQ, code_counts, perplexity, usage
 from lapa.quantizer import LatentActionQuantizer, QuantizerCheckpointError
 
 REPO = Path(__file__).resolve().parent.parent
+ATTENTION = ("auto", "sdpa", "naive")
 SMALL = {"image_size": 32, "patch_size": 8, "dim": 32, "heads": 2, "spatial_layers": 1, "temporal_layers": 1}
 
 
@@ -25,20 +26,26 @@ def frames(batch: int, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=generator)
 
 
-def test_sdpa_and_naive_attention_compute_the_same_quantizer():
-    sdpa = LatentActionQuantizer(QuantizerConfig(**SMALL, attention="sdpa")).eval()
-    naive = LatentActionQuantizer(QuantizerConfig(**SMALL, attention="naive")).eval()
-    naive.load_state_dict(sdpa.state_dict())
+def test_auto_sdpa_and_naive_attention_compute_the_same_quantizer():
+    models = {name: LatentActionQuantizer(QuantizerConfig(**SMALL, attention=name)).eval() for name in ATTENTION}
     with torch.no_grad():  # a decoder that does something, so reconstructions are compared for real
-        for model in (sdpa, naive):
+        for model in models.values():
+            model.load_state_dict(models["sdpa"].state_dict())
             model.to_pixels.weight.copy_(
                 torch.linspace(-0.1, 0.1, model.to_pixels.weight.numel()).view_as(model.to_pixels.weight)
             )
     first, second = frames(4, seed=1), frames(4, seed=2)
-    out_sdpa, out_naive = sdpa(first, second), naive(first, second)
-    torch.testing.assert_close(out_sdpa.reconstruction, out_naive.reconstruction, rtol=1e-4, atol=1e-5)
-    assert torch.equal(sdpa.encode_codes(first, second), naive.encode_codes(first, second))
-    assert sdpa.encode_codes(first, second).shape == (4, 4)
+    reference = models["sdpa"](first, second).reconstruction
+    codes = models["sdpa"].encode_codes(first, second)
+    assert codes.shape == (4, 4)
+    for name in ("auto", "naive"):
+        torch.testing.assert_close(models[name](first, second).reconstruction, reference, rtol=1e-4, atol=1e-5)
+        assert torch.equal(models[name].encode_codes(first, second), codes)
+    # auto: the two-frame temporal attention written out on CPU, the 16-patch spatial attention by SDPA
+    auto = models["auto"]
+    temporal, spatial = auto.temporal_blocks[0].self_attention, auto.spatial_blocks[0].self_attention
+    two, sixteen = torch.zeros(1, 2, 2, 16), torch.zeros(1, 2, 16, 16)
+    assert not temporal.uses_sdpa(two, two) and spatial.uses_sdpa(sixteen, sixteen)
 
 
 def test_nsvq_trains_encoder_and_codebook_and_evaluates_to_the_nearest_codeword():
