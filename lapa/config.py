@@ -93,6 +93,9 @@ class FramePairsConfig:
     camera: str | None = None  # the dataset camera; None: the first
     window_s: float = 0.3  # seconds between the two frames of a pair (frames = round(window_s * fps))
     stride_s: float | None = None  # seconds between pair starts; None: every frame starts a pair
+    # decoded frames held in memory (per process); a larger corpus is decoded clip by clip into a
+    # cache of this size and each epoch visits the clips in blocks that fit it (lapa/frame_pairs.py)
+    memory_gib: float = 8.0
 
 
 @dataclass

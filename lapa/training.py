@@ -72,7 +72,13 @@ class QuantizerTrainer:
 
         data = config.data
         self.pairs = pairs or load_frame_pairs(
-            data.videos, data.datasets, config.quantizer.image_size, data.window_s, data.stride_s, data.camera
+            data.videos,
+            data.datasets,
+            config.quantizer.image_size,
+            data.window_s,
+            data.stride_s,
+            data.camera,
+            data.memory_gib,
         )
         set_seed(config.seed)
         model = LatentActionQuantizer(config.quantizer)
@@ -233,6 +239,7 @@ class QuantizerTrainer:
             "samples": state.samples,
             "pairs": len(self.pairs),
             "skipped": self.pairs.skipped,
+            "frames": self.pairs.memory_report(),
             "elapsed_s": round(state.elapsed_s, 2),
             "samples_per_s": round(state.samples / state.elapsed_s, 2) if state.elapsed_s else None,
             "final_loss": state.last.get("loss"),
@@ -267,6 +274,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"run         : {summary['run_dir']}  ({summary['processes']} process(es))",
             f"steps       : {summary['steps']}  frame pairs seen {summary['samples']} of {summary['pairs']}",
             f"time        : {summary['elapsed_s']} s  ({summary['samples_per_s']} pairs/s)",
+            f"frames      : {summary['frames']['mode']}",
             f"reconstruct : MSE {evaluation['recon_mse']:.5f} vs copying the first frame {evaluation['copy_mse']:.5f}"
             f"  (ratio {evaluation['recon_vs_copy']:.3f})",
             f"codebook    : usage {evaluation['codebook_usage']:.2f}, "

@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from data_tools.lerobot_reader import LeRobotDatasetReader
+from lapa.frame_pairs import load_frame_pairs
 from magma.model import MagmaForCausalLM
 from magma.training.config import load_train_config
 
@@ -40,6 +43,14 @@ def test_pipeline_runs_end_to_end_and_compares_with_scratch(tmp_path):
     assert videos.num_episodes == 3 and LeRobotDatasetReader(run_dir / "data" / "play").num_episodes == 3
     assert report["quantizer"]["codebook_size"] == 8 and report["quantizer"]["pairs"] > 0
     assert 0.0 <= report["probe"]["probe_accuracy"] <= 1.0 and report["probe"]["probe_test_pairs"] > 0
+    # frame pairs of recorded episodes, decoded on demand (a one-episode cache) as in memory
+    eager = load_frame_pairs([], [str(run_dir / "data" / "play")], 64, 0.3)
+    lazy = load_frame_pairs([], [str(run_dir / "data" / "play")], 64, 0.3, memory_gib=1e-9)
+    assert not lazy.in_memory and lazy.block_clips == 1
+    np.testing.assert_array_equal(lazy.pairs, eager.pairs)
+    for step in range(3):
+        indices = lazy.batch_indices(step, 0, 1, 4, seed=0)
+        np.testing.assert_array_equal(lazy.frames(indices)[1], eager.frames(indices)[1])
     # every frame pair of the three demonstration videos became a latent-action sample ...
     window = round(0.3 * videos.fps)
     lengths = [episode["length"] for episode in videos.episodes]

@@ -126,6 +126,31 @@ def test_a_resumed_run_continues_exactly(tmp_path, motion_videos):
     assert all(torch.equal(a[name], b[name]) for name in a)
 
 
+def test_a_corpus_larger_than_memory_is_decoded_clip_by_clip_in_blocks(tmp_path, motion_videos):
+    videos = str(motion_videos[0].path.parent)
+    clip_bytes = 30 * 32 * 32 * 3  # 16 clips of 30 frames at 32 px
+    eager = load_frame_pairs([videos], [], 32, window_s=0.2)
+    lazy = load_frame_pairs([videos], [], 32, window_s=0.2, memory_gib=3 * clip_bytes / 2**30)
+    assert eager.in_memory and not lazy.in_memory and lazy.block_clips == 3
+    np.testing.assert_array_equal(lazy.pairs, eager.pairs)
+
+    order = lazy.epoch_order(0, seed=0)
+    assert sorted(order.tolist()) == list(range(len(lazy)))  # every pair once per epoch
+    for start in range(0, len(order), 3 * 28):  # a block: 3 clips of 28 pairs each
+        assert len(np.unique(lazy.pairs[order[start : start + 3 * 28], 0])) <= 3
+    for step in range(len(lazy) // 8):  # one epoch in batches of 8: each clip decoded once, never over budget
+        indices = lazy.batch_indices(step, 0, 1, 8, seed=0)
+        for got, expected in zip(lazy.frames(indices), eager.frames(indices), strict=True):
+            np.testing.assert_array_equal(got, expected)
+    report = lazy.memory_report()
+    assert report["decodes"] == 16 and report["peak_bytes"] <= 3 * clip_bytes
+
+    fields = {"data": {"videos": [videos], "window_s": 0.2, "memory_gib": 3 * clip_bytes / 2**30}}
+    summary = QuantizerTrainer(quantizer_train_config_from(config(tmp_path / "run", videos, **fields), [], "t")).train()
+    assert summary["frames"]["block_clips"] == 3 and summary["frames"]["peak_bytes"] <= 3 * clip_bytes
+    assert np.isfinite(summary["final_loss"]) and summary["eval"]["pairs"] == len(eager)
+
+
 def test_two_processes_keep_their_codebooks_identical(tmp_path, motion_videos):
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(config(tmp_path / "two", motion_videos[0].path.parent, batch_size=4)))
