@@ -23,9 +23,10 @@ from lapa.probe import direction_labels, linear_probe
 from lapa.quantizer import LatentActionQuantizer
 from lapa.synthetic_motion import write_motion_videos
 from lapa.training import QuantizerTrainer
-from magma.training.launch import free_port
+from magma.training.launch import accelerate_agent_command
 
 REPO = Path(__file__).resolve().parent.parent
+CPU_2PROC = REPO / "configs" / "accelerate" / "cpu-2proc.yaml"
 QUANTIZER = {
     "image_size": 32,
     "patch_size": 8,
@@ -154,20 +155,7 @@ def test_a_corpus_larger_than_memory_is_decoded_clip_by_clip_in_blocks(tmp_path,
 def test_two_processes_keep_their_codebooks_identical(tmp_path, motion_videos):
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(config(tmp_path / "two", motion_videos[0].path.parent, batch_size=4)))
-    command = [
-        str(Path(sys.executable).with_name("accelerate")),
-        "launch",
-        "--config_file",
-        str(REPO / "configs" / "accelerate" / "cpu-2proc.yaml"),
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "magma.cli.app",
-        "lapa",
-        "train",
-        "--config",
-        str(path),
-    ]
+    command = accelerate_agent_command(CPU_2PROC, ["lapa", "train", "--config", str(path)])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

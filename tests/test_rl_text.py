@@ -17,7 +17,7 @@ from magma.rl.config import load_rl_config
 from magma.rl.rewards import RewardError, resolve_reward
 from magma.rl.text_task import TextTask
 from magma.rl.trainer import GRPOTrainer
-from magma.training.launch import free_port
+from magma.training.launch import accelerate_agent_command
 
 AGENT = [sys.executable, "-m", "magma.cli.app"]
 REPO = Path(__file__).resolve().parent.parent
@@ -102,17 +102,8 @@ def test_agent_rl_grpo_command_in_two_processes(tmp_path):
     """`agent rl grpo` through `accelerate launch`: two CPU processes (gloo), each rolling out its own groups."""
     run_dir = tmp_path / "cli"
     args = ["rl", "grpo", "--config", "text-digits", f"run_dir={run_dir}", "max_steps=2", *QUIET]
-    launch = [
-        str(Path(sys.executable).with_name("accelerate")),
-        "launch",
-        "--config_file",
-        str(REPO / "configs" / "accelerate" / "cpu-2proc.yaml"),
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "magma.cli.app",
-    ]
-    result = subprocess.run(launch + args, capture_output=True, text=True, timeout=600)
+    launch = accelerate_agent_command(REPO / "configs" / "accelerate" / "cpu-2proc.yaml", args)
+    result = subprocess.run(launch, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(task text, 2 process(es))" in result.stdout and (run_dir / "final" / "config.json").is_file()
     summary = json.loads((run_dir / "summary.json").read_text())

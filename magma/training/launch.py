@@ -1,4 +1,5 @@
-"""The command line that starts ``agent train`` in several processes through ``accelerate launch``."""
+"""The command line that starts an ``agent`` subcommand (``train``, ``lapa train``, ``rl grpo``) in several
+processes through ``accelerate launch``."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def accelerate_train_command(accelerate_config: Path, train_arguments: list[str], port: int | None = None) -> list[str]:
-    """``accelerate launch --config_file CONFIG -m magma.cli.app train ARGS`` with this interpreter's
+def accelerate_agent_command(accelerate_config: Path, agent_arguments: list[str], port: int | None = None) -> list[str]:
+    """``accelerate launch --config_file CONFIG -m magma.cli.app ARGS`` with this interpreter's
     accelerate and a free rendezvous port."""
     return [
         str(Path(sys.executable).with_name("accelerate")),
@@ -26,6 +27,10 @@ def accelerate_train_command(accelerate_config: Path, train_arguments: list[str]
         str(port or free_port()),
         "-m",
         "magma.cli.app",
-        "train",
-        *train_arguments,
+        *agent_arguments,
     ]
+
+
+def accelerate_train_command(accelerate_config: Path, train_arguments: list[str], port: int | None = None) -> list[str]:
+    """``agent train ARGS`` through :func:`accelerate_agent_command`."""
+    return accelerate_agent_command(accelerate_config, ["train", *train_arguments], port)
