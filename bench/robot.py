@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout without an inst
 import numpy as np  # noqa: E402
 import report  # noqa: E402  (bench/report.py)
 
+from magma.training.launch import free_port  # noqa: E402
 from robot.policy_client import PolicyClient  # noqa: E402
 from robot.policy_protocol import PolicySpec  # noqa: E402
 from robot.policy_server import PolicyServer, ServerConfig  # noqa: E402
@@ -58,12 +59,6 @@ CHUNK = 10
 
 def log(message: str) -> None:
     report.log("robot", message)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_ready(port: int, process: subprocess.Popen, healthz: bool = True, timeout_s: float = 180) -> None:

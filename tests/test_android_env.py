@@ -20,8 +20,8 @@ from envs.android.adb_client import (
 )
 from envs.android.env import AndroidEnv, AndroidEnvConfig, SettleConfig
 from envs.android.simulated_device import SimulatedAdbServer
-from envs.android.simulated_device.adb_server import free_port
 from envs.android.tasks import AndroidTask, SetupRecipe
+from magma.training.launch import free_port
 
 APP = "com.example.simapp"
 _serials = itertools.count(5554, 2)

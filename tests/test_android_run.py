@@ -14,8 +14,8 @@ from pathlib import Path
 from data_tools.sample_format import validate_sample
 from envs.android.actions import parse_android_action
 from envs.android.simulated_device import SimulatedAdbServer
-from envs.android.simulated_device.adb_server import free_port
 from magma.agents.android_suite import AndroidRunOptions, AndroidRunSettings, android_policy_factory, run_android_suite
+from magma.training.launch import free_port
 
 AGENT = [sys.executable, "-m", "magma.cli.app"]
 

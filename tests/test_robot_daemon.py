@@ -20,9 +20,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from test_robot_policy_server import AGENT, REPO, free_port, start_server, stop
+from test_robot_policy_server import AGENT, REPO, start_server, stop
 
 from data_tools.lerobot_dataset import LeRobotDatasetReader
+from magma.training.launch import free_port
 from robot.daemon import DaemonError, RobotDaemon
 from robot.daemon_config import load_daemon_config
 from robot.interfaces import RobotError

@@ -8,7 +8,6 @@ import base64
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import pytest
 from PIL import Image
 from websockets.sync.client import connect
 
+from magma.training.launch import free_port
 from robot.policy_client import PolicyClient, PolicyServerError
 from robot.policy_protocol import PolicySpec
 from robot.policy_server import PolicyServer, ServerConfig
@@ -32,12 +32,6 @@ from robot.wire import pack, unpack
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT = [sys.executable, "-m", "magma.cli.app"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_healthy(port: int, process: subprocess.Popen, timeout_s: float = 120.0) -> None:

@@ -228,10 +228,3 @@ def simulated_phone(serial: str = "emulator-5554", **kwargs: object) -> Iterator
     with SimulatedAdbServer() as server:
         server.add_device(serial=serial, **kwargs)
         yield server, serial
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
