@@ -79,7 +79,7 @@ def test_labelling_with_a_checkpoint_of_another_image_size_is_one_clear_message(
     videos, checkpoint = corpus
     command = [sys.executable, "-m", "magma.cli.app", "lapa", "label", "--checkpoint", str(checkpoint)]
     command += ["--input", str(videos), "--out", str(tmp_path / "out"), "--image-size", "64"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=1800)
     assert result.returncode == 2
     assert "trained on 32 x 32 frames, not 64 x 64" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()  # nothing written

@@ -35,7 +35,7 @@ def test_pipeline_runs_end_to_end_and_compares_with_scratch(tmp_path):
         "progress=false",
     ]
     command = [sys.executable, "-m", "magma.cli.app", "lapa", "pipeline", "--config", "pipeline-tiny", *overrides]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=2700)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((run_dir / "report.json").read_text())
 
@@ -69,7 +69,7 @@ def test_pipeline_runs_end_to_end_and_compares_with_scratch(tmp_path):
         assert report["evaluate"][arm]["success_rate"] in (0.0, 1.0)
     assert "LAPA (latent pretrained)" in result.stdout and "scratch (no latent pretraining)" in result.stdout
 
-    again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900)  # every stage is done
+    again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=2700)  # every stage is done
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((run_dir / "report.json").read_text())["evaluate"] == report["evaluate"]
     assert "skipped" in json.dumps(json.loads((run_dir / "report.json").read_text())["record"])

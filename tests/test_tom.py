@@ -216,5 +216,5 @@ def test_trace_of_mark_modules_import_without_torch():
         "import sys, data_tools.tom, data_tools.tracking, data_tools.video, data_tools.tracking_truth; "
         "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'magma', 'envs')], 'heavy import'"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
