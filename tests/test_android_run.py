@@ -21,7 +21,7 @@ AGENT = [sys.executable, "-m", "magma.cli.app"]
 
 
 def agent(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*AGENT, *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([*AGENT, *args], capture_output=True, text=True, timeout=1200)
 
 
 def results_of(out: Path) -> list[dict]:

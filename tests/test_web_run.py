@@ -34,7 +34,7 @@ VWA_DIR = Path(__file__).resolve().parents[2] / "shared" / "vwa"
 
 
 def agent(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*AGENT, *args], capture_output=True, text=True, timeout=300, **kwargs)
+    return subprocess.run([*AGENT, *args], capture_output=True, text=True, timeout=1200, **kwargs)
 
 
 def results_of(out: Path) -> list[dict]:
@@ -105,7 +105,7 @@ def test_agent_run_visualwebarena_workers_kill_resume_and_report(tmp_path):
     out = tmp_path / "run"
     args = ["run", "--env", "visualwebarena", "--tasks", "classifieds:0-4", "--tasks", "reddit:14", "--workers", "2"]
     process = subprocess.Popen([*AGENT, *args, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
+    deadline = time.time() + 600
     while time.time() < deadline and process.poll() is None:
         if (out / "results.jsonl").exists() and len(results_of(out)) >= 2:
             break

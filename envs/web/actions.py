@@ -12,7 +12,7 @@ import contextlib
 from typing import Any
 
 from data_tools.errors import UserFacingError
-from envs.web.session import PageSession
+from envs.web.session import BlockedRequest, PageSession
 from envs.web.som_page import SOM_ATTRIBUTE
 from magma.actions.ui import UIAction
 
@@ -41,25 +41,33 @@ def execute_action(session: PageSession, action: UIAction) -> None:
     if session.active is None and action.kind not in ("new_tab", "goto", "stop"):
         raise WebActionError(f"no open tab for {action.kind}; open one with new_tab or goto [url]")
     timeout = session.timeouts.action_ms
-    blocked_before = len(session.blocked_urls)
+    blocked_before = len(session.blocked)
     try:
         _dispatch(session, action, timeout)
     except WebActionError:
         raise
     except Exception as error:  # Playwright TimeoutError / Error: one clear line, the episode goes on
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if len(session.blocked_urls) > blocked_before:
+        navigation = _blocked_navigation(session, blocked_before)
+        if navigation is not None:
             _recover_from_block(session)
-            raise _blocked(session.blocked_urls[-1]) from error
+            raise _blocked(navigation) from error
         session.stop_loading()  # a navigation that timed out would otherwise block the next observation
         raise WebActionError(
             f"{action.kind} failed: {first_line}; the page may still be loading or the element may be hidden, "
             "try another element or wait with a scroll"
         ) from error
     session.settle()
-    if len(session.blocked_urls) > blocked_before:
+    navigation = _blocked_navigation(session, blocked_before)
+    if navigation is not None:
         _recover_from_block(session)
-        raise _blocked(session.blocked_urls[-1])
+        raise _blocked(navigation)
+
+
+def _blocked_navigation(session: PageSession, blocked_before: int) -> BlockedRequest | None:
+    """The last tab navigation the guard blocked since ``blocked_before`` entries, if any."""
+    navigations = [entry for entry in session.blocked[blocked_before:] if entry.kind == "navigation"]
+    return navigations[-1] if navigations else None
 
 
 def _recover_from_block(session: PageSession) -> None:
@@ -70,8 +78,8 @@ def _recover_from_block(session: PageSession) -> None:
             page.go_back(wait_until="domcontentloaded", timeout=session.timeouts.navigation_ms)
 
 
-def _blocked(url: str) -> WebActionError:
-    return WebActionError(f"navigation to {url} blocked: its host is not in allowed_hosts; stay on the task's sites")
+def _blocked(entry: BlockedRequest) -> WebActionError:
+    return WebActionError(f"{entry.describe()}; stay on the task's sites")
 
 
 def _dispatch(session: PageSession, action: UIAction, timeout: int) -> None:
@@ -93,9 +101,8 @@ def _dispatch(session: PageSession, action: UIAction, timeout: int) -> None:
         sign = -1 if action.direction == "up" else 1  # one viewport, as VWA scrolls
         page.evaluate("(sign) => window.scrollBy(0, sign * window.innerHeight)", sign)
     elif kind == "goto":
-        if not session.is_allowed(action.url or ""):
-            session.blocked_urls.append(action.url or "")
-            raise _blocked(action.url or "")
+        if not session.is_allowed_navigation(action.url or ""):
+            raise _blocked(session.record_blocked(action.url or "", "navigation"))
         if session.active is None:
             session.new_tab()
         session.goto(action.url or "")

@@ -64,6 +64,7 @@ class ChromiumBrowser:
         kwargs: dict[str, Any] = {
             "viewport": {"width": options.viewport[0], "height": options.viewport[1]},
             "device_scale_factor": options.device_scale_factor,
+            "service_workers": "block",  # their requests would bypass the allowed-hosts guard (envs.web.session)
         }
         if options.geolocation:
             kwargs["geolocation"] = dict(options.geolocation)

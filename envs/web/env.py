@@ -36,6 +36,10 @@ class SiteUnreachableError(UserFacingError, ConnectionError):
     """A start URL that cannot be opened; the message names the URL and how to bring the site up."""
 
 
+class StartUrlBlockedError(SiteUnreachableError):
+    """A start URL that is not an http(s) URL on the task's hosts, or that redirects off them."""
+
+
 class WebEnv(gymnasium.Env):
     """VisualWebArena tasks in a real browser; one browser context per episode."""
 
@@ -104,27 +108,50 @@ class WebEnv(gymnasium.Env):
         hosts = self.allowed_hosts if self.allowed_hosts is not None else sorted(task.hosts)
         self.session = PageSession(self._context, self.timeouts, hosts)
         for url in task.start_urls:
-            try:
-                self.session.new_tab(url)
-            except Exception as error:
-                self._close_context()
-                raise SiteUnreachableError(
-                    f"cannot open start URL {url} of task {task.task_id}: {str(error).splitlines()[0]}; start the site "
-                    "(or set its environment variable, e.g. SHOPPING=http://127.0.0.1:7770) and try again"
-                ) from error
+            self._open_start_url(task, url)
         if len(task.start_urls) > 1:
             self.session.focus(0)  # VWA starts on the first tab
         self._steps = self._failed_steps = 0
         self._done = False
         timings = {"reset": time.perf_counter() - started}
         obs = self._observe(timings)
-        return obs, {"timings": timings, "task_id": task.task_id, "task_images": list(task.images)}
+        info = {"timings": timings, "task_id": task.task_id, "task_images": list(task.images)}
+        return obs, {**info, "blocked": [entry.describe() for entry in self.session.blocked]}
+
+    def _open_start_url(self, task: WebTask, url: str) -> None:
+        """A new tab at ``url``; a URL off the task's hosts (or redirecting off them) or a site that does not
+        answer within the navigation timeout ends the reset with one message and no open context."""
+        session = self.session
+        blocked_before = len(session.blocked)
+        failure: Exception | None = None
+        if session.is_allowed_navigation(url):
+            try:
+                session.new_tab(url)
+            except Exception as error:
+                failure = error
+        else:
+            session.record_blocked(url, "navigation")
+        navigations = [entry for entry in session.blocked[blocked_before:] if entry.kind == "navigation"]
+        if navigations:
+            self._close_context()
+            hosts = ", ".join(sorted(session.allowed_hosts or [])) or "none"
+            raise StartUrlBlockedError(
+                f"start URL {url} of task {task.task_id}: {navigations[-1].describe()} (allowed: {hosts}); "
+                "fix the task's start_url or pass allowed_hosts with the site's host"
+            ) from failure
+        if failure is not None:
+            self._close_context()
+            raise SiteUnreachableError(
+                f"cannot open start URL {url} of task {task.task_id}: {str(failure).splitlines()[0]}; start the site "
+                "(or set its environment variable, e.g. SHOPPING=http://127.0.0.1:7770) and try again"
+            ) from failure
 
     def step(self, action: str) -> tuple[dict, float, bool, bool, dict]:
         if self.session is None or self._done:
             raise UserFacingError("the episode is over or has not started; call reset() before step()")
         timings: dict[str, float] = {}
         info: dict[str, Any] = {"action_error": None}
+        blocked_before = len(self.session.blocked)
         self._steps += 1
         started = time.perf_counter()
         parsed = None
@@ -159,7 +186,8 @@ class WebEnv(gymnasium.Env):
                 eval_notes=result.notes,
                 answer=answer,
             )
-        info.update(steps=self._steps, failed_steps=self._failed_steps, timings=timings)
+        blocked = [entry.describe() for entry in self.session.blocked[blocked_before:]]
+        info.update(steps=self._steps, failed_steps=self._failed_steps, timings=timings, blocked=blocked)
         return obs, reward, terminated, truncated, info
 
     # -- observation -------------------------------------------------------------------------------

@@ -43,6 +43,10 @@ class TaskConfigError(UserFacingError, ValueError):
     """A task file or config that cannot be used; the message names the task and the fix."""
 
 
+class SiteUrlMissingError(TaskConfigError):
+    """A task refers to a site (``__SHOPPING__``) whose URL is not known: every task of that site would fail."""
+
+
 @dataclass(frozen=True)
 class WebTask:
     """One VisualWebArena task with placeholders filled; ``eval`` is the config's evaluation block."""
@@ -113,7 +117,7 @@ def task_from_config(
     missing = sorted(used - set(site_urls))
     if missing:
         names = ", ".join(f"{SITE_PLACEHOLDERS[p]}" for p in missing)
-        raise TaskConfigError(
+        raise SiteUrlMissingError(
             f"task {task_id} refers to {', '.join(missing)} but no URL is known; "
             f"set the environment variable(s) {names} or pass site_urls={{'{missing[0]}': 'http://...'}}"
         )

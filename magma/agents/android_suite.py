@@ -3,9 +3,11 @@
 The run directory is the web runner's (``magma.agents.web_suite``): ``run.json`` (settings; ``--resume``
 refuses others), ``results.jsonl`` (a flushed line per task), ``trajectories/<task>/`` (Set-of-Mark
 screenshots and ``steps.jsonl``), ``summary.json`` (by task group and by check type) and ``report.html``.
-Episodes run through the same loop as web episodes, with VisualWebArena's early stops. A device that goes
-away mid-run makes the remaining tasks errors with one message each, and the run ends with its summary;
-``--resume`` reruns them once the device is back. ``--device simulated`` starts the simulated phone.
+Episodes run through the same loop as web episodes, with VisualWebArena's early stops. A task that fails
+is recorded with its reason and the run goes on (``magma.agents.task_failures``). A device that goes away
+mid-run makes the remaining tasks errors with one message each, and the run ends with its summary;
+``--resume`` reruns them once the device is back (and, with ``--retry-errors``, the tasks that failed for a
+reason of their own). ``--device simulated`` starts the simulated phone.
 """
 
 from __future__ import annotations
@@ -18,19 +20,19 @@ from typing import Any
 
 from data_tools.errors import UserFacingError
 from envs.android.actions import described_action
+from envs.android.adb_client import (
+    AdbServerUnreachableError,
+    DeviceLostError,
+    DeviceNotFoundError,
+    DeviceOfflineError,
+    DeviceUnauthorizedError,
+)
 from envs.android.env import AndroidEnv, AndroidEnvConfig
 from envs.android.tasks import BUNDLED_TASKS, AndroidTask, load_tasks
 from magma.agents.android_recording import AndroidRecorder, write_android_shards
+from magma.agents.task_failures import failure_category, failure_reason, should_run
 from magma.agents.web_episode import EarlyStopRules, WebEpisodeResult, run_web_episode
-from magma.agents.web_suite import (
-    RESULTS_FILE,
-    SUMMARY_FILE,
-    _ResultLog,
-    prepare_run_directory,
-    read_results,
-    summarize,
-    trajectory_name,
-)
+from magma.agents.web_suite import RESULTS_FILE, _ResultLog, finish_run, prepare_run_directory, trajectory_name
 from magma.policies import Policy
 
 ANDROID_POLICIES = ("scripted", "openai", "magma")
@@ -38,6 +40,14 @@ SIMULATED = "simulated"
 EARLY_STOP_ACTION = json.dumps({"SET_TASK_STATUS": "IMPOSSIBLE"})
 
 AndroidPolicyFactory = Callable[[Any, AndroidTask], Policy]
+# the phone, not the task: such failures are rerun by --resume once the device is back
+DEVICE_GONE_ERRORS = (
+    AdbServerUnreachableError,
+    DeviceLostError,
+    DeviceNotFoundError,
+    DeviceOfflineError,
+    DeviceUnauthorizedError,
+)
 
 
 @dataclass
@@ -80,9 +90,11 @@ def _run_tasks(
         result = WebEpisodeResult(task.task_id, task.goal, task.group, checks, "error")
         trajectory_dir = out_dir / "trajectories" / trajectory_name(task.task_id)
         trajectory_dir.mkdir(parents=True, exist_ok=True)
-        try:
+        phase = "start_page"
+        try:  # anything this one task raises is its recorded error; the run goes on with the next task
             episode_env = recorder if recorder is not None else env
             observation, _ = episode_env.reset(options={"task": task})
+            phase = "policy"
             policy = make_policy(env, task)
             task_info = {"instruction": task.goal, "task_id": task.task_id, "images": [], "observation": observation}
             result, records = run_web_episode(
@@ -98,8 +110,9 @@ def _run_tasks(
             with (trajectory_dir / "steps.jsonl").open("w", encoding="utf-8") as file:
                 for record in records:
                     file.write(json.dumps(asdict(record)) + "\n")
-        except UserFacingError as error:  # device lost, app missing, a task the policy cannot play: next task
-            result.status, result.error = "error", str(error)
+        except Exception as error:  # a lost device is rerun by --resume; the task's own failures are not
+            result.status, result.error = "error", failure_reason(error)
+            result.error_kind = failure_category(error, phase, DEVICE_GONE_ERRORS)
         log.write(result)
     if recorder is not None and recorder.episodes:
         write_android_shards(recorder.episodes, options.record_dir)
@@ -112,8 +125,10 @@ def run_android_suite(
     make_policy: AndroidPolicyFactory,
     resume: bool = False,
     on_result: Callable[[WebEpisodeResult], None] | None = None,
+    retry_errors: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run every task of ``settings.tasks`` not finished yet; returns all results of the run, in task order."""
+    """Run every task of ``settings.tasks`` not finished yet (``retry_errors``: and those that failed for a
+    reason of their own); returns all results of the run, in task order."""
     out_dir = Path(out_dir)
     tasks = load_tasks(settings.tasks)
     if settings.policy == "scripted":
@@ -134,20 +149,13 @@ def run_android_suite(
     try:
         env.connect()  # no device, unauthorised, offline: one message, before anything is written
         done = prepare_run_directory(out_dir, settings, resume)  # type: ignore[arg-type]
-        pending = [task for task in tasks if done.get(task.task_id, {}).get("status") != "done"]
+        pending = [task for task in tasks if should_run(done.get(task.task_id), retry_errors)]
         _run_tasks(env, pending, settings, options, out_dir, make_policy, _ResultLog(out_dir / RESULTS_FILE, on_result))
     finally:
         env.close()
         if server is not None:
             server.stop()
-    results = read_results(out_dir)
-    ordered = [results[task.task_id] for task in tasks if task.task_id in results]
-    summary = summarize(ordered)
-    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    from magma.agents.web_report import write_report
-
-    write_report(out_dir, ordered, summary, title="Android run report")
-    return ordered
+    return finish_run(out_dir, [task.task_id for task in tasks], title="Android run report")
 
 
 def android_policy_factory(policy: str, model: str | None) -> AndroidPolicyFactory:

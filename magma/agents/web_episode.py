@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from magma.actions import ActionParseError, extract_vwa_action, format_vwa_action, parse_vwa_action
+from magma.agents.task_failures import EpisodePhaseError
 from magma.policies import Policy
 
 TRAJECTORY_IMAGE_WIDTH = 960
@@ -69,7 +70,7 @@ class WebEpisodeResult:
     intent: str
     site: str
     eval_types: list[str]
-    status: str  # "done", or "error" when the episode could not run to its end
+    status: str  # "done", or "error" when the episode could not run to its end (``error`` says why)
     success: bool | None = None
     reward: float = 0.0
     eval_status: str = ""
@@ -81,6 +82,7 @@ class WebEpisodeResult:
     seconds: float = 0.0
     policy_seconds: float = 0.0
     error: str | None = None
+    error_kind: str | None = None  # the failure's category (magma.agents.task_failures) when status is "error"
     worker: int = 0
 
     def to_json(self) -> dict[str, Any]:
@@ -102,6 +104,13 @@ def save_step_image(image: np.ndarray, path: Path, width: int = TRAJECTORY_IMAGE
     picture.save(path, quality=80)
 
 
+def _step(env: Any, action: str) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+    try:
+        return env.step(action)
+    except Exception as error:  # the action, the observation or the grading failed: this task's error
+        raise EpisodePhaseError("environment", error) from error
+
+
 def run_web_episode(
     env: Any,
     policy: Policy,
@@ -115,9 +124,13 @@ def run_web_episode(
     """Run the episode already reset in ``env`` (``task_info`` is what the policy's ``reset`` gets and
     ``observation`` its first observation) and fill ``result``; returns it with the step records.
     ``parse_action`` (reply -> canonical action text or None) and ``stop_action`` (sent at an early stop) are
-    the env's grammar: VWA by default, another UI env's (Android) otherwise."""
+    the env's grammar: VWA by default, another UI env's (Android) otherwise. An error of the policy or of the
+    env is raised as ``EpisodePhaseError`` naming which of the two failed."""
     observation = task_info.pop("observation")
-    policy.reset(task_info)
+    try:
+        policy.reset(task_info)
+    except Exception as error:
+        raise EpisodePhaseError("policy", error) from error
     started = time.perf_counter()
     actions: list[str | None] = []
     records: list[StepRecord] = []
@@ -129,13 +142,16 @@ def run_web_episode(
             image_name = f"step-{step:03d}.jpg"
             save_step_image(observation["image"], trajectory_dir / image_name)
         policy_started = time.perf_counter()
-        reply = str(policy.act(observation))
+        try:
+            reply = str(policy.act(observation))
+        except Exception as error:
+            raise EpisodePhaseError("policy", error) from error
         policy_seconds = time.perf_counter() - policy_started
         result.policy_seconds += policy_seconds
         action = parse_action(reply)
         actions.append(action)
         url = str(observation.get("url", ""))
-        observation, reward, terminated, truncated, info = env.step(reply)
+        observation, reward, terminated, truncated, info = _step(env, reply)
         records.append(
             StepRecord(step, url, reply, action, info.get("action_error"), image_name, {"policy": policy_seconds})
         )
@@ -145,7 +161,7 @@ def run_web_episode(
         reason = rules.reason(actions)
         if reason:
             result.early_stop = reason
-            observation, reward, _, _, info = env.step(stop_action)
+            observation, reward, _, _, info = _step(env, stop_action)
             records.append(StepRecord(step + 1, str(observation.get("url", "")), "", stop_action, None, None))
             break
     result.seconds = time.perf_counter() - started

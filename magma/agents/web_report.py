@@ -55,7 +55,7 @@ _EPISODE = _ENVIRONMENT.from_string(
 <p>eval {{ r.eval_types|join(", ") }}; status {{ r.eval_status or r.status }}; answer <code>{{ r.answer }}</code>;
 {{ r.steps }} steps ({{ r.failed_steps }} failed); {{ "%.1f"|format(r.seconds) }} s
 (policy {{ "%.1f"|format(r.policy_seconds) }} s){% if r.early_stop %}; early stop: {{ r.early_stop }}{% endif %}</p>
-{% if r.error %}<pre>{{ r.error }}</pre>{% endif %}
+{% if r.error %}<pre>{% if r.error_kind %}{{ r.error_kind }}: {% endif %}{{ r.error }}</pre>{% endif %}
 {% if r.notes %}<pre>{{ r.notes }}</pre>{% endif %}
 {% if inputs %}<div class="inputs"><h3>Task images</h3>
 {% for name in inputs %}<img src="{{ name }}">{% endfor %}</div>{% endif %}

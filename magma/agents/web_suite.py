@@ -21,6 +21,13 @@ from typing import Any
 
 from data_tools.errors import UserFacingError
 from envs.web.task_selection import SelectedTask, select_tasks
+from magma.agents.task_failures import (
+    FailureStreak,
+    RunStoppedError,
+    failure_category,
+    failure_reason,
+    should_run,
+)
 from magma.agents.web_episode import EarlyStopRules, WebEpisodeResult, run_web_episode, save_step_image
 from magma.policies import Policy
 from magma.training.run_directory import write_json_atomically
@@ -59,6 +66,8 @@ class WebRunOptions:
     auth_dir: str | None = None
     images_root: str | None = None
     save_images: bool = True
+    retry_errors: bool = False  # --resume also reruns tasks that failed for a reason of their own
+    max_consecutive_errors: int = 5  # this many tasks in a row failing the same way stop the run (0: never)
 
 
 def trajectory_name(key: str) -> str:
@@ -104,19 +113,41 @@ def prepare_run_directory(out_dir: Path, settings: WebRunSettings, resume: bool)
 
 
 class _ResultLog:
-    """Appends finished tasks to results.jsonl from any worker, one flushed line each."""
+    """Appends finished tasks to results.jsonl from any worker, one flushed line each; a streak of tasks that
+    failed the same way (``FailureStreak``) stops the run, and those tasks are marked to be rerun."""
 
-    def __init__(self, path: Path, on_result: Callable[[WebEpisodeResult], None] | None) -> None:
+    def __init__(
+        self, path: Path, on_result: Callable[[WebEpisodeResult], None] | None, max_consecutive_errors: int = 0
+    ) -> None:
         self.path = path
         self.lock = threading.Lock()
         self.on_result = on_result
+        self.streak = FailureStreak(max_consecutive_errors)
+        self.stopped: RunStoppedError | None = None
 
     def write(self, result: WebEpisodeResult) -> None:
-        with self.lock, self.path.open("a", encoding="utf-8") as file:
-            file.write(json.dumps(result.to_json()) + "\n")
-            file.flush()
+        with self.lock:
+            self._append(result.to_json())
             if self.on_result is not None:
                 self.on_result(result)
+            if self.stopped is None and self.streak.add(result.key, result.status, result.error_kind):
+                self.stopped = RunStoppedError(
+                    f"the run stopped: {len(self.streak.keys)} tasks in a row failed ({self.streak.category}), "
+                    f"the last with: {result.error}; fix that and continue with --resume (it reruns those tasks)"
+                )
+                for key in self.streak.keys:
+                    self._append(_stopped_record(key, self.path.parent))
+
+    def _append(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
+            file.flush()
+
+
+def _stopped_record(key: str, out_dir: Path) -> dict[str, Any]:
+    """A task's last line rewritten as ``run_stopped`` (rerun by --resume), keeping what identified it."""
+    record = read_results(out_dir).get(key, {})
+    return {**record, "key": key, "status": "error", "error_kind": "run_stopped"}
 
 
 def _site_login_states(sites: Any, auth_dir: Path) -> None:
@@ -135,6 +166,8 @@ def _run_worker(
     log: _ResultLog,
     fatal: list[BaseException],
 ) -> None:
+    """Take tasks from ``pending`` until it is empty. Chromium or the bundled sites failing to start stops
+    the run (every task needs them); a failure of one task is recorded and the worker goes on."""
     from envs.web.browser import ChromiumBrowser
     from envs.web.env import WebEnv
     from envs.web.grading import GradingConfig
@@ -182,13 +215,16 @@ def _run_worker(
             result = WebEpisodeResult(selected.key, "", selected.site, selected.eval_types, "error", worker=index)
             trajectory_dir = out_dir / "trajectories" / trajectory_name(selected.key)
             trajectory_dir.mkdir(parents=True, exist_ok=True)
-            try:
+            phase = "task"
+            try:  # anything this one task raises is its recorded error; the run goes on with the next task
                 task = selected.web_task(urls)
                 result.intent = task.intent
                 images = load_task_images(task, options.images_root)
                 for number, image in enumerate(images):
                     save_step_image(image, trajectory_dir / f"input-{number}.jpg")
+                phase = "start_page"
                 observation, _ = env.reset(options={"task": task})
+                phase = "policy"
                 policy = make_policy(env, selected, urls)
                 task_info = {"instruction": task.intent, "task_id": selected.key, "images": images}
                 task_info["observation"] = observation
@@ -198,12 +234,13 @@ def _run_worker(
                 with (trajectory_dir / "steps.jsonl").open("w", encoding="utf-8") as file:
                     for record in records:
                         file.write(json.dumps(asdict(record)) + "\n")
-            except UserFacingError as error:  # a setting every task shares is wrong: stop the run
-                fatal.append(error)
-                return
-            except Exception as error:  # this task could not run (browser crash, site error): record it, go on
-                result.status, result.error = "error", f"{type(error).__name__}: {str(error).splitlines()[0]}"
+            except Exception as error:
+                result.status, result.error = "error", failure_reason(error)
+                result.error_kind = failure_category(error, phase)
             log.write(result)
+            if log.stopped is not None:
+                fatal.append(log.stopped)
+                return
     except BaseException as error:
         fatal.append(error)
     finally:
@@ -230,9 +267,9 @@ def run_web_suite(
     done = prepare_run_directory(out_dir, settings, resume)
     pending: queue.Queue[SelectedTask] = queue.Queue()
     for task in selected:
-        if done.get(task.key, {}).get("status") != "done":
+        if should_run(done.get(task.key), options.retry_errors):
             pending.put(task)
-    log = _ResultLog(out_dir / RESULTS_FILE, on_result)
+    log = _ResultLog(out_dir / RESULTS_FILE, on_result, options.max_consecutive_errors)
     fatal: list[BaseException] = []
     workers = [
         threading.Thread(
@@ -247,21 +284,29 @@ def run_web_suite(
         worker.start()
     for worker in workers:
         worker.join()
-    if fatal:
+    if fatal and not isinstance(fatal[0], RunStoppedError):
         raise fatal[0]
-    results = read_results(out_dir)
-    ordered = [results[task.key] for task in selected if task.key in results]
-    summary = summarize(ordered)
-    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    ordered = finish_run(out_dir, [task.key for task in selected])
+    if fatal:
+        raise fatal[0]  # a streak of failures: the summary and report of what ran are written first
+    return ordered
+
+
+def finish_run(out_dir: Path, keys: list[str], title: str = "Web run report") -> list[dict[str, Any]]:
+    """The run's results in task order, with summary.json and report.html written from them."""
     from magma.agents.web_report import write_report
 
-    write_report(out_dir, ordered, summary)
+    results = read_results(out_dir)
+    ordered = [results[key] for key in keys if key in results]
+    summary = summarize(ordered)
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_report(out_dir, ordered, summary, title=title)
     return ordered
 
 
 def check_tasks_runnable(selected: list[SelectedTask], settings: WebRunSettings) -> None:
     """Fail before any browser starts: unknown policy, oracle without trajectories, missing site URLs."""
-    from envs.web.tasks import site_urls_from_environment
+    from envs.web.tasks import SiteUrlMissingError, TaskConfigError, site_urls_from_environment
 
     if settings.policy not in WEB_POLICIES:
         raise UserFacingError(f"--policy {settings.policy!r} is not a web policy; use one of {', '.join(WEB_POLICIES)}")
@@ -275,7 +320,12 @@ def check_tasks_runnable(selected: list[SelectedTask], settings: WebRunSettings)
     official_urls = site_urls_from_environment()
     for task in selected:
         if not task.bundled:
-            task.web_task(official_urls)  # raises naming the environment variable to set
+            try:
+                task.web_task(official_urls)
+            except SiteUrlMissingError:
+                raise  # names the environment variable to set; every task of that site needs it
+            except TaskConfigError:
+                pass  # this one task's config: recorded as its error when it runs, the others go on
 
 
 def _rate(passed: int, decided: int) -> float | None:
@@ -307,8 +357,13 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         by_site.setdefault(record["site"], []).append(record)
         for eval_type in record.get("eval_types") or ["?"]:
             by_eval.setdefault(eval_type, []).append(record)
+    kinds = sorted({str(record.get("error_kind")) for record in results if record.get("status") == "error"})
     return {
         "overall": _group_row(results),
+        "errors_by_kind": {
+            kind: sum(str(record.get("error_kind")) == kind and record.get("status") == "error" for record in results)
+            for kind in kinds
+        },
         "by_site": {name: _group_row(rows) for name, rows in sorted(by_site.items())},
         "by_eval_type": {name: _group_row(rows) for name, rows in sorted(by_eval.items())},
     }

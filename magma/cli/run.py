@@ -47,7 +47,15 @@ def run(
     ] = None,
     max_steps: Annotated[int, typer.Option("--max-steps", help="visualwebarena: steps per task.")] = 30,
     workers: Annotated[int, typer.Option("--workers", help="visualwebarena: parallel browser contexts.")] = 1,
-    resume: Annotated[bool, typer.Option("--resume", help="visualwebarena: finish the run in --out.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="visualwebarena, android: finish the run in --out.")] = False,
+    retry_errors: Annotated[
+        bool,
+        typer.Option(
+            "--retry-errors",
+            help="visualwebarena, android: with --resume, also rerun tasks that failed for a reason of their own "
+            "(a start page that did not load, a bad endpoint reply); without it only unfinished tasks run.",
+        ),
+    ] = False,
     auth_dir: Annotated[
         str | None, typer.Option("--auth-dir", help="visualwebarena: VWA's .auth folder for the official sites.")
     ] = None,
@@ -90,7 +98,7 @@ def run(
     if policy not in POLICIES[env]:
         raise typer.BadParameter(f"--policy for --env {env} must be one of {POLICIES[env]}")
     if env == "android":
-        run_android(tasks, policy, model, max_steps, resume, out, device, adb, record)
+        run_android(tasks, policy, model, max_steps, resume, out, device, adb, record, retry_errors)
         return
     if env == "visualwebarena":
         run_web(
@@ -105,6 +113,7 @@ def run(
             images_root,
             grading,
             judge_model,
+            retry_errors,
         )
         return
     from envs.mujoco.tasks import TASKS, get_task
@@ -161,6 +170,7 @@ def run_web(
     images_root: str | None,
     grading: str,
     judge_model: str | None = None,
+    retry_errors: bool = False,
 ) -> None:
     from magma.agents.web_suite import WebRunOptions, WebRunSettings, run_web_suite, summary_table, web_policy_factory
 
@@ -176,12 +186,14 @@ def run_web(
         grading_mode=grading,
         judge_model=judge_model,
     )
-    options = WebRunOptions(workers=workers, auth_dir=auth_dir, images_root=images_root)
+    if retry_errors and not resume:
+        raise typer.BadParameter("--retry-errors goes with --resume (it reruns the failed tasks of a run)")
+    options = WebRunOptions(workers=workers, auth_dir=auth_dir, images_root=images_root, retry_errors=retry_errors)
     out_dir = Path(out or f"runs/run-visualwebarena-{time.strftime('%Y%m%d-%H%M%S')}")
 
     def report(result) -> None:
         mark = {True: "ok  ", False: "fail", None: "??? "}[result.success] if result.status == "done" else "err "
-        detail = result.error or result.early_stop or result.eval_status
+        detail = f"{result.error_kind}: {result.error}" if result.error else result.early_stop or result.eval_status
         typer.echo(f"{mark} {result.key:<24} {result.steps:>3} steps {result.seconds:>6.1f} s  {detail}", err=True)
 
     factory = web_policy_factory(policy, model)
@@ -202,6 +214,7 @@ def run_android(
     device: str | None,
     adb: str,
     record: str | None,
+    retry_errors: bool = False,
 ) -> None:
     from magma.agents.android_suite import (
         AndroidRunOptions,
@@ -213,6 +226,8 @@ def run_android(
 
     if resume and not out:
         raise typer.BadParameter("--resume needs --out, the directory of the run to finish")
+    if retry_errors and not resume:
+        raise typer.BadParameter("--retry-errors goes with --resume (it reruns the failed tasks of a run)")
     if tasks and len(tasks) > 1:
         raise typer.BadParameter("--env android takes one --tasks FILE (a JSON list of tasks)")
     endpoint, _, client = adb.partition("/")
@@ -227,10 +242,12 @@ def run_android(
 
     def report(result) -> None:
         mark = {True: "ok  ", False: "fail", None: "??? "}[result.success] if result.status == "done" else "err "
-        detail = result.error or result.early_stop or "; ".join(result.eval_notes)
+        detail = f"{result.error_kind}: {result.error}" if result.error else result.early_stop
+        detail = detail or "; ".join(result.eval_notes)
         typer.echo(f"{mark} {result.key:<24} {result.steps:>3} steps {result.seconds:>6.1f} s  {detail}", err=True)
 
-    results = run_android_suite(settings, options, out_dir, android_policy_factory(policy, model), resume, report)
+    factory = android_policy_factory(policy, model)
+    results = run_android_suite(settings, options, out_dir, factory, resume, report, retry_errors)
     typer.echo(summary_table(summarize(results)))
     typer.echo(f"results: {out_dir / 'results.jsonl'}  report: {out_dir / 'report.html'}")
     if record:

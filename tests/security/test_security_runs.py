@@ -1,0 +1,203 @@
+"""Suite runs against tasks that fail on their own: one bad task is recorded with its reason and the run goes
+on; ``--resume`` does not rerun it unless asked; a streak of failures stops the run and is rerun. Real
+Chromium, a local site on 127.0.0.1 whose /stall path never answers, and a local chat endpoint that answers
+one task without ``choices`` and another with HTTP 500."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from magma.agents.task_failures import FailureStreak, RunStoppedError, should_run
+from magma.agents.web_suite import WebRunOptions, WebRunSettings, run_web_suite, web_policy_factory
+
+if not Path("/usr/bin/chromium").exists():
+    pytest.skip("system Chromium not installed", allow_module_level=True)
+
+STALL_BOUND_S = 600  # the stalled page's handler gives up at teardown at the latest
+
+
+class _Site(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path.startswith("/stall"):
+            self.server.stall_hits.append(self.path)
+            self.server.release.wait(STALL_BOUND_S)  # never finishes loading until the test releases it
+        data = b"<html><body><p>All is fine here</p></body></html>"
+        with contextlib.suppress(OSError):  # the browser may have given up on a stalled page long ago
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _Chat(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint: ``server.behaviour(objective)`` says "ok", "no choices" or "500"."""
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        text = request["messages"][-1]["content"][0]["text"]
+        behaviour = self.server.behaviour(text.split("\n", 1)[0].removeprefix("OBJECTIVE: "))
+        if behaviour == "500":
+            self.send_error(500, "model crashed")
+            return
+        reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "```stop [fine]```"}}]}
+        body = json.dumps({"error": "overloaded"} if behaviour == "no choices" else reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _serve(handler: type) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def site(monkeypatch):
+    server = _serve(_Site)
+    server.stall_hits, server.release = [], threading.Event()
+    monkeypatch.setenv("SHOPPING", f"http://127.0.0.1:{server.server_address[1]}")
+    yield server
+    server.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def chat(monkeypatch):
+    server = _serve(_Chat)
+    server.behaviour = lambda objective: "ok"
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _task(task_id: int, intent: str, start_url: str, eval_type: str = "string_match") -> dict:
+    return {
+        "task_id": task_id,
+        "intent": intent,
+        "sites": ["shopping"],
+        "start_url": start_url,
+        "eval": {"eval_types": [eval_type], "reference_answers": {"exact_match": "fine"}},
+    }
+
+
+def _write_tasks(path: Path, tasks: list[dict]) -> Path:
+    path.write_text(json.dumps(tasks))
+    return path
+
+
+def _lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_bad_tasks_are_recorded_the_others_run_and_resume_skips_them_unless_asked(site, chat, tmp_path):
+    tasks = _write_tasks(
+        tmp_path / "tasks.json",
+        [
+            _task(0, "Say fine first", "__SHOPPING__/"),
+            _task(1, "A start page that never loads", "__SHOPPING__/stall"),
+            _task(2, "A local file", "file:///etc/passwd"),
+            _task(3, "An endpoint reply without choices", "__SHOPPING__/"),
+            _task(4, "An endpoint that fails", "__SHOPPING__/"),
+            _task(5, "An unknown grader", "__SHOPPING__/", eval_type="telepathy"),
+            _task(6, "Say fine last", "__SHOPPING__/"),
+        ],
+    )
+    chat.behaviour = lambda objective: {"An endpoint reply without choices": "no choices"}.get(
+        objective, "500" if objective == "An endpoint that fails" else "ok"
+    )
+    settings = WebRunSettings(tasks=[str(tasks)], policy="openai", model="m")
+    options = WebRunOptions(save_images=False)
+    out = tmp_path / "run"
+    results = run_web_suite(settings, options, out, web_policy_factory("openai", "m"))
+    by_id = {record["key"].rsplit(":", 1)[1]: record for record in results}
+    assert len(by_id) == 7
+    for good in ("0", "6"):
+        assert by_id[good]["status"] == "done" and by_id[good]["success"] is True, by_id[good]
+    expected = {
+        "1": ("start_page", "cannot open start URL"),
+        "2": ("start_page", "only http"),
+        "3": ("policy", "without choices"),
+        "4": ("policy", "HTTP 500"),
+        "5": ("task", "telepathy"),
+    }
+    for key, (kind, words) in expected.items():
+        record = by_id[key]
+        assert record["status"] == "error" and record["error_kind"] == kind and words in record["error"], record
+        assert "Traceback" not in record["error"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["overall"]["errors"] == 5 and summary["errors_by_kind"] == {"policy": 2, "start_page": 2, "task": 1}
+    assert "start_page: cannot open start URL" in (out / "trajectories" / "tasks_1" / "index.html").read_text()
+
+    stalls = len(site.stall_hits)
+    lines = len(_lines(out))
+    rerun: list[str] = []
+    again = run_web_suite(
+        settings, options, out, web_policy_factory("openai", "m"), resume=True, on_result=lambda r: rerun.append(r.key)
+    )
+    assert rerun == [] and len(_lines(out)) == lines and len(site.stall_hits) == stalls
+    assert [record["status"] for record in again] == [record["status"] for record in results]
+
+    site.release.set()  # the site and the endpoint are fixed: --retry-errors reruns the failed tasks
+    chat.behaviour = lambda objective: "ok"
+    retried = WebRunOptions(save_images=False, retry_errors=True)
+    final = run_web_suite(
+        settings, retried, out, web_policy_factory("openai", "m"), resume=True, on_result=lambda r: rerun.append(r.key)
+    )
+    assert sorted(key.rsplit(":", 1)[1] for key in rerun) == ["1", "2", "3", "4", "5"]
+    by_id = {record["key"].rsplit(":", 1)[1]: record for record in final}
+    assert all(by_id[key]["success"] is True for key in ("0", "1", "3", "4", "6")), final
+    assert by_id["2"]["error_kind"] == "start_page" and by_id["5"]["error_kind"] == "task"
+
+
+def test_a_streak_of_failures_stops_the_run_and_resume_reruns_those_tasks(site, chat, tmp_path):
+    tasks = _write_tasks(
+        tmp_path / "tasks.json",
+        [_task(number, f"Task {number}", "__SHOPPING__/") for number in range(4)],
+    )
+    chat.behaviour = lambda objective: "no choices"  # an endpoint that answers nothing usable to anyone
+    settings = WebRunSettings(tasks=[str(tasks)], policy="openai", model="m")
+    out = tmp_path / "run"
+    options = WebRunOptions(save_images=False, max_consecutive_errors=2)
+    with pytest.raises(RunStoppedError, match="2 tasks in a row failed \\(policy\\)"):
+        run_web_suite(settings, options, out, web_policy_factory("openai", "m"))
+    last = {record["key"]: record for record in _lines(out)}
+    assert len(last) == 2 and all(record["error_kind"] == "run_stopped" for record in last.values())
+    assert (out / "summary.json").exists() and (out / "report.html").exists()
+    chat.behaviour = lambda objective: "ok"
+    results = run_web_suite(settings, options, out, web_policy_factory("openai", "m"), resume=True)
+    assert len(results) == 4 and all(record["success"] is True for record in results)
+
+
+def test_resume_rules_and_the_streak_counter():
+    assert should_run(None, retry_errors=False)  # killed mid-task: no line, run again
+    assert not should_run({"status": "done"}, retry_errors=True)
+    assert not should_run({"status": "error", "error_kind": "policy"}, retry_errors=False)
+    assert should_run({"status": "error", "error_kind": "policy"}, retry_errors=True)
+    assert should_run({"status": "error", "error_kind": "device"}, retry_errors=False)
+    assert should_run({"status": "error", "error_kind": "run_stopped"}, retry_errors=False)
+    streak = FailureStreak(limit=3)
+    assert not streak.add("a", "error", "policy") and not streak.add("b", "error", "task")
+    assert not streak.add("c", "error", "task") and not streak.add("d", "done", None)
+    assert not streak.add("e", "error", "task") and not streak.add("f", "error", "task")
+    assert streak.add("g", "error", "task") and streak.keys == ["e", "f", "g"]
+    assert not FailureStreak(limit=0).add("a", "error", "policy")
