@@ -9,19 +9,28 @@ annotated screenshot) over a whole corpus, into WebDataset shards.
   and renamed when complete). When a unit is done the main process records it in the manifest
   (``manifest-rank{r}-of-{w}.json``, replaced atomically): a restarted job skips recorded units and
   deletes whatever an unrecorded unit left behind, so nothing is half-written and nothing is done twice.
-- An input that fails (unreadable video, no texture to track, bad annotation) is recorded with its
+- An input that fails (unreadable video, no texture to track, bad annotation, a hostile line that is
+  too long or nested too deeply, or any other error raised while processing it) is recorded with its
   reason and the job goes on; the summary counts inputs ok / failed by reason, samples, shards, frames/s.
+- Worker processes end with the job: each asks Linux to kill it when its parent dies (SIGKILL, SIGTERM and
+  SIGINT alike; a watcher thread polls the parent elsewhere), and an interrupted parent stops them first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import os
+import signal
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +38,8 @@ from typing import Any
 import numpy as np
 
 from data_tools.errors import UserFacingError
+from data_tools.jsonl_lines import non_blank_line_numbers
+from data_tools.sample_format import SampleFormatError, validate_sample
 from data_tools.shards import ShardWriter
 
 MANIFEST_PATTERN = "manifest-rank{rank}-of-{world}.json"
@@ -107,7 +118,10 @@ def list_inputs(source: str | Path, extensions: tuple[str, ...], expand_jsonl: b
         files = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
     elif path.is_file() and path.suffix.lower() in (".txt", ".lst", ".list"):
         base = path.parent
-        lines = [line.strip() for line in path.read_text().splitlines()]
+        try:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as error:
+            raise CorpusJobError(f"cannot read the list file '{source}' ({error}); give a UTF-8 text file") from None
         files = [
             str(base / line) if not Path(line).is_absolute() else line
             for line in lines
@@ -124,11 +138,13 @@ def list_inputs(source: str | Path, extensions: tuple[str, ...], expand_jsonl: b
         return files
     expanded = []
     for file in files:
-        if file.endswith(".jsonl"):
-            with open(file, encoding="utf-8") as handle:
-                expanded += [f"{file}:{number}" for number, line in enumerate(handle, 1) if line.strip()]
-        else:
+        if not file.endswith(".jsonl"):
             expanded.append(file)
+            continue
+        try:
+            expanded += [f"{file}:{number}" for number in non_blank_line_numbers(file)]
+        except OSError as error:
+            raise CorpusJobError(f"cannot read '{file}' ({error.strerror or error}); check the path") from None
     return expanded
 
 
@@ -168,6 +184,14 @@ def process_unit(spec: JobSpec, unit: int, function: InputFunction) -> UnitResul
             except UserFacingError as error:
                 failed.append({"input": identifier, "reason": failure_reason(error), "detail": str(error)})
                 continue
+            except Exception as error:  # a hostile input must not end the job: it is counted by reason
+                detail = f"{type(error).__name__}: {str(error)[:500]}"
+                failed.append({"input": identifier, "reason": failure_reason(error), "detail": detail})
+                continue
+            invalid = _first_invalid_sample(result)
+            if invalid is not None:  # checked before writing any, so an input is written whole or not at all
+                failed.append({"input": identifier, "reason": "invalid_sample", "detail": invalid})
+                continue
             for record, images in result.samples:
                 writer.write(record, images)
             frames += result.frames
@@ -183,6 +207,16 @@ def process_unit(spec: JobSpec, unit: int, function: InputFunction) -> UnitResul
     )
 
 
+def _first_invalid_sample(result: InputResult) -> str | None:
+    """What is wrong with the first sample of ``result`` that breaks the sample format, or None."""
+    for record, images in result.samples:
+        try:
+            validate_sample(record, len(images))
+        except SampleFormatError as error:
+            return str(error)
+    return None
+
+
 class Manifest:
     """The record of finished units of one machine's share of a job (``manifest-rank{r}-of-{w}.json``)."""
 
@@ -196,7 +230,7 @@ class Manifest:
         out_dir = Path(self.spec.out_dir)
         fingerprint = self.spec.fingerprint()
         for other in out_dir.glob("manifest-rank*-of-*.json"):
-            saved = json.loads(other.read_text())
+            saved = _read_manifest(other)
             if saved.get("job") != fingerprint:
                 raise CorpusJobError(
                     f"'{out_dir}' holds shards of another job ({other.name}: {saved.get('kind')} job "
@@ -208,7 +242,7 @@ class Manifest:
                 f"'{out_dir}' already holds shards that no job manifest describes; write to an empty directory"
             )
         if self.path.exists():
-            self.units = {int(unit): entry for unit, entry in json.loads(self.path.read_text())["units"].items()}
+            self.units = {int(unit): entry for unit, entry in _read_manifest(self.path)["units"].items()}
 
     def record(self, result: UnitResult) -> None:
         self.units[result.unit] = {key: value for key, value in asdict(result).items() if key != "unit"}
@@ -223,6 +257,19 @@ class Manifest:
         staging = self.path.with_name(f".{self.path.name}.tmp")
         staging.write_text(json.dumps(payload, indent=1) + "\n")
         os.replace(staging, self.path)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict) or not isinstance(saved.get("units"), dict):
+            raise ValueError("not a manifest object")
+        return saved
+    except (OSError, ValueError, RecursionError) as error:
+        raise CorpusJobError(
+            f"the job manifest '{path}' is unreadable ({error}); it is only ever replaced whole, so something "
+            "else wrote it: restore it, or delete the directory's shards and manifests and rerun"
+        ) from None
 
 
 def remove_unfinished_output(spec: JobSpec, pending: list[int]) -> int:
@@ -296,15 +343,61 @@ def _results(
                 bar.set_postfix(samples=result.samples, failed=len(result.failed))
                 yield result
             return
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=end_with_parent, initargs=(os.getpid(),))
+        try:
             futures = [pool.submit(process_unit, spec, unit, function) for unit in pending]
             for future in as_completed(futures):
                 result = future.result()
                 bar.update(1)
                 bar.set_postfix(samples=result.samples, failed=len(result.failed))
                 yield result
+        except BaseException as error:  # Ctrl-C, a unit that raised, a dead worker: stop the others now
+            _stop_workers(pool)
+            if isinstance(error, BrokenProcessPool):
+                raise CorpusJobError(
+                    "a worker process died (killed by the system, for instance when memory ran out); the units "
+                    "finished so far are recorded: rerun the same command to resume, with fewer --workers if "
+                    "memory is short"
+                ) from None
+            raise
+        pool.shutdown(wait=True)
     finally:
         bar.close()
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def end_with_parent(parent_pid: int) -> None:
+    """Worker initializer: leave Ctrl-C to the parent, and die when the parent dies, however it ends
+    (on Linux the kernel sends SIGKILL; elsewhere a thread polls the parent's pid)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    bound = False
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            bound = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) == 0
+    if os.getppid() != parent_pid:  # the parent died before the request above took effect
+        os._exit(1)
+    if not bound:
+        threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), name="parent-watch", daemon=True).start()
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill the pool's workers now (``shutdown`` alone would let every queued unit finish first)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public handle before Python 3.14
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError):
+            process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError, AssertionError):
+            process.join(timeout=60)
 
 
 def summarise(manifest: Manifest, units: list[int], done_now: list[int], seconds: float) -> JobSummary:

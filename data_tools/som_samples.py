@@ -24,11 +24,9 @@ path or XML}``, or ``{"image": ..., "dom": [nodes]}``; relative paths start at t
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,8 @@ import numpy as np
 from PIL import Image
 
 from data_tools.errors import UserFacingError
+from data_tools.jsonl_lines import JsonLineError, read_json_line
+from data_tools.sample_format import ACTION_PLACEHOLDER, IMAGE_PLACEHOLDER
 from data_tools.som import (
     Box,
     Mark,
@@ -220,6 +220,14 @@ def _question_and_answer(
     return question, answers[task]
 
 
+def _as_plain_text(text: str) -> str:
+    """Annotation text (an element's text or kind) as sample text: a ``<image>`` or ``<action>`` written in a
+    screenshot's UI is not a placeholder of the sample format, so it is written ``[image]`` / ``[action]``."""
+    for placeholder in (IMAGE_PLACEHOLDER, ACTION_PLACEHOLDER):
+        text = text.replace(placeholder, f"[{placeholder[1:-1]}]")
+    return text
+
+
 class _Screen:
     """One screenshot with its marks; the marked image is drawn once, when a task first needs it."""
 
@@ -247,7 +255,7 @@ def _task_sample(
     weights = np.array([config.kind_weights.get(mark.element.kind, 1.0) for mark in targets], dtype=np.float64)
     weights = weights if weights.sum() > 0 else np.ones(len(targets))
     target = targets[int(rng.choice(len(targets), p=weights / weights.sum()))]
-    question, answer = _question_and_answer(task, target, screen.size, config, rng)
+    question, answer = (_as_plain_text(text) for text in _question_and_answer(task, target, screen.size, config, rng))
     marked = task == "som_action" or config.marks_on_grounding_images
     record = {
         "id": f"{sample_id}-{task}",
@@ -292,6 +300,9 @@ def som_grounding_samples(
 # ------------------------------------------------------------------------------------------------ annotations
 
 
+MAX_SCREENSHOT_PIXELS = 50_000_000  # an 8K screen is 33 million; more is a broken or hostile file
+
+
 def _resolve(path_text: Any, base_dir: Path, origin: str, what: str) -> Path:
     if not isinstance(path_text, str) or not path_text:
         raise SomInputError(f"{origin}: '{what}' must be a file path (a string), got {path_text!r}; fix the annotation")
@@ -308,7 +319,15 @@ def _load_screenshot(path: Path, origin: str) -> Image.Image:
         )
     try:
         with Image.open(path) as opened:
+            if opened.width * opened.height > MAX_SCREENSHOT_PIXELS:  # checked from the header, before decoding
+                raise SomInputError(
+                    f"{origin}: screenshot '{path}' is {opened.width}x{opened.height}, more than "
+                    f"{MAX_SCREENSHOT_PIXELS // 1_000_000} million pixels; scale it down or leave it out",
+                    reason="image_too_large",
+                )
             return opened.convert("RGB")
+    except SomInputError:
+        raise
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise SomInputError(
             f"{origin}: cannot read screenshot '{path}' ({error}); replace it with a readable PNG or JPEG file",
@@ -407,35 +426,19 @@ def som_samples_from_annotation(
     return samples
 
 
-@lru_cache(maxsize=8)
-def _line_starts(path: str, modified_ns: int, size: int) -> np.ndarray:
-    """Byte offsets of the lines of a file, so that a job reading line after line of one big annotation
-    file seeks to each instead of rereading the file from the top (the key includes mtime and size)."""
-    starts = [0]
-    with open(path, "rb") as handle:
-        for line in handle:
-            starts.append(starts[-1] + len(line))
-    return np.asarray(starts[:-1], dtype=np.int64)
-
-
 def read_annotation_line(identifier: str) -> tuple[dict[str, Any], Path]:
-    """The annotation at ``file.jsonl:LINE`` (1-based, as corpus jobs name inputs) and the file's folder."""
+    """The annotation at ``file.jsonl:LINE`` (1-based, as corpus jobs name inputs) and the file's folder;
+    read with the bounds of ``data_tools.jsonl_lines`` (line length, nesting depth)."""
     path_text, _, line_text = identifier.rpartition(":")
     if not path_text or not line_text.isdigit():
         raise SomInputError(f"'{identifier}' does not name an annotation line; write it as file.jsonl:LINE")
     path, number = Path(path_text), int(line_text)
     try:
-        status = path.stat()
-        starts = _line_starts(str(path), status.st_mtime_ns, status.st_size)
-        if not 1 <= number <= len(starts):
-            raise SomInputError(f"'{path}' has no line {number} (it has {len(starts)}); list the annotation file again")
-        with open(path, "rb") as handle:
-            handle.seek(int(starts[number - 1]))
-            annotation = json.loads(handle.readline().decode("utf-8"))
+        annotation = read_json_line(path, number)
     except OSError as error:
         raise SomInputError(f"cannot read annotation file '{path}' ({error}); check the path") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SomInputError(f"{identifier} is not valid JSON ({error}); fix that line of the annotation file") from None
+    except JsonLineError as error:
+        raise SomInputError(str(error), reason=error.reason) from None
     return annotation, path.parent
 
 

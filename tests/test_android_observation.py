@@ -11,6 +11,7 @@ import pytest
 
 from envs.android.actions import DeviceAction, parse_android_action
 from envs.android.hierarchy import HierarchyError, actionable_marks, parse_hierarchy, som_listing
+from envs.android.shell_arguments import shell_command
 from envs.android.simulated_device.device import _unescape_input_text
 from envs.android.step_matching import RecordedStep, episode_step_accuracy, steps_match, taps_match
 from envs.android.tasks import AndroidTask, TaskFileError, evaluate_checks, load_tasks
@@ -105,10 +106,10 @@ TRICKY = [
 def test_input_text_commands_survive_the_shell_and_android_unescaping(text):
     typed = ""
     for command in input_text_commands(text):
-        assert command.startswith("input text ")
+        assert command[:2] == ["input", "text"]
         # a real POSIX shell parses the command line as the device's sh would: one argument, unchanged
         words = subprocess.run(
-            ["sh", "-c", f"set -- {command.removeprefix('input text ')}; printf '%s\\0' \"$@\""],
+            ["sh", "-c", f"set -- {shell_command(*command[2:])}; printf '%s\\0' \"$@\""],
             capture_output=True,
             check=True,
         ).stdout.split(b"\0")[:-1]
@@ -118,11 +119,15 @@ def test_input_text_commands_survive_the_shell_and_android_unescaping(text):
 
 
 def test_newlines_become_enter_and_unicode_needs_adb_keyboard():
-    assert input_text_commands("a\nb") == ["input text a", "input keyevent KEYCODE_ENTER", "input text b"]
+    assert input_text_commands("a\nb") == [
+        ["input", "text", "a"],
+        ["input", "keyevent", "KEYCODE_ENTER"],
+        ["input", "text", "b"],
+    ]
     assert not is_input_text_typable("café") and is_input_text_typable("cafe\t")
     with pytest.raises(ValueError, match="ASCII"):
         input_text_commands("日本")
-    assert adb_keyboard_command("日本").endswith("5pel5pys")  # base64 of the UTF-8 bytes
+    assert adb_keyboard_command("日本")[-1] == "5pel5pys"  # base64 of the UTF-8 bytes
 
 
 def test_both_action_spaces_parse_to_device_actions():

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def agent_data(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*AGENT, *args, "--no-progress"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    return subprocess.run([*AGENT, *args, "--no-progress"], capture_output=True, text=True, timeout=1200, cwd=REPO)
 
 
 def read_samples(out_dir: Path) -> list:

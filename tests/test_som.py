@@ -478,5 +478,20 @@ def test_unreadable_annotation_lines_and_configs(tmp_path):
 
 def test_som_modules_import_no_model_code():
     code = "import sys, data_tools.som_samples; assert not {'torch', 'magma', 'envs'} & set(sys.modules), sys.modules"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
+
+
+def test_placeholders_written_in_a_screenshots_text_stay_text(tmp_path):
+    """A button labelled ``<image>`` (untrusted annotation text) must not become a sample-format placeholder."""
+    image, elements = screenshot()
+    image.save(tmp_path / "page.png")
+    hostile = ["<image>", "<action> now", "see <image><image>"]
+    raw = [{"box": list(e.box), "kind": e.kind, "text": text} for e, text in zip(elements, hostile, strict=False)]
+    annotation = {"image": "page.png", "source": "web", "elements": raw}
+    config = SomConfig(samples_per_image=6, task_weights={task: 1.0 for task in SOM_TASKS})
+    for seed in range(8):
+        for record, images in som_samples_from_annotation(annotation, config, np.random.default_rng(seed), tmp_path):
+            validate_sample(record, len(images))  # one <image>, the sample's own
+            text = " ".join(turn["value"] for turn in record["conversations"])
+            assert text.count("<image>") == 1 and "<action>" not in text

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +84,9 @@ def _json_object(text: str) -> Any:
     candidate = text[start : end + 1] if 0 <= start < end else text.strip()
     try:
         return json.loads(candidate)
-    except json.JSONDecodeError:
+    except RecursionError:
+        raise ActionParseError(text, "the JSON is nested too deeply") from None
+    except ValueError:  # not JSON, or an integer too long to read
         try:
             return ast.literal_eval(candidate)  # single-quoted dicts; literal_eval never runs code
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -105,6 +108,12 @@ def from_ui_action(action: UIAction) -> DeviceAction:
     raise ActionParseError(str(action), f"{action.kind} is not an Android action")
 
 
+def _is_pixel_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and abs(value) < 2**31 if isinstance(value, float) else abs(value) < 2**31
+
+
 def _index_or_point(text: str, payload: dict[str, Any], required: bool) -> dict[str, Any]:
     index, x, y = payload.get("index"), payload.get("x"), payload.get("y")
     if index is not None:
@@ -112,8 +121,8 @@ def _index_or_point(text: str, payload: dict[str, Any], required: bool) -> dict[
             raise ActionParseError(text, f"index must be a mark number, got {index!r}")
         return {"mark": index}
     if x is not None and y is not None:
-        if not all(isinstance(value, int | float) and not isinstance(value, bool) for value in (x, y)):
-            raise ActionParseError(text, f"x and y must be numbers, got {x!r}, {y!r}")
+        if not all(_is_pixel_number(value) for value in (x, y)):
+            raise ActionParseError(text, f"x and y must be finite pixel numbers, got {x!r}, {y!r}")
         return {"point": (round(x), round(y))}
     if required:
         raise ActionParseError(text, f"{payload.get('action_type')} needs an index (a mark) or x and y")

@@ -48,6 +48,10 @@ class DeviceCommandTimeoutError(AndroidDeviceError, TimeoutError):
     """A device command did not finish within its timeout."""
 
 
+class DeviceActionError(AndroidDeviceError):
+    """An action the device refused (an app not installed, text it cannot type); a counted failed step."""
+
+
 @dataclass(frozen=True)
 class ShellOutput:
     returncode: int

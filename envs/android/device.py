@@ -1,5 +1,8 @@
 """``AndroidDevice``: one phone or emulator through an adb client, with the commands the environment needs,
-each bounded by a timeout, and their output read in the formats real devices print."""
+each bounded by a timeout, and their output read in the formats real devices print.
+
+Every command goes out through ``shell`` / ``exec_out``, which take an argument list and quote it with
+``shell_arguments.shell_command``: no value (an app name from a model, typed text) is ever shell syntax."""
 
 from __future__ import annotations
 
@@ -10,12 +13,21 @@ from dataclasses import dataclass
 from envs.android.adb_client import (
     AdbClient,
     AndroidDeviceError,
+    DeviceActionError,
     DeviceLostError,
     DeviceNotFoundError,
     DeviceOfflineError,
     DeviceUnauthorizedError,
     ShellOutput,
     make_client,
+)
+from envs.android.shell_arguments import (
+    checked_component,
+    checked_coordinate,
+    checked_duration_ms,
+    checked_keycode,
+    checked_package,
+    shell_command,
 )
 from envs.android.text_input import (
     ADB_KEYBOARD_PACKAGE,
@@ -32,10 +44,6 @@ _RESUMED = re.compile(
 )
 _FOCUS = re.compile(r"mCurrentFocus=Window\{\S+ \S+ ([^\s/}]+)/([^\s}]+)\}")
 _KEYCODES = {"back": "KEYCODE_BACK", "home": "KEYCODE_HOME", "enter": "KEYCODE_ENTER"}
-
-
-class DeviceActionError(AndroidDeviceError):
-    """An action the device refused (an app not installed, text it cannot type); a counted failed step."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,9 @@ class AndroidDevice:
 
     # -- plumbing ------------------------------------------------------------------------------------
 
-    def shell(self, command: str, timeout: float | None = None) -> ShellOutput:
+    def shell(self, *argv: str | int, timeout: float | None = None) -> ShellOutput:
+        """Run one command (``argv``, each argument passed as one word) in the device shell."""
+        command = shell_command(*argv)
         try:
             return self.client.shell(command, timeout or self.command_timeout_s)
         except (DeviceNotFoundError, DeviceOfflineError) as error:
@@ -104,7 +114,9 @@ class AndroidDevice:
                 f"device {self.serial} went away ({error}); reconnect it and resume the run"
             ) from None
 
-    def exec_out(self, command: str, timeout: float | None = None) -> bytes:
+    def exec_out(self, *argv: str | int, timeout: float | None = None) -> bytes:
+        """Run one command (``argv``) and return its raw stdout (binary-safe, for screencaps)."""
+        command = shell_command(*argv)
         try:
             return self.client.exec_out(command, timeout or self.command_timeout_s)
         except (DeviceNotFoundError, DeviceOfflineError) as error:
@@ -117,22 +129,22 @@ class AndroidDevice:
     def wait_until_booted(self, timeout_s: float = 60.0, poll_s: float = 0.5) -> None:
         """Poll ``getprop sys.boot_completed`` until it says 1 (an emulator that is still booting)."""
         deadline = time.monotonic() + timeout_s
-        while self.shell("getprop sys.boot_completed").stdout.strip() != b"1":
+        while self.shell("getprop", "sys.boot_completed").stdout.strip() != b"1":
             if time.monotonic() > deadline:
                 raise DeviceOfflineError(f"device {self.serial} has not finished booting after {timeout_s:.0f} s")
             time.sleep(poll_s)
 
     def read_screen(self) -> ScreenInfo:
         """Size and density from ``wm size`` / ``wm density`` (an override wins), rotation from ``settings``."""
-        size_text = self.shell("wm size").text
+        size_text = self.shell("wm", "size").text
         sizes = {kind: (int(width), int(height)) for kind, width, height in _SIZE.findall(size_text)}
-        density_text = self.shell("wm density").text
+        density_text = self.shell("wm", "density").text
         densities = {kind: int(value) for kind, value in _DENSITY.findall(density_text)}
         if not sizes:
             raise AndroidDeviceError(
                 f"cannot read the screen size of {self.serial} from `wm size`: {size_text.strip()!r}"
             )
-        rotation_text = self.shell("settings get system user_rotation").stdout.strip()
+        rotation_text = self.shell("settings", "get", "system", "user_rotation").stdout.strip()
         rotation = int(rotation_text) % 4 if rotation_text.isdigit() else 0
         self.screen = ScreenInfo(
             sizes.get("Override", sizes.get("Physical")),
@@ -142,26 +154,28 @@ class AndroidDevice:
         return self.screen
 
     def screencap_png(self) -> bytes:
-        data = self.exec_out("screencap -p")
+        data = self.exec_out("screencap", "-p")
         if not data.startswith(PNG_SIGNATURE):
             raise AndroidDeviceError(f"screencap on {self.serial} returned no PNG ({data[:80]!r}); is the screen on?")
         return data
 
     def dump_hierarchy(self) -> str:
         """The ``uiautomator dump`` XML (through /dev/tty; a file and ``cat`` on devices that cannot)."""
-        text = self.exec_out("uiautomator dump /dev/tty", timeout=max(self.command_timeout_s, 20)).decode(
-            "utf-8", "replace"
-        )
+        timeout = max(self.command_timeout_s, 20)
+        text = self.exec_out("uiautomator", "dump", "/dev/tty", timeout=timeout).decode("utf-8", "replace")
         if "<hierarchy" in text or "ERROR" in text:
             return text
         path = "/sdcard/window_dump.xml"
-        return self.shell(f"uiautomator dump {path} >/dev/null && cat {path}", timeout=20).text
+        dumped = self.shell("uiautomator", "dump", path, timeout=timeout)
+        if dumped.returncode != 0:
+            return dumped.text
+        return self.shell("cat", path, timeout=timeout).text
 
     def foreground(self) -> tuple[str, str]:
         """(package, activity) in front, from ``dumpsys activity activities`` (else ``dumpsys window``)."""
-        match = _RESUMED.search(self.shell("dumpsys activity activities").text)
+        match = _RESUMED.search(self.shell("dumpsys", "activity", "activities").text)
         if match is None:
-            match = _FOCUS.search(self.shell("dumpsys window").text)
+            match = _FOCUS.search(self.shell("dumpsys", "window").text)
         if match is None:
             return "", ""
         package, activity = match.groups()
@@ -170,65 +184,70 @@ class AndroidDevice:
     # -- input ---------------------------------------------------------------------------------------
 
     def tap(self, x: float, y: float) -> None:
-        self._checked(f"input tap {round(x)} {round(y)}")
+        self._checked("input", "tap", *self._pixels(x, y))
 
     def swipe(self, start: tuple[float, float], end: tuple[float, float], duration_ms: int = 300) -> None:
-        self._checked(f"input swipe {round(start[0])} {round(start[1])} {round(end[0])} {round(end[1])} {duration_ms}")
+        points = (*self._pixels(*start), *self._pixels(*end))
+        self._checked("input", "swipe", *points, checked_duration_ms(duration_ms))
 
     def long_press(self, x: float, y: float, duration_ms: int = 1000) -> None:
         self.swipe((x, y), (x, y), duration_ms)
 
     def key(self, name: str) -> None:
-        self._checked(f"input keyevent {_KEYCODES.get(name, name)}")
+        self._checked("input", "keyevent", checked_keycode(_KEYCODES.get(name, name)))
 
     def type_text(self, text: str, unicode_input: str = "adb_keyboard") -> None:
         """Type ``text`` into the focused field (see ``envs.android.text_input`` for what needs ADBKeyBoard)."""
         if is_input_text_typable(text):
             for command in input_text_commands(text):
-                self._checked(command)
+                self._checked(*command)
             return
         if unicode_input == "adb_keyboard" and self.is_installed(ADB_KEYBOARD_PACKAGE):
-            self._checked(adb_keyboard_command(text))
+            self._checked(*adb_keyboard_command(text))
             return
         raise DeviceActionError(
             f"`input text` cannot type {text!r} (only printable ASCII); install and enable ADBKeyBoard "
             f"({ADB_KEYBOARD_PACKAGE}) on {self.serial} to type other characters, or type ASCII"
         )
 
-    def _checked(self, command: str) -> ShellOutput:
-        result = self.shell(command)
+    def _pixels(self, x: float, y: float) -> tuple[int, int]:
+        return checked_coordinate(x, self.screen.size), checked_coordinate(y, self.screen.size)
+
+    def _checked(self, *argv: str | int) -> ShellOutput:
+        result = self.shell(*argv)
         if result.returncode != 0 or b"Exception" in result.stderr:
             message = result.text.strip().splitlines()[:2]
             raise DeviceActionError(
-                f"`{command[:80]}` failed on {self.serial}: {' '.join(message) or result.returncode}"
+                f"`{shell_command(*argv)[:80]}` failed on {self.serial}: {' '.join(message) or result.returncode}"
             )
         return result
 
     # -- apps ----------------------------------------------------------------------------------------
 
     def is_installed(self, package: str) -> bool:
-        return self.shell(f"pm path {package}").returncode == 0
+        return self.shell("pm", "path", checked_package(package)).returncode == 0
 
     def launch_app(self, package: str) -> None:
         """Start ``package``'s launcher activity (as tapping its icon does)."""
         if not self.is_installed(package):
             raise DeviceActionError(f"app {package} is not installed on {self.serial}; install it or open another app")
-        result = self.shell(f"monkey -p {package} -c android.intent.category.LAUNCHER 1")
+        result = self.shell("monkey", "-p", package, "-c", "android.intent.category.LAUNCHER", 1)
         if "No activities found" in result.text or "monkey aborted" in result.text:
             raise DeviceActionError(f"app {package} on {self.serial} has no launcher activity to open")
 
     def start_activity(self, component: str) -> None:
         """``am start -W -n package/activity``; a missing activity or app raises DeviceActionError."""
-        result = self.shell(f"am start -W -n {component}", timeout=max(self.command_timeout_s, 30))
+        component = checked_component(component)
+        result = self.shell("am", "start", "-W", "-n", component, timeout=max(self.command_timeout_s, 30))
         if "Error" in result.text:
             line = next(line for line in result.text.splitlines() if "Error" in line)
             raise DeviceActionError(f"cannot start {component} on {self.serial}: {line.strip()}; is the app installed?")
 
     def force_stop(self, package: str) -> None:
-        self.shell(f"am force-stop {package}")
+        self.shell("am", "force-stop", checked_package(package))
 
     def clear_data(self, package: str) -> None:
-        result = self.shell(f"pm clear {package}", timeout=max(self.command_timeout_s, 30))
+        result = self.shell("pm", "clear", checked_package(package), timeout=max(self.command_timeout_s, 30))
         if "Success" not in result.text:
             raise DeviceActionError(f"cannot clear the data of {package} on {self.serial}: {result.text.strip()!r}")
 

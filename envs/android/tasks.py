@@ -27,6 +27,7 @@ from typing import Any
 
 from data_tools.errors import UserFacingError
 from envs.android.hierarchy import ViewNode
+from envs.android.shell_arguments import InvalidDeviceArgumentError, checked_component, checked_package
 
 CHECK_TYPES = ("text_present", "text_absent", "activity", "node_attribute", "answer")
 BUNDLED_TASKS = Path(__file__).parent / "tasks" / "sim_app.json"
@@ -68,11 +69,23 @@ def _task(raw: Any, origin: str) -> AndroidTask:
     missing = [name for name in ("task_id", "goal", "app") if not raw.get(name)]
     if missing:
         raise TaskFileError(f"{origin} has no {', '.join(missing)}; every task needs task_id, goal and app")
+    if not isinstance(raw.get("setup") or {}, dict):
+        raise TaskFileError(f"{origin}: 'setup' must be an object with force_stop, clear_data, activity")
+    max_steps = raw.get("max_steps")
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+        raise TaskFileError(f"{origin}: max_steps must be a whole number of steps, 1 or more, got {max_steps!r}")
     unknown_setup = set(raw.get("setup") or {}) - {"force_stop", "clear_data", "activity"}
     if unknown_setup:
         raise TaskFileError(
             f"{origin}: unknown setup keys {sorted(unknown_setup)}; use force_stop, clear_data, activity"
         )
+    setup = raw.get("setup") or {}
+    try:
+        checked_package(str(raw["app"]))
+        if setup.get("activity"):
+            checked_component(f"{raw['app']}/{setup['activity']}")
+    except InvalidDeviceArgumentError as error:
+        raise TaskFileError(f"{origin}: {error}") from None
     for index, check in enumerate(raw.get("checks") or []):
         if not isinstance(check, dict) or check.get("type") not in CHECK_TYPES:
             raise TaskFileError(f"{origin}: check {index} needs a type among {', '.join(CHECK_TYPES)}, got {check!r}")
@@ -96,8 +109,8 @@ def load_tasks(path: str | Path) -> list[AndroidTask]:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TaskFileError(f"task file {path} does not exist; give a JSON file of Android tasks") from None
-    except json.JSONDecodeError as error:
-        raise TaskFileError(f"task file {path} is not valid JSON ({error}); fix it") from None
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, bad UTF-8, nesting too deep
+        raise TaskFileError(f"task file {path} is not valid JSON ({type(error).__name__}: {error}); fix it") from None
     items = raw if isinstance(raw, list) else [raw]
     tasks = [_task(item, f"{path} task {index}") for index, item in enumerate(items)]
     duplicates = {task.task_id for task in tasks if sum(other.task_id == task.task_id for other in tasks) > 1}

@@ -1,8 +1,8 @@
-"""Typing text on a device: ``input text`` commands quoted for the device shell, and what they cannot type.
+"""Typing text on a device: the ``input text`` commands (argument lists) that type it, and what they cannot type.
 
-The device runs the command line through its ``sh`` (mksh on Android), so the text goes in one POSIX
-single-quoted word (``'`` written as ``'\\''``): spaces, quotes, ``&``, ``;``, ``|``, ``$``, backticks, ``*``
-and ``\\`` all reach ``input`` unchanged. ``input text`` itself then changes two things:
+The device runs the command line through its ``sh`` (mksh on Android); ``shell_arguments.shell_command``
+quotes each argument into one POSIX single-quoted word, so spaces, quotes, ``&``, ``;``, ``|``, ``$``,
+backticks, ``*`` and ``\\`` all reach ``input`` unchanged. ``input text`` itself then changes two things:
 
 - ``%s`` becomes a space (Android's old escape for spaces). To type a literal ``%s`` the text is cut between
   ``%`` and ``s`` into two ``input text`` commands; spaces are sent as ``%s`` so that old Android versions,
@@ -16,7 +16,6 @@ and ``\\`` all reach ``input`` unchanged. ``input text`` itself then changes two
 from __future__ import annotations
 
 import base64
-import shlex
 
 ADB_KEYBOARD_PACKAGE = "com.android.adbkeyboard"
 _KEYS = {"\n": "KEYCODE_ENTER", "\t": "KEYCODE_TAB"}
@@ -38,25 +37,26 @@ def _input_text_chunks(text: str) -> list[str]:
     return [chunk for chunk in chunks if chunk]
 
 
-def input_text_commands(text: str) -> list[str]:
-    """Shell commands that type ``text`` (printable ASCII, newlines, tabs) with ``input text`` / ``keyevent``."""
+def input_text_commands(text: str) -> list[list[str]]:
+    """The commands (argument lists) that type ``text`` (printable ASCII, newlines, tabs) with ``input text``
+    and ``input keyevent``."""
     if not is_input_text_typable(text):
         raise ValueError(f"input text cannot type {text!r}: only printable ASCII; use adb_keyboard_command")
-    commands: list[str] = []
+    commands: list[list[str]] = []
     piece = ""
     for character in [*text, None]:
         if character is None or character in _KEYS:
             for chunk in _input_text_chunks(piece):
-                commands.append("input text " + shlex.quote(chunk.replace(" ", "%s")))
+                commands.append(["input", "text", chunk.replace(" ", "%s")])
             if character is not None:
-                commands.append(f"input keyevent {_KEYS[character]}")
+                commands.append(["input", "keyevent", _KEYS[character]])
             piece = ""
         else:
             piece += character
     return commands
 
 
-def adb_keyboard_command(text: str) -> str:
-    """The broadcast that makes ADBKeyBoard type ``text`` (any Unicode)."""
+def adb_keyboard_command(text: str) -> list[str]:
+    """The broadcast (an argument list) that makes ADBKeyBoard type ``text`` (any Unicode)."""
     encoded = base64.b64encode(text.encode("utf-8")).decode("ascii")
-    return f"am broadcast -a ADB_INPUT_B64 --es msg {encoded}"
+    return ["am", "broadcast", "-a", "ADB_INPUT_B64", "--es", "msg", encoded]

@@ -1,6 +1,7 @@
 """One simulated phone behind the adb server: its properties and the shell commands it answers.
 
-The shell parses a command line as the device's ``sh`` does (POSIX quoting, ``;``, ``&&``, ``||``) and runs
+The shell parses a command line as the device's ``sh`` does (``shell``: POSIX quoting, ``;``, newline, ``&&``,
+``||``, ``|``, ``&``, ``$(...)``, redirections) and runs
 the programs an agent uses, printing what real devices print: ``input tap|swipe|text|keyevent``,
 ``screencap [-p]``, ``uiautomator dump [FILE|/dev/tty]``, ``wm size|density``, ``getprop``,
 ``dumpsys window|activity``, ``am start|force-stop|broadcast``, ``pm clear|list packages|path``,
@@ -12,7 +13,6 @@ no key for (anything outside printable ASCII) aborts with the NullPointerExcepti
 from __future__ import annotations
 
 import base64
-import shlex
 import threading
 from dataclasses import dataclass
 
@@ -25,6 +25,7 @@ from envs.android.simulated_device.screens import (
     LAUNCHER_PACKAGE,
     Phone,
 )
+from envs.android.simulated_device.shell import Command, ShellSyntaxError, expand, parse
 
 KEYCODES = {
     "3": "KEYCODE_HOME",
@@ -87,7 +88,9 @@ class SimulatedDevice:
         self.transport_id = 1
         self.phone = Phone(width, height, adb_keyboard)
         self.files: dict[str, bytes] = {}
-        self.commands: list[str] = []  # every shell command received, for inspection
+        self.commands: list[str] = []  # every shell command line received, for inspection
+        self.executed_substitutions: list[str] = []  # every $(...) / backtick the shell ran
+        self.executed: list[list[str]] = []  # every program the shell ran, as its argv after expansion
         self._lock = threading.RLock()
         self._png_cache: tuple[int, bytes] | None = None
 
@@ -97,30 +100,46 @@ class SimulatedDevice:
     # -- shell ---------------------------------------------------------------------------------------
 
     def run_shell(self, command_line: str) -> ShellResult:
+        """Run a command line as the device's ``sh`` would (see ``shell``): unquoted separators and
+        substitutions take effect, quoted ones stay literal."""
         with self._lock:
             self.commands.append(command_line)
             try:
-                lexer = shlex.shlex(command_line, posix=True, punctuation_chars=";&|")
-                lexer.whitespace_split = True
-                tokens = list(lexer)
-            except ValueError as error:
-                return ShellResult(1, stderr=f"/system/bin/sh: syntax error: {error}\n".encode())
+                commands = parse(command_line)
+            except ShellSyntaxError as error:
+                return ShellResult(2, stderr=f"/system/bin/sh: syntax error: {error}\n".encode())
             stdout, stderr, returncode, skip = b"", b"", 0, False
-            argv: list[str] = []
-            for token in [*tokens, ";"]:
-                if token not in (";", "&&", "||", "|", "&"):
-                    argv.append(token)
-                    continue
-                if token in ("|", "&"):
-                    return ShellResult(1, stderr=b"/system/bin/sh: pipes and background jobs are not simulated\n")
-                if argv and not skip:
-                    result = self._run(argv)
+            for command in commands:
+                if not skip:
+                    result = self._run_command(command)
                     stdout, stderr, returncode = stdout + result.stdout, stderr + result.stderr, result.returncode
-                skip = (token == "&&" and returncode != 0) or (token == "||" and returncode == 0)
-                argv = []
+                skip = (command.separator == "&&" and returncode != 0) or (
+                    command.separator == "||" and returncode == 0
+                )
             return ShellResult(returncode, stdout, stderr)
 
+    def _substitute(self, command_line: str) -> str:
+        self.executed_substitutions.append(command_line)
+        return self.run_shell(command_line).stdout.decode("utf-8", "replace")
+
+    def _run_command(self, command: Command) -> ShellResult:
+        """One simple command: expand its words, run it, apply its redirections."""
+        argv = [field for word in command.words for field in expand(word, self._substitute)]
+        result = self._run(argv) if argv else ShellResult(0)
+        for operator, fd, target_word in command.redirections:
+            target = " ".join(expand(target_word, self._substitute))
+            if operator == "<":
+                continue  # stdin is not simulated
+            data = result.stdout if fd == 1 else result.stderr
+            if target != "/dev/null":
+                self.files[target] = (self.files.get(target, b"") if operator == ">>" else b"") + data
+            result = ShellResult(
+                result.returncode, b"" if fd == 1 else result.stdout, b"" if fd == 2 else result.stderr
+            )
+        return result
+
     def _run(self, argv: list[str]) -> ShellResult:
+        self.executed.append(list(argv))
         program, args = argv[0], argv[1:]
         handler = getattr(self, f"_cmd_{program}", None)
         if handler is None:
@@ -135,6 +154,9 @@ class SimulatedDevice:
 
     def _cmd_echo(self, args: list[str]) -> ShellResult:
         return self._ok(" ".join(args) + "\n")
+
+    def _cmd_id(self, args: list[str]) -> ShellResult:
+        return self._ok("uid=2000(shell) gid=2000(shell) groups=2000(shell) context=u:r:shell:s0\n")
 
     def _cmd_getprop(self, args: list[str]) -> ShellResult:
         props = {
