@@ -8,6 +8,7 @@ The vision trunk sees each crop; the projector stitches their features back into
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,43 +20,90 @@ from magma.config import ImageConfig
 from magma.errors import UserFacingError
 
 ImageInput = str | Path | Image.Image | np.ndarray | bytes
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096  # far above what the model sees (a few 512-pixel crops)
 
 
 class ImageLoadError(UserFacingError, ValueError):
     """An input that is not a readable image."""
 
 
-def load_image(source: ImageInput) -> Image.Image:
-    """Open a path, encoded image bytes, PIL image or HxWx3 uint8 array as an RGB PIL image."""
+class ImageTooLargeError(ImageLoadError):
+    """An image over the pixel budget (or a decompression bomb), refused before it is decoded."""
+
+    code = "image_too_large"  # the policy server's error code for it
+
+
+def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open a path, encoded image bytes, PIL image or HxWx3 uint8 array as an RGB PIL image.
+
+    An image of more than ``max_pixels`` pixels is refused before it is decoded (the size comes from the
+    header), so a small file that claims a huge canvas (a decompression bomb) costs nothing."""
     if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    if isinstance(source, bytes):
-        try:
-            with Image.open(io.BytesIO(source)) as image:
-                image.load()
-                return image.convert("RGB")
-        except (UnidentifiedImageError, OSError) as err:
-            raise ImageLoadError(
-                f"{len(source)} bytes that are not a readable image ({err.__class__.__name__}); "
-                "give PNG, JPEG or WebP bytes"
-            ) from None
+        check_image_size(source.width, source.height, max_pixels, "the image")
+        return source if source.mode == "RGB" else source.convert("RGB")
     if isinstance(source, np.ndarray):
         if source.ndim != 3 or source.shape[2] not in (3, 4) or source.dtype != np.uint8:
             raise ImageLoadError(
                 f"image array has shape {source.shape} and dtype {source.dtype}; expected HxWx3 uint8 (RGB)"
             )
+        check_image_size(source.shape[1], source.shape[0], max_pixels, "the image array")
         return Image.fromarray(source[..., :3])
-    path = Path(source)
-    if not path.is_file():
-        raise ImageLoadError(f"image file not found: '{path}'")
+    if isinstance(source, bytes):
+        what, opened = f"{len(source)} bytes", io.BytesIO(source)
+        hint = "give PNG, JPEG or WebP bytes"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ImageLoadError(f"image file not found: '{path}'")
+        what, opened, hint = f"'{path}'", path, "give a PNG, JPEG or WebP file"
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(opened)
+        try:
+            check_image_size(image.width, image.height, max_pixels, what)
             image.load()
+        except BaseException:
+            image.close()
+            raise
+        if image.mode == "RGB":
+            return image  # loaded, its file closed: no second copy of a large image
+        with image:
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise ImageLoadError(
-            f"'{path}' is not a readable image ({err.__class__.__name__}); give a PNG, JPEG or WebP file"
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLargeError(
+            f"{what}: a decompression bomb (a canvas far larger than the file); send a smaller image"
         ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise ImageLoadError(
+            f"{what} {'are' if isinstance(source, bytes) else 'is'} not a readable image "
+            f"({err.__class__.__name__}); {hint}"
+        ) from None
+
+
+def check_image_size(width: int, height: int, max_pixels: int, what: str) -> None:
+    """ImageLoadError unless the image has at least one pixel; ImageTooLargeError above ``max_pixels``."""
+    if width < 1 or height < 1:
+        raise ImageLoadError(f"{what} is {width}x{height} pixels; an image needs at least one pixel")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{what} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}; "
+            "send a smaller image (the model sees at most a few megapixels) or raise max_image_pixels "
+            "(agent serve --max-image-pixels)"
+        )
+
+
+def rgb_array(image: Image.Image, band_pixels: int = 1 << 20) -> np.ndarray:
+    """An RGB image as an (H, W, 3) uint8 array, copied band by band: ``np.asarray`` of a large image
+    holds two extra copies of it at once (Pillow joins the pieces of ``tobytes``)."""
+    pixels = np.empty((image.height, image.width, 3), dtype=np.uint8)
+    rows = max(1, band_pixels // max(1, image.width))
+    for top in range(0, image.height, rows):
+        bottom = min(image.height, top + rows)
+        pixels[top:bottom] = np.asarray(image.crop((0, top, image.width, bottom)))
+    return pixels
 
 
 def candidate_grids(num_crops: int) -> list[tuple[int, int]]:
@@ -87,16 +135,23 @@ def image_token_count(grid: tuple[int, int], config: ImageConfig, row_separator:
     return rows * (cols + (1 if row_separator else 0))
 
 
-def process_image(image: ImageInput, config: ImageConfig) -> tuple[torch.Tensor, tuple[int, int]]:
-    """One image -> (crops of shape (rows*cols, 3, base, base), (rows, cols))."""
-    rgb = load_image(image)
+def process_image(
+    image: ImageInput, config: ImageConfig, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """One image -> (crops of shape (rows*cols, 3, base, base), (rows, cols)).
+
+    The image is stretched to its grid while still uint8 and only then converted to float, so a large
+    image never exists as float32 (four times its decoded size, twice over with normalisation)."""
+    rgb = load_image(image, max_pixels)
     rows, cols = select_grid(rgb.width, rgb.height, config.num_crops, config.base_size)
-    pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    size = (rows * config.base_size, cols * config.base_size)
+    pixels = torch.from_numpy(rgb_array(rgb)).permute(2, 0, 1)
+    del rgb
+    stretched = F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
+    del pixels
     mean = torch.tensor(config.mean).view(3, 1, 1)
     std = torch.tensor(config.std).view(3, 1, 1)
-    pixels = (pixels - mean) / std
-    size = (rows * config.base_size, cols * config.base_size)
-    stretched = F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False)[0]
+    stretched = (stretched.float() / 255.0 - mean) / std
     base = config.base_size
     crops = stretched.unfold(1, base, base).unfold(2, base, base)  # (3, rows, cols, base, base)
     crops = crops.permute(1, 2, 0, 3, 4).reshape(rows * cols, 3, base, base)

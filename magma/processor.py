@@ -4,25 +4,38 @@ It renders the chat template, tokenizes, expands every ``<image>`` placeholder i
 ``<image>`` tokens as that image yields features (wrapped in ``<image_start>``/``<image_end>``),
 masks labels so that loss falls on assistant turns only, and collates batches with left or right
 padding (position ids come from the attention mask, so both paddings give the same positions).
+
+Text is never trusted to hold special tokens. Only the chat template's own specials and the
+processor's placeholders become special ids; a ``<image>``, ``<|eot_id|>`` or ``<action>`` written
+inside message text (a chat message, page text, an instruction) is tokenized as the plain text it is.
+A message's content is either a string in the training-sample format (its ``<image>`` and
+``<action>`` are placeholders) or a list of parts, ``{"type": "text", "text": ...}`` (plain text,
+whatever it holds) and ``{"type": "image"}`` (an image's place), for text that comes from outside.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 
 from data_tools.sample_format import ACTION_PLACEHOLDER, IMAGE_PLACEHOLDER
 from magma.config import MagmaConfig
 from magma.errors import UserFacingError
-from magma.image_processing import ImageInput, image_token_count, process_image
+from magma.image_processing import DEFAULT_MAX_IMAGE_PIXELS, ImageInput, image_token_count, process_image
 from magma.model import IGNORE_INDEX, positions_from_mask
 from magma.tokenizer import load_tokenizer
 
 ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+IMAGE_PART = {"type": "image"}
+NEUTRAL_CHARACTER = "\x00"  # stands in for each character of untrusted text while specials are located
+ContentPart = dict[str, Any]
+Content = str | Sequence[ContentPart]
 
 
 class ImagePlaceholderError(UserFacingError, ValueError):
@@ -31,6 +44,41 @@ class ImagePlaceholderError(UserFacingError, ValueError):
 
 class ConversationError(UserFacingError, ValueError):
     """A conversation that is not in the LLaVA-style sample format."""
+
+
+class PromptTooLongError(UserFacingError, ValueError):
+    """A prompt of more text tokens than the processor's ``max_prompt_tokens``."""
+
+    code = "prompt_too_long"  # the policy server's error code for it
+
+
+def text_part(text: str) -> ContentPart:
+    """A content part of plain text: whatever special-token strings it holds stay text."""
+    return {"type": "text", "text": text}
+
+
+def prompt_content(template: str, **fields: Any) -> list[ContentPart]:
+    """A trusted prompt template filled with untrusted ``fields``: the template's ``<image>`` placeholders
+    become image parts, and the filled-in values are plain text (a ``<image>`` in a field stays text)."""
+    parts: list[ContentPart] = []
+    for index, piece in enumerate(template.split(IMAGE_PLACEHOLDER)):
+        if index:
+            parts.append(dict(IMAGE_PART))
+        if piece:
+            parts.append(text_part(piece.format(**fields)))
+    return parts
+
+
+def _is_content(content: Any) -> bool:
+    if isinstance(content, str):
+        return True
+    if not isinstance(content, list | tuple):
+        return False
+    return all(
+        isinstance(part, dict)
+        and (part.get("type") == "image" or (part.get("type") == "text" and isinstance(part.get("text"), str)))
+        for part in content
+    )
 
 
 @dataclass
@@ -66,32 +114,56 @@ class ModelInputs:
         return {name: value for name, value in self.as_kwargs().items() if name in keep}
 
 
-def normalise_conversation(conversation: Sequence[dict[str, str]]) -> list[dict[str, str]]:
-    """LLaVA ``{"from", "value"}`` or chat ``{"role", "content"}`` turns -> chat messages."""
+def normalise_conversation(conversation: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """LLaVA ``{"from", "value"}`` or chat ``{"role", "content"}`` turns -> chat messages (content: a
+    string or a list of text and image parts)."""
     messages = []
     for index, turn in enumerate(conversation):
-        role = turn.get("role", turn.get("from"))
-        content = turn.get("content", turn.get("value"))
-        if role not in ROLE_NAMES or not isinstance(content, str):
+        role = turn.get("role", turn.get("from")) if isinstance(turn, dict) else None
+        content = turn.get("content", turn.get("value")) if isinstance(turn, dict) else None
+        if role not in ROLE_NAMES or not _is_content(content):
             raise ConversationError(
-                f"turn {index} is {turn!r}; expected {{'from': 'human'|'gpt'|'system', 'value': str}} "
-                "or {'role': 'user'|'assistant'|'system', 'content': str}"
+                f"turn {index} is {str(turn)[:200]}; expected {{'from': 'human'|'gpt'|'system', 'value': str}} "
+                "or {'role': 'user'|'assistant'|'system', 'content': str or a list of "
+                "{'type': 'text', 'text': str} and {'type': 'image'} parts}"
             )
         messages.append({"role": ROLE_NAMES[role], "content": content})
     return messages
 
 
 class MagmaProcessor:
+    """Conversations + images -> model inputs (see the module docstring). ``max_prompt_tokens`` (None: no
+    limit) bounds the text tokens of one prompt and ``max_image_pixels`` the pixels of one image; both are
+    checked before any model work."""
+
     def __init__(self, tokenizer: Any, config: MagmaConfig) -> None:
         self.tokenizer = tokenizer
         self.config = config
         self.tokens = config.tokens
+        self.max_prompt_tokens: int | None = None
+        self.max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
         found = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
         if found != self.tokens.image_token_id:
             raise ImagePlaceholderError(
                 f"the tokenizer maps {IMAGE_PLACEHOLDER} to {found}, the config says "
                 f"tokens.image_token_id={self.tokens.image_token_id}; use the tokenizer saved with the model"
             )
+        # A private copy of the tokenizer that reads every special-token string as text; specials are
+        # placed by id (``_tokenize``), so the shared tokenizer's settings are never toggled.
+        self._plain_tokenizer = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self._plain_tokenizer.encode_special_tokens = True
+        self._special_ids = dict(tokenizer.get_added_vocab())
+        structural = sorted({*self._special_ids, ACTION_PLACEHOLDER}, key=len, reverse=True)
+        self._structural = re.compile("|".join(re.escape(token) for token in structural))
+        image_start, image_end = tokenizer.convert_ids_to_tokens(
+            [self.tokens.image_start_token_id, self.tokens.image_end_token_id]
+        )
+        # the placeholders of the training-sample format (string content): <image> (Magma's own prompts
+        # wrap it in <image_start>...<image_end>) and <action>
+        self._sample_placeholders = re.compile(
+            f"(?:{re.escape(image_start)})?{re.escape(IMAGE_PLACEHOLDER)}(?:{re.escape(image_end)})?"
+            f"|{re.escape(ACTION_PLACEHOLDER)}"
+        )
 
     @classmethod
     def from_config(cls, config: MagmaConfig, tokenizer_dir: str | Path | None = None) -> MagmaProcessor:
@@ -109,7 +181,7 @@ class MagmaProcessor:
     # ---- one sample -----------------------------------------------------------------------
     def encode(
         self,
-        conversation: Sequence[dict[str, str]],
+        conversation: Sequence[dict[str, Any]],
         images: Sequence[ImageInput] = (),
         add_generation_prompt: bool = False,
         action_token_ids: Sequence[int] | None = None,
@@ -121,9 +193,30 @@ class MagmaProcessor:
         never pass through the tokenizer's merges.
         """
         messages = normalise_conversation(conversation)
-        text = self._render(messages, add_generation_prompt)
-        spans = self._assistant_spans(messages, text)
-        ids, starts = self._tokenize_around_action(text, action_token_ids)
+        contents = [self._content_pieces(message["content"]) for message in messages]
+        real = [
+            {"role": message["role"], "content": "".join(piece for piece, _ in pieces)}
+            for message, pieces in zip(messages, contents, strict=True)
+        ]
+        neutral = [
+            {
+                "role": message["role"],
+                "content": "".join(
+                    piece if trusted else re.sub(r"\S", NEUTRAL_CHARACTER, piece) for piece, trusted in pieces
+                ),
+            }
+            for message, pieces in zip(messages, contents, strict=True)
+        ]
+        text = self._render(real, add_generation_prompt)
+        layout = self._render(neutral, add_generation_prompt)
+        if len(layout) != len(text):
+            raise ConversationError(
+                "the tokenizer's chat template changes the message text it renders; use a template that "
+                "inserts each message's content as it is"
+            )
+        spans = self._assistant_spans(real, text)
+        ids, starts = self._tokenize(text, layout, action_token_ids)
+        self._check_length(len(ids))
         labels = [
             token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
             for token, begin in zip(ids, starts, strict=True)
@@ -141,7 +234,7 @@ class MagmaProcessor:
                 sample.input_ids.append(token)
                 sample.labels.append(label)
                 continue
-            crops, grid = process_image(images[image_index], self.config.image)
+            crops, grid = process_image(images[image_index], self.config.image, self.max_image_pixels)
             image_index += 1
             sample.crops.append(crops)
             sample.grids.append(grid)
@@ -153,42 +246,67 @@ class MagmaProcessor:
             expansion += [] if closed else [self.tokens.image_end_token_id]
             sample.input_ids.extend(expansion)
             sample.labels.extend([IGNORE_INDEX] * len(expansion))
+            self._check_length(len(sample.input_ids) + len(ids) - position - 1, "with its images ")
         return sample
 
-    def _tokenize_around_action(self, text: str, action_token_ids: Sequence[int] | None) -> tuple[list[int], list[int]]:
-        """Token ids of ``text`` and the character offset where each begins; the ``<action>``
-        placeholder, if any, becomes ``action_token_ids`` (each placed at the placeholder's offset)."""
-        pieces = text.split(ACTION_PLACEHOLDER)
-        if action_token_ids is None and len(pieces) == 1:
-            pieces_with_actions: list[str | None] = [text]
-        elif action_token_ids is not None and len(pieces) == 2:
-            pieces_with_actions = [pieces[0], None, pieces[1]]
-        else:
+    def _check_length(self, length: int, what: str = "") -> None:
+        """PromptTooLongError when ``length`` tokens exceed ``max_prompt_tokens`` (checked before image work)."""
+        if self.max_prompt_tokens is not None and length > self.max_prompt_tokens:
+            raise PromptTooLongError(
+                f"{what}the prompt is {length} tokens, over the limit of {self.max_prompt_tokens}; shorten the "
+                "text or send fewer or smaller images, or raise max_prompt_tokens (agent serve --max-prompt-tokens)"
+            )
+
+    def _content_pieces(self, content: Content) -> list[tuple[str, bool]]:
+        """(text, trusted) pieces of one message's content: trusted pieces are placeholders."""
+        if not isinstance(content, str):
+            return [(IMAGE_PLACEHOLDER, True) if part["type"] == "image" else (part["text"], False) for part in content]
+        pieces, cursor = [], 0
+        for match in self._sample_placeholders.finditer(content):
+            pieces += [(content[cursor : match.start()], False), (match.group(), True)]
+            cursor = match.end()
+        return [*pieces, (content[cursor:], False)]
+
+    def _tokenize(self, text: str, layout: str, action_token_ids: Sequence[int] | None) -> tuple[list[int], list[int]]:
+        """Token ids of ``text`` and the character offset where each begins.
+
+        ``layout`` is ``text`` with every character of untrusted text neutralised: the special tokens and
+        placeholders found in it are the template's and the processor's own, and become ids; everything
+        between them is tokenized as plain text. The one ``<action>`` placeholder, if any, becomes
+        ``action_token_ids`` (each placed at the placeholder's offset), as tokens, never through merges."""
+        matches = list(self._structural.finditer(layout))
+        slots = sum(1 for match in matches if match.group() == ACTION_PLACEHOLDER)
+        if slots != (0 if action_token_ids is None else 1):
             raise ConversationError(
-                f"the conversation has {len(pieces) - 1} {ACTION_PLACEHOLDER} placeholders and "
+                f"the conversation has {slots} {ACTION_PLACEHOLDER} placeholders and "
                 f"{'no' if action_token_ids is None else len(action_token_ids)} action tokens; "
                 f"put exactly one {ACTION_PLACEHOLDER} in an assistant turn when a sample has actions"
             )
         ids: list[int] = []
         starts: list[int] = []
-        offset = 0
-        for piece in pieces_with_actions:
-            if piece is None:
+        cursor = 0
+        for match in matches:
+            self._tokenize_plain(text[cursor : match.start()], cursor, ids, starts)
+            if match.group() == ACTION_PLACEHOLDER:
                 ids.extend(int(token) for token in action_token_ids)  # type: ignore[union-attr]
-                starts.extend([offset] * len(action_token_ids))  # type: ignore[arg-type]
-                offset += len(ACTION_PLACEHOLDER)
-                continue
-            if piece:
-                encoding = self.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
-                ids.extend(encoding["input_ids"])
-                starts.extend(offset + begin for begin, _ in encoding["offset_mapping"])
-            offset += len(piece)
+                starts.extend([match.start()] * len(action_token_ids))  # type: ignore[arg-type]
+            else:
+                ids.append(self._special_ids[match.group()])
+                starts.append(match.start())
+            cursor = match.end()
+        self._tokenize_plain(text[cursor:], cursor, ids, starts)
         return ids, starts
 
-    def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    def _tokenize_plain(self, piece: str, offset: int, ids: list[int], starts: list[int]) -> None:
+        if piece:
+            encoding = self._plain_tokenizer.encode(piece, add_special_tokens=False)
+            ids.extend(encoding.ids)
+            starts.extend(offset + begin for begin, _ in encoding.offsets)
+
+    def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
-    def _assistant_spans(self, messages: list[dict[str, str]], text: str) -> list[tuple[int, int]]:
+    def _assistant_spans(self, messages: list[dict[str, Any]], text: str) -> list[tuple[int, int]]:
         """Character spans of assistant turns in ``text``, found by rendering growing prefixes."""
         spans = []
         for index, message in enumerate(messages):
@@ -229,12 +347,15 @@ class MagmaProcessor:
 
     def __call__(
         self,
-        prompts: str | Sequence[str],
+        prompts: Content | Sequence[Content],
         images: Sequence[Sequence[ImageInput]] | Sequence[ImageInput] | None = None,
         system: str | None = None,
     ) -> ModelInputs:
-        """Generation inputs: user prompt(s) with ``<image>`` placeholders, left-padded."""
-        single = isinstance(prompts, str)
+        """Generation inputs, left-padded: one prompt or several, each a string with ``<image>`` placeholders
+        or a list of content parts (``prompt_content`` builds one from a template and untrusted values)."""
+        single = isinstance(prompts, str) or (
+            isinstance(prompts, list | tuple) and bool(prompts) and isinstance(prompts[0], dict)
+        )
         prompt_list = [prompts] if single else list(prompts)
         if images is None:
             image_lists: list[Sequence[ImageInput]] = [[] for _ in prompt_list]

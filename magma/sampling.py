@@ -3,6 +3,8 @@ mask of the token ids a completion may contain."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from magma.config import MagmaConfig
@@ -14,7 +16,9 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
         return probs
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+    beyond = mass_before >= top_p
+    beyond[..., 0] = False  # the most likely token stays, whatever top_p is
+    sorted_probs = sorted_probs.masked_fill(beyond, 0.0)
     filtered = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     return filtered / filtered.sum(dim=-1, keepdim=True)
 
@@ -26,6 +30,8 @@ def sample_next_token(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """(batch, vocab) logits -> (batch,) token ids; ``temperature <= 0`` is greedy."""
+    if not math.isfinite(temperature) or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"temperature must be finite and top_p in (0, 1]; got {temperature} and {top_p}")
     if temperature <= 0.0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)

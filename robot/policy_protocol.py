@@ -28,6 +28,10 @@ ERROR_CODES = (
     "bad_array",  # an array whose dtype, shape and bytes disagree
     "bad_shape",  # an observation entry of the wrong shape or dtype for this policy
     "unauthorized",  # no or a wrong bearer token
+    "forbidden",  # a request from a web page of another origin, or a Host that does not name the server
+    "prompt_too_long",  # text over the server's --max-prompt-chars / --max-prompt-tokens
+    "image_too_large",  # an image over the server's --max-image-pixels, or not a readable image
+    "overloaded",  # this client already has the most requests the server queues for one client
     "policy_error",  # the policy failed on a well-formed request
     "unsupported",  # something this server does not serve (e.g. chat without a language model)
 )
@@ -63,6 +67,52 @@ class PolicySpec:
     def from_metadata(cls, message: dict[str, Any]) -> PolicySpec:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in message.items() if key in names})
+
+
+@dataclass
+class InputLimits:
+    """Bounds on what one request may ask of the model, checked before any model work."""
+
+    max_prompt_chars: int = 16_000  # every text value of an observation, task or chat request, summed per request
+    max_image_pixels: int = 4096 * 4096  # height x width of one image
+
+    def check_text(self, length: int, what: str) -> None:
+        if length > self.max_prompt_chars:
+            raise ProtocolError(
+                "prompt_too_long",
+                f"{what} is {length} characters, over this server's limit of {self.max_prompt_chars}; send a "
+                "shorter text, or start the server with a larger --max-prompt-chars",
+            )
+
+
+def check_request_values(body: dict[str, Any], limits: InputLimits, what: str) -> None:
+    """Bound the text and the images anywhere in an observation or task (nested maps and lists too): all
+    text together at most ``max_prompt_chars`` characters, every image-like (H, W, C) uint8 array at least
+    1x1 and at most ``max_image_pixels``. Other arrays are bounded by the message size."""
+    characters = 0
+    pending: list[Any] = [body]
+    while pending:  # iterative: a deeply nested message cannot exhaust the stack
+        value = pending.pop()
+        if isinstance(value, str):
+            characters += len(value)
+        elif isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, np.ndarray) and value.ndim == 3 and value.dtype == np.uint8:
+            _check_image_array(value, limits)
+    limits.check_text(characters, f"the text of this {what}")
+
+
+def _check_image_array(image: np.ndarray, limits: InputLimits) -> None:
+    height, width = image.shape[:2]
+    if height < 1 or width < 1 or height * width > limits.max_image_pixels:
+        raise ProtocolError(
+            "image_too_large",
+            f"an image of {height}x{width} pixels is outside this server's bounds (1 to "
+            f"{limits.max_image_pixels} pixels); send a smaller image, or start the server with a larger "
+            "--max-image-pixels",
+        )
 
 
 def error_reply(code: str, message: str, request_id: Any = None) -> dict[str, Any]:

@@ -2,33 +2,45 @@
 with actions over a websocket (msgpack, ``robot.policy_protocol``), plus ``GET /healthz`` and the
 OpenAI chat-completions API (``robot.openai_chat``) on the same port.
 
-It binds 127.0.0.1 unless told otherwise and then requires a bearer token (``Authorization: Bearer
-TOKEN``) on every route but ``/healthz``. Message size is checked before anything is decoded, array
-bytes before they are viewed, observation shapes before the policy sees them; a bad request gets a
-typed error reply and the connection and the server go on serving.
+Who may call it follows ``robot.endpoint_access``: it binds 127.0.0.1 unless told otherwise and then
+requires a bearer token (``Authorization: Bearer TOKEN``) on every route but ``/healthz``; a request
+from a web page (it carries an ``Origin``) is refused unless that origin is listed with
+``--allowed-origin``, and a ``Host`` that does not name the server (DNS rebinding) is refused.
+
+Message size is checked before anything is decoded, array bytes before they are viewed, observation
+shapes, text length and image size before the policy sees them; a bad request gets a typed error reply
+and the connection and the server go on serving. Clients take turns on the inference thread
+(``robot.request_batcher``), so one client cannot hold it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from data_tools.errors import UserFacingError
-from robot.policy_protocol import ProtocolError, check_observation, error_reply, parse_request
+from robot.endpoint_access import check_allowed_origins, check_bind, host_refusal, origin_refusal, token_accepted
+from robot.policy_protocol import (
+    ERROR_CODES,
+    InputLimits,
+    ProtocolError,
+    check_observation,
+    check_request_values,
+    error_reply,
+    parse_request,
+)
 from robot.request_batcher import RequestBatcher
 from robot.served_policy import ServedPolicy
 from robot.wire import WireError, pack, unpack
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 MEGABYTE = 1024 * 1024
 TRANSPORT_LIMIT_FACTOR = 4  # frames above this many times the limit are cut off by the websocket layer itself
 HTTP_STATUS = {
@@ -37,6 +49,10 @@ HTTP_STATUS = {
     "bad_shape": 400,
     "message_too_large": 413,
     "unauthorized": 401,
+    "forbidden": 403,
+    "prompt_too_long": 413,
+    "image_too_large": 400,
+    "overloaded": 429,
     "unsupported": 404,
     "policy_error": 500,
 }
@@ -56,15 +72,24 @@ class ServerConfig:
     batching: bool = True
     max_batch: int = 8
     max_wait_ms: float = 5.0  # how long a batch waits for other clients' requests
+    allowed_origins: list[str] = field(default_factory=list)  # web pages (scheme://host[:port]) that may call it
+    max_prompt_chars: int = 16_000  # text of one request, in characters (checked before tokenizing)
+    max_prompt_tokens: int = 8192  # one prompt, in tokens, images included
+    max_image_pixels: int = 4096 * 4096  # one image, checked from its header before it is decoded
+    max_queued_per_client: int = 64  # requests one client may have waiting
 
     def check(self) -> None:
-        if self.host not in LOOPBACK_HOSTS and not self.token:
-            raise ServerConfigError(
-                f"binding {self.host} exposes the policy to the network; set a bearer token with --token "
-                "(or AGENT_POLICY_TOKEN), or bind 127.0.0.1"
-            )
+        check_bind(self.host, self.token, "agent serve", "set a bearer token with --token (or AGENT_POLICY_TOKEN)")
+        self.allowed_origins = check_allowed_origins(self.allowed_origins, "agent serve --allowed-origin")
         if self.max_message_mb <= 0 or self.max_batch < 1 or self.max_wait_ms < 0:
             raise ServerConfigError("max_message_mb must be > 0, max_batch >= 1 and max_wait_ms >= 0")
+        if min(self.max_prompt_chars, self.max_prompt_tokens, self.max_image_pixels, self.max_queued_per_client) < 1:
+            raise ServerConfigError(
+                "max_prompt_chars, max_prompt_tokens, max_image_pixels and max_queued_per_client must be >= 1"
+            )
+
+    def limits(self) -> InputLimits:
+        return InputLimits(max_prompt_chars=self.max_prompt_chars, max_image_pixels=self.max_image_pixels)
 
 
 class PolicyServer:
@@ -75,9 +100,16 @@ class PolicyServer:
         self.config = config or ServerConfig()
         self.config.check()
         self.max_bytes = int(self.config.max_message_mb * MEGABYTE)
+        self.limits = self.config.limits()
         served.spec.max_message_bytes = self.max_bytes
+        if served.processor is not None:
+            served.processor.max_prompt_tokens = self.config.max_prompt_tokens
+            served.processor.max_image_pixels = self.config.max_image_pixels
         self.batcher = RequestBatcher(
-            served, self.config.max_batch if self.config.batching else 1, self.config.max_wait_ms / 1e3
+            served,
+            self.config.max_batch if self.config.batching else 1,
+            self.config.max_wait_ms / 1e3,
+            self.config.max_queued_per_client,
         )
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -87,7 +119,7 @@ class PolicyServer:
 
     # ---- the app ------------------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth], client_max_size=self.max_bytes)
+        app = web.Application(middlewares=[self._guard], client_max_size=self.max_bytes)
         app.router.add_get("/", self._websocket)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/v1/models", self._models)
@@ -108,13 +140,18 @@ class PolicyServer:
         await self.batcher.stop()
 
     @web.middleware
-    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if self.config.token and request.path != "/healthz":
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.config.token}".encode()):
-                return _json_error(
-                    "unauthorized", "missing or wrong bearer token; send the header 'Authorization: Bearer TOKEN'"
-                )
+    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Every route: a Host naming this server, no foreign web page; every route but /healthz: the token."""
+        host = request.headers.get("Host")
+        refusal = host_refusal(host, self.config.host) or origin_refusal(
+            request.headers.get("Origin"), host, self.config.allowed_origins
+        )
+        if refusal:
+            return _json_error("forbidden", f"{refusal} (agent serve --allowed-origin)")
+        if request.path != "/healthz" and not token_accepted(request.headers.get("Authorization"), self.config.token):
+            return _json_error(
+                "unauthorized", "missing or wrong bearer token; send the header 'Authorization: Bearer TOKEN'"
+            )
         return await handler(request)
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -126,22 +163,26 @@ class PolicyServer:
         return web.json_response({"object": "list", "data": [model]})
 
     async def _chat(self, request: web.Request) -> web.Response:
+        from robot.openai_chat import parse_chat_request
+
         if self.served.chat is None:
             return _json_error(
                 "unsupported", f"policy '{self.served.spec.policy}' has no language model; serve --policy magma"
             )
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _json_error("malformed_request", "the request body is not JSON; send an OpenAI chat request")
+            body = json.loads(await request.read())
         except web.HTTPRequestEntityTooLarge:
             return _json_error("message_too_large", f"the request is over this server's limit of {self.max_bytes}")
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, nested beyond the parser's depth
+            return _json_error("malformed_request", "the request body is not JSON; send an OpenAI chat request")
         if not isinstance(body, dict):
             return _json_error("malformed_request", "the request body must be a JSON object")
-        try:
-            return web.json_response(await self.batcher.call(self.served.chat.complete, body))
-        except ProtocolError as error:
-            return _json_error(error.code, str(error))
+        client = ("chat", request.remote, str(body.get("user") or "")[:200])
+        try:  # checked and decoded off the inference thread, so a bad request costs it nothing
+            chat_request = await asyncio.to_thread(parse_chat_request, body, self.limits)
+            return web.json_response(await self.batcher.call(self.served.chat.complete, chat_request, client))
+        except UserFacingError as error:
+            return _json_error(_error_code(error, "malformed_request"), str(error))
         except Exception as error:
             log.exception("chat completion failed")
             return _json_error("policy_error", f"the model failed: {type(error).__name__}: {error}")
@@ -168,6 +209,7 @@ class PolicyServer:
         finally:
             self._websockets.discard(ws)
             self.batcher.active_sessions -= 1
+            self.batcher.forget(session)
             replies.put_nowait(None)
             await writer
         return ws
@@ -186,16 +228,18 @@ class PolicyServer:
             if kind == "metadata":
                 return {**self.served.spec.to_metadata(), "id": request_id}
             if kind == "reset":
+                check_request_values(body, self.limits, "task")
                 await self.batcher.reset(session, body)
                 return {"type": "reset", "id": request_id}
             check_observation(body, self.served.spec)
+            check_request_values(body, self.limits, "observation")
             actions, timing = await self.batcher.infer(session, body)
             timing["server_ms"] = (time.perf_counter() - received) * 1e3
             return {"type": "actions", "id": request_id, "actions": actions, "timing": timing}
         except (WireError, ProtocolError) as error:
             return error_reply(error.code, str(error), request_id)
         except UserFacingError as error:
-            return error_reply("policy_error", str(error), request_id)
+            return error_reply(_error_code(error, "policy_error"), str(error), request_id)
         except Exception as error:
             log.exception("policy failed")
             return error_reply("policy_error", f"the policy failed: {type(error).__name__}: {error}", request_id)
@@ -236,6 +280,12 @@ class PolicyServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+def _error_code(error: BaseException, default: str) -> str:
+    """The protocol code a typed error carries (``ProtocolError``, ``PromptTooLongError``...), or ``default``."""
+    code = getattr(error, "code", None)
+    return code if code in ERROR_CODES else default
 
 
 def _done(value: Any) -> asyncio.Future:

@@ -35,6 +35,7 @@ class ServedPolicy:
     make_session: Callable[[], Policy]
     act_batch: Callable[[list[Any], list[dict[str, Any]]], list[np.ndarray]] | None = None
     chat: Any = None  # a robot.openai_chat.ChatModel when the policy has a language model
+    processor: Any = None  # the model's MagmaProcessor, whose token and image limits the server sets
 
     def run_batch(self, sessions: list[Any], observations: list[dict[str, Any]]) -> list[np.ndarray | Exception]:
         """One (chunk, dim) float32 array per request, or the exception its policy raised. A batch call
@@ -100,6 +101,7 @@ def load_magma(model: str | None, spec: PolicySpec, name: str = "magma", statist
         make_session=lambda: _MagmaSession(policy),
         act_batch=lambda sessions, observations: _magma_batch(policy, sessions, observations),
         chat=ChatModel(policy.model, policy.processor, spec.model_id),
+        processor=policy.processor,
     )
 
 

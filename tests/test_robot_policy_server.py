@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 AGENT = [sys.executable, "-m", "magma.cli.app"]
 
 
-def wait_healthy(port: int, process: subprocess.Popen, timeout_s: float = 120.0) -> None:
+def wait_healthy(port: int, process: subprocess.Popen, timeout_s: float = 600.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -153,7 +153,7 @@ def test_bad_requests_get_typed_errors_and_the_server_goes_on_serving():
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=1200,
         env={**os.environ, "AGENT_POLICY_TOKEN": ""},
     )
     assert public.returncode == 2 and "--token" in public.stderr and "Traceback" not in public.stderr
@@ -162,7 +162,7 @@ def test_bad_requests_get_typed_errors_and_the_server_goes_on_serving():
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=1200,
     )
     assert unknown.returncode == 2 and "unknown policy 'telepathy'" in unknown.stderr
 
@@ -170,14 +170,28 @@ def test_bad_requests_get_typed_errors_and_the_server_goes_on_serving():
 class EchoPolicy:
     """Answers [client, request number, ...] so that the order of replies can be checked."""
 
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.gate = gate
+
     def reset(self, task: dict) -> None:
         self.client = task["client"]
 
     def act(self, observation: dict) -> np.ndarray:
+        if self.gate is not None:
+            self.gate.wait()
         return np.array([self.client, float(observation["state"][0])] + [0.0] * 5)
 
 
-def serve_echo(batching: bool, with_batch_api: bool) -> tuple[PolicyServer, list[int]]:
+def wait_for(condition, timeout_s: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition was not reached"
+        time.sleep(0.01)
+
+
+def serve_echo(
+    batching: bool, with_batch_api: bool, gate: threading.Event | None = None
+) -> tuple[PolicyServer, list[int]]:
     batch_sizes: list[int] = []
 
     def act_batch(sessions: list, observations: list) -> list[np.ndarray]:
@@ -186,7 +200,7 @@ def serve_echo(batching: bool, with_batch_api: bool) -> tuple[PolicyServer, list
         return [session.act(observation) for session, observation in zip(sessions, observations, strict=True)]
 
     spec = PolicySpec(policy="echo", model_id="echo", state_dim=1)
-    served = ServedPolicy(spec, EchoPolicy, act_batch=act_batch if with_batch_api else None)
+    served = ServedPolicy(spec, lambda: EchoPolicy(gate), act_batch=act_batch if with_batch_api else None)
     server = PolicyServer(served, ServerConfig(port=0, batching=batching, max_batch=8, max_wait_ms=20))
     server.start_in_thread()
     return server, batch_sizes
@@ -194,20 +208,31 @@ def serve_echo(batching: bool, with_batch_api: bool) -> tuple[PolicyServer, list
 
 @pytest.mark.parametrize("batching", [True, False])
 def test_requests_of_several_clients_are_batched_and_answered_in_order(batching):
-    server, batch_sizes = serve_echo(batching, with_batch_api=True)
+    gate = threading.Event()  # inference waits until every client has a request queued: batches need no timing
+    server, batch_sizes = serve_echo(batching, with_batch_api=True, gate=gate)
     answers: dict[int, list[tuple[float, float]]] = {}
+    clients = [PolicyClient(f"ws://127.0.0.1:{server.port}", request_timeout_s=600) for _ in range(4)]
+    for index, client in enumerate(clients):
+        client.reset({"client": index})  # resets run before the gate matters
 
     def client_run(index: int) -> None:
-        with PolicyClient(f"ws://127.0.0.1:{server.port}") as client:
-            client.reset({"client": index})
-            answers[index] = [tuple(client.act({"state": np.array([n], np.float32)})[:2]) for n in range(12)]
+        client = clients[index]
+        answers[index] = [tuple(client.act({"state": np.array([n], np.float32)})[:2]) for n in range(12)]
 
     threads = [threading.Thread(target=client_run, args=(index,)) for index in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    server.stop()
+    try:
+        for thread in threads:
+            thread.start()
+        # the first batch is held by the gate; every client's first request is in it or queued behind it
+        wait_for(lambda: server.batcher.waiting + (batch_sizes[0] if batch_sizes else 1) >= 4)
+        gate.set()
+        for thread in threads:
+            thread.join(timeout=600)
+    finally:
+        gate.set()
+        for client in clients:
+            client.close()
+        server.stop()
     assert answers == {index: [(index, n) for n in range(12)] for index in range(4)}  # every reply in order
     if batching:
         assert max(batch_sizes) > 1 and server.batcher.requests == 48
@@ -313,7 +338,7 @@ def test_openai_chat_completions_and_robot_actions_from_one_magma_checkpoint(
             [*AGENT, "run", "--env", "mujoco", "--task", "reach", "--policy", "remote", "--server",
              f"ws://127.0.0.1:{port}", "--episodes", "1", "--image-size", "32", "--no-videos",
              "--out", str(tmp_path / "remote-run")],
-            capture_output=True, text=True, timeout=300,
+            capture_output=True, text=True, timeout=1200,
         )  # fmt: skip
         assert remote_run.returncode == 0, remote_run.stderr[-2000:]
         assert "reach" in remote_run.stdout and (tmp_path / "remote-run" / "results.jsonl").exists()

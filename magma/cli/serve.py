@@ -30,6 +30,26 @@ def serve(
     batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Batch requests of clients.")] = True,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Most requests in one batch.")] = 8,
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a batch waits for more.")] = 5.0,
+    allowed_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-origin",
+            help="A web page origin (scheme://host[:port]) that may call the server from a browser; repeatable. "
+            "Requests from any other page are refused.",
+        ),
+    ] = None,
+    max_prompt_chars: Annotated[
+        int, typer.Option("--max-prompt-chars", help="Most characters of text in one request.")
+    ] = 16_000,
+    max_prompt_tokens: Annotated[
+        int, typer.Option("--max-prompt-tokens", help="Most tokens in one prompt, images included.")
+    ] = 8192,
+    max_image_pixels: Annotated[
+        int, typer.Option("--max-image-pixels", help="Most pixels (height x width) of one image.")
+    ] = 4096 * 4096,
+    max_queued_per_client: Annotated[
+        int, typer.Option("--max-queued-per-client", help="Most requests one client may have waiting.")
+    ] = 64,
 ) -> None:
     """Load a policy once and serve it until SIGINT/SIGTERM: ws://HOST:PORT/ for robots and the daemon,
     GET /healthz, and POST /v1/chat/completions for OpenAI-compatible agents (magma and lapa)."""
@@ -45,6 +65,11 @@ def serve(
         batching=batching,
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
+        allowed_origins=list(allowed_origin or []),
+        max_prompt_chars=max_prompt_chars,
+        max_prompt_tokens=max_prompt_tokens,
+        max_image_pixels=max_image_pixels,
+        max_queued_per_client=max_queued_per_client,
     )
     config.check()  # before a model is loaded
     keys = [key.strip() for key in cameras.split(",") if key.strip()]

@@ -12,7 +12,7 @@ import torch
 from magma.actions import ActionParseError, RobotActionCodec, select_statistics
 from magma.checkpoint import load_checkpoint_action_statistics
 from magma.model import MagmaForCausalLM, default_dtype
-from magma.processor import MagmaProcessor
+from magma.processor import MagmaProcessor, prompt_content
 from magma.sampling import allowed_tokens
 
 DEFAULT_PROMPT = "<image>\nWhat action should the robot take to {instruction}?"
@@ -66,9 +66,10 @@ class MagmaRobotPolicy:
     @torch.inference_mode()
     def act_batch(self, observations: list[dict[str, Any]], instructions: list[str]) -> list[np.ndarray]:
         """One generate call over several observations (left-padded prompts); an observation's own
-        ``instruction`` wins over the one given for it."""
+        ``instruction`` wins over the one given for it. Instructions are plain text in the prompt: a
+        special-token string in one (``<image>``) stays text."""
         prompts = [
-            self.prompt.format(instruction=observation.get("instruction") or instruction)
+            prompt_content(self.prompt, instruction=str(observation.get("instruction") or instruction))
             for observation, instruction in zip(observations, instructions, strict=True)
         ]
         images = [[np.asarray(observation[self.image_key])] for observation in observations]

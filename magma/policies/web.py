@@ -34,9 +34,14 @@ class WebPrompt:
     user: str
     images: list[np.ndarray] = field(default_factory=list)
 
-    def magma_text(self) -> str:
-        """The user turn for the Magma processor: one ``<image>`` placeholder per image, then the text."""
-        return "<image>\n" * len(self.images) + self.user
+    def magma_content(self) -> list[dict[str, Any]]:
+        """The Magma processor's prompt: the system text, then one image part per image, then the user text.
+        Page text, objective and history are text parts, so a ``<image>`` or other special-token string on
+        a page stays text and cannot add image slots or turns."""
+        parts: list[dict[str, Any]] = [{"type": "text", "text": f"{self.system}\n\n"}]
+        for _ in self.images:
+            parts += [{"type": "image"}, {"type": "text", "text": "\n"}]
+        return [*parts, {"type": "text", "text": self.user}]
 
 
 def web_prompt(
@@ -65,11 +70,11 @@ def web_prompt(
 
 def build_web_prompt(
     observation: dict[str, Any], task: dict[str, Any], history: Sequence[str]
-) -> tuple[str, list[np.ndarray]]:
-    """The Magma form of :func:`web_prompt`: the system and user text with ``<image>`` placeholders, and the
+) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """The Magma form of :func:`web_prompt`: the user turn's content (``WebPrompt.magma_content``) and the
     images. GRPO rollouts and :class:`MagmaWebPolicy` use this one function, so training sees what acting sees."""
     prompt = web_prompt(observation, task, history)
-    return f"{prompt.system}\n\n{prompt.magma_text()}", prompt.images
+    return prompt.magma_content(), prompt.images
 
 
 class WebHistory:
@@ -124,12 +129,12 @@ class MagmaWebPolicy:
         import torch
 
         if self.prompt is None:
-            text, images = build_web_prompt(observation, self.history.task, self.history.actions)
+            content, images = build_web_prompt(observation, self.history.task, self.history.actions)
         else:
             turn = self.prompt(observation, self.history.task, self.history.actions)
-            text, images = f"{turn.system}\n\n{turn.magma_text()}", turn.images
+            content, images = turn.magma_content(), turn.images
         with self.generation_lock, torch.inference_mode():
-            inputs = self.processor(text, images)
+            inputs = self.processor(content, images)
             tokens = self.model.generate(
                 **inputs.to(self.model.device).generation_kwargs(), max_new_tokens=self.max_new_tokens
             )[0]
