@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +29,14 @@ from omegaconf import OmegaConf
 
 from data_tools.errors import UserFacingError
 from robot.chunking import ActionQueue
-from robot.daemon_config import DaemonConfig, load_object
-from robot.daemon_status import LoopStats, StatusReporter, StatusServer
+from robot.daemon_config import DaemonConfig, load_object, status_token
+from robot.daemon_status import DaemonSummary, EpisodeSummary, LoopStats, StatusReporter, StatusServer
 from robot.episode_recorder import EpisodeRecorder, TickRecord
 from robot.interfaces import Camera, Robot, RobotError
 from robot.policy_client import PolicyClient, PolicyServerError, PolicyUnavailableError
 from robot.policy_protocol import PolicySpec
 from robot.policy_worker import PolicyWorker
-from robot.safety import SafetyFilter, clip_delta_action
+from robot.safety import MeasuredStateMonitor, SafetyFilter, clip_delta_action
 from robot.watchdog import ControlState, Watchdog
 
 
@@ -44,40 +44,41 @@ class DaemonError(UserFacingError, RuntimeError):
     """The daemon cannot drive this robot with this policy (e.g. their action sizes differ)."""
 
 
-@dataclass
-class EpisodeSummary:
-    index: int
-    steps: int
-    success: bool
-    ended_by: str  # "robot" (the task ended it), "max_steps", "stop" (operator / signal)
-    dataset: str | None
+RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "status.json", "episodes")  # what a run leaves
 
 
-@dataclass
-class DaemonSummary:
-    run_dir: str
-    episodes: list[EpisodeSummary] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-    policy_actions: int = 0  # ticks that sent a (filtered) policy action, not a hold or rest
-    dropped: int = 0
-    holds: int = 0
-    safe_stops: int = 0
-    slips: int = 0
-    jitter_p50_ms: float = 0.0
-    jitter_p99_ms: float = 0.0
+def fresh_run_dir(name: str) -> Path:
+    """runs/robot/NAME-TIME, with a suffix when a daemon started in the same second took that one."""
+    base = Path("runs") / "robot" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, number = base, 1
+    while candidate.exists():
+        number += 1
+        candidate = base.with_name(f"{base.name}-{number}")
+    return candidate
 
-    def format(self) -> str:
-        lines = [f"run      : {self.run_dir}"]
-        for episode in self.episodes:
-            mark = "ok  " if episode.success else "fail"
-            lines.append(f"{mark} episode {episode.index}: {episode.steps} steps, ended by {episode.ended_by}")
-        lines.append(
-            f"loop     : jitter p50 {self.jitter_p50_ms:.2f} ms, p99 {self.jitter_p99_ms:.2f} ms, {self.slips} slips"
+
+def claim_run_dir(run_dir: Path, config_yaml: str) -> None:
+    """Make ``run_dir`` this run's, writing its config.yaml; a directory that holds another run is refused,
+    untouched (two daemons racing for one directory: exactly one wins)."""
+    used = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if not used:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise DaemonError(f"cannot create the run directory {run_dir} ({error}); pass another run_dir") from None
+        temporary = run_dir / f".config.yaml.{os.getpid()}.{threading.get_ident()}.tmp"
+        temporary.write_text(config_yaml)
+        try:
+            os.link(temporary, run_dir / "config.yaml")  # atomic, and fails if another run wrote one first
+        except FileExistsError:
+            used = ["config.yaml"]
+        finally:
+            temporary.unlink()
+    if used:
+        raise DaemonError(
+            f"run directory {run_dir} already holds a run ({', '.join(used)}); nothing was changed there. "
+            "Pass a new run_dir=..., or leave run_dir empty for a fresh timestamped one"
         )
-        lines.append(
-            f"safety   : {dict(self.counts)}; {self.dropped} dropped, {self.holds} holds, {self.safe_stops} safe stops"
-        )
-        return "\n".join(lines)
 
 
 def build_camera(config: Any, robot: Robot) -> Camera:
@@ -94,8 +95,7 @@ class RobotDaemon:
     def __init__(self, config: DaemonConfig, client: PolicyClient | None = None) -> None:
         self.config = config
         self.period_s = 1.0 / config.control_hz
-        name = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        self.run_dir = Path(config.run_dir or Path("runs") / "robot" / name)
+        self.run_dir = Path(config.run_dir) if config.run_dir else fresh_run_dir(config.name)
         self.estop_file = Path(config.estop_file) if config.estop_file else self.run_dir / "ESTOP"
         self.client = client or PolicyClient(
             config.policy.url,
@@ -109,6 +109,7 @@ class RobotDaemon:
         self.robot: Robot | None = None
         self.cameras: dict[str, Camera] = {}
         self.safety: SafetyFilter | None = None
+        self.monitor = MeasuredStateMonitor(config.safety, self.period_s)
         self.watchdog = Watchdog(config.watchdog.hold_after_ms / 1e3, config.watchdog.safe_stop_after_ms / 1e3)
         self.queue = ActionQueue(config.policy.ensemble_weight)
         self.stats = LoopStats(self.period_s)
@@ -154,9 +155,15 @@ class RobotDaemon:
         self.messages.append(message)
         print(f"[robot] {message}", file=sys.stderr, flush=True)
 
-    def status(self) -> dict[str, Any]:
+    def counts(self) -> dict[str, int]:
+        """Every safety event and incident so far (see robot.safety.SAFETY_EVENTS)."""
         counts = dict(self.safety.counts) if self.safety else {}
+        counts.update(self.monitor.counts)
         counts.update(self.events)
+        return counts
+
+    def status(self) -> dict[str, Any]:
+        counts = self.counts()
         return {
             "state": str(self.watchdog.state),
             "reason": self.watchdog.reason,
@@ -178,8 +185,6 @@ class RobotDaemon:
 
     # ---- setup and teardown -------------------------------------------------------------------
     def run(self) -> DaemonSummary:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(self.config)))
         robot = self.robot_class(**dict(self.config.robot.args))
         if not isinstance(robot, Robot):
             raise DaemonError(f"{self.config.robot.driver} is not a robot.interfaces.Robot; drivers must implement it")
@@ -187,6 +192,12 @@ class RobotDaemon:
         self.safety = SafetyFilter(self.config.safety, tuple(robot.joint_names), action_dim)  # before anything moves
         self.cameras = {camera.key: build_camera(camera, robot) for camera in self.config.cameras}
         self.robot = robot
+        self.status_server = self._bind_status_server()  # a port in use is refused before anything is written
+        try:
+            claim_run_dir(self.run_dir, OmegaConf.to_yaml(OmegaConf.structured(self.config)))
+        except BaseException:
+            self.status_server.stop()
+            raise
         previous_handlers = self._install_signal_handlers()
         reporter = StatusReporter(
             self.run_dir / "metrics.jsonl", self.config.status.metrics_every_s, self.config.status.live
@@ -196,7 +207,9 @@ class RobotDaemon:
             for camera in self.cameras.values():
                 camera.connect()
             self._check_policy(action_dim)
-            self._start_status_server()
+            self.status_server.start()
+            status_file = {"url": self.status_server.url, "pid": os.getpid()}
+            (self.run_dir / "status.json").write_text(json.dumps(status_file))
             self.worker.start()
             for index in range(self.config.episode.episodes):
                 if self._stop_request:
@@ -210,11 +223,11 @@ class RobotDaemon:
             if robot.is_connected:
                 robot.stop()
                 robot.disconnect()
-            if self.status_server is not None:
-                self.status_server.stop()
+            self.status_server.stop()
             self.client.close()
             self._restore_signal_handlers(previous_handlers)
-            self._write_summary()
+            if self.episode >= 0:  # a run that never began an episode leaves no (empty) summary
+                self._write_summary()
         return self.summary
 
     def _check_policy(self, action_dim: int) -> None:
@@ -236,12 +249,18 @@ class RobotDaemon:
                 "this robot. Nothing was sent to the robot"
             )
 
-    def _start_status_server(self) -> None:
+    def _bind_status_server(self) -> StatusServer:
         status = self.config.status
         controls = {"estop": lambda: self.estop("http"), "resume": self.resume, "stop": self.stop}
-        self.status_server = StatusServer(status.host, status.port, self.status, controls)
-        self.status_server.start()
-        (self.run_dir / "status.json").write_text(json.dumps({"url": self.status_server.url, "pid": os.getpid()}))
+        return StatusServer(
+            status.host,
+            status.port,
+            self.status,
+            controls,
+            token=status_token(status),
+            allowed_origins=status.allowed_origins,
+            token_hint=f"set the environment variable {status.token_env} (status.token_env)",
+        )
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -260,8 +279,8 @@ class RobotDaemon:
 
     def _write_summary(self) -> None:
         summary = self.summary
-        summary.counts = dict(self.safety.counts) if self.safety else {}
-        summary.counts.update(self.events)
+        summary.counts = self.counts()
+        summary.safe_stop_reasons = list(self.watchdog.safe_stop_reasons)
         summary.dropped, summary.slips, summary.policy_actions = self.dropped, self.stats.slips, self.policy_actions
         summary.holds, summary.safe_stops = self.watchdog.holds, self.watchdog.safe_stops
         summary.jitter_p50_ms, summary.jitter_p99_ms = LoopStats.jitter_ms(self.stats.periods, self.period_s)
@@ -281,6 +300,7 @@ class RobotDaemon:
         if recorder is not None:
             recorder.start(index)
         self.queue.clear()
+        self.monitor.reset()
         self.worker.drain()
         while not self.worker.submit("reset", task, self.tick):
             time.sleep(0.005)  # a request of the previous episode is still in flight
@@ -361,7 +381,11 @@ class RobotDaemon:
         if outside:
             events.append("joint_limit")
             safety.count("joint_limit")
-            watchdog.safe_stop(f"joint(s) {outside} outside their limits; move the arm back by hand, then resume")
+            self._safe_stop(f"joint(s) {outside} outside their limits; move the arm back by hand, then resume")
+        measured = self.monitor.check(end_effector, now)
+        events += measured.events
+        if measured.stop_reason is not None:
+            self._safe_stop(measured.stop_reason)
         self._collect_policy_results(events, robot.action_features["action"].shape[0])
         state = watchdog.update(now)
         raw = None
@@ -372,12 +396,18 @@ class RobotDaemon:
         else:
             raw = self.queue.pop(self.tick) if cameras_ok else None
             command = robot.hold_action(observation)
+            if measured.restrain:  # measured out of the box or too fast: hold, stepping back into the box
+                raw = None
+                if end_effector is not None:
+                    command = clip_delta_action(command, end_effector, self.config.safety).action
             if raw is not None:
                 watchdog.fresh_action(now)
                 filtered = safety.filter(raw, end_effector if end_effector is not None else np.zeros(3))
                 events += filtered.events
                 if filtered.action is None:
                     self.dropped += 1
+                    if (reason := safety.too_many_invalid()) is not None:
+                        self._safe_stop(reason)
                 else:
                     command = filtered.action
                     self.policy_actions += 1
@@ -386,8 +416,7 @@ class RobotDaemon:
             try:
                 sent = robot.send_action(command)
             except RobotError as error:
-                watchdog.safe_stop(f"the robot refused an action: {error}")
-                self.say(f"the robot refused an action ({error}); safe-stopped")
+                self._safe_stop(f"the robot refused an action: {error}")
             if self._estop_request is not None and sent is not None:
                 self._sent_after_estop += 1
         self._request_actions(state, cameras_ok, observation, frames)
@@ -429,11 +458,20 @@ class RobotDaemon:
                 return
             if self.watchdog.resume(now):
                 self.queue.clear()
+                self.monitor.reset()
+                if self.safety is not None:
+                    self.safety.invalid_streak = 0
                 with self._lock:
                     self._estop_request, self._estop_requested_tick = None, None
                 self._estopped_since = None
                 self._sent_after_estop = 0
                 self.say("resumed by the operator")
+
+    def _safe_stop(self, reason: str) -> None:
+        """Safe-stop for a safety fault; the operator hears why (once per stop)."""
+        if self.watchdog.latched is None:
+            self.say(f"SAFE STOP: {reason}")
+        self.watchdog.safe_stop(reason)
 
     def _read_cameras(self, now: float, events: list[str]) -> tuple[dict[str, np.ndarray], bool, float]:
         frames, ok, oldest = {}, True, 0.0
@@ -447,7 +485,7 @@ class RobotDaemon:
                 problem = "camera_lost"
                 cause = camera.error or "disconnected"
                 reason = f"camera '{key}' stopped delivering frames ({cause}); check it, then resume"
-                self.watchdog.safe_stop(reason)
+                self._safe_stop(reason)
             elif age > stale_s:
                 problem = "stale_camera"
             if problem is not None:
@@ -455,8 +493,6 @@ class RobotDaemon:
                 events.append(problem)
                 if self._camera_problem.get(key) != problem:  # count incidents, not ticks
                     self.events[problem] += 1
-                    if problem == "camera_lost":
-                        self.say(reason)
                 self._camera_problem[key] = problem
             else:
                 self._camera_problem.pop(key, None)
@@ -472,22 +508,20 @@ class RobotDaemon:
                     events.append("policy_error")
                 self.events["policy_error"] += 1
                 if isinstance(result.error, PolicyServerError) and result.error.code in ("bad_shape", "unauthorized"):
-                    self.watchdog.safe_stop(f"the policy server refused the request: {result.error}")
+                    self._safe_stop(f"the policy server refused the request: {result.error}")
                 continue
             if result.kind == "connect" and self.client.spec is not None:
                 try:
                     self._check_spec(self.client.spec, action_dim)
                 except DaemonError as error:
-                    self.watchdog.safe_stop(str(error))
+                    self._safe_stop(str(error))
                 continue
             if result.actions is None:
                 continue
             if result.actions.shape[-1] != action_dim:
                 events.append("bad_dimension")
                 self.safety.count("bad_dimension")  # type: ignore[union-attr]
-                self.watchdog.safe_stop(
-                    f"the policy sent {result.actions.shape[-1]}-D actions; the robot takes {action_dim}-D"
-                )
+                self._safe_stop(f"the policy sent {result.actions.shape[-1]}-D actions; the robot takes {action_dim}-D")
                 continue
             if result.timing:
                 self.stats.latency_ms.append(result.timing.get("round_trip_ms", 0.0))

@@ -7,12 +7,15 @@ daemon knows, so a hardware driver needs no change here (see ``robot.interfaces`
 from __future__ import annotations
 
 import importlib
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from magma.config import ConfigError, find_config_file, merge_structured, read_yaml
-from robot.safety import SafetyLimits
+from robot.endpoint_access import EndpointAccessError, check_allowed_origins, check_bind
+from robot.safety import SafetyLimits, safety_config_problems
 
 ROBOT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "robot"
 REST_MODES = ("hold", "pose")
@@ -64,8 +67,10 @@ class EpisodeConfig:
 
 @dataclass
 class StatusConfig:
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # loopback only; any other address needs a token (token_env)
     port: int = 8710  # 0: any free port (written to the run directory's status.json)
+    token_env: str = "AGENT_DAEMON_TOKEN"  # when set, every request needs "Authorization: Bearer TOKEN"
+    allowed_origins: list[str] = field(default_factory=list)  # web pages (scheme://host:port) allowed to call it
     live: bool = True  # the one-line live display on stderr
     metrics_every_s: float = 1.0
 
@@ -97,17 +102,69 @@ def daemon_config_from(data: Any, overrides: list[str], source: str) -> DaemonCo
     problems = []
     if not 1 <= config.control_hz <= 200:
         problems.append(f"control_hz={config.control_hz} is out of range; use 1 to 200 (10 to 50 is typical)")
-    if config.watchdog.rest not in REST_MODES:
-        problems.append(f"watchdog.rest={config.watchdog.rest!r}; use one of {list(REST_MODES)}")
-    if config.watchdog.hold_after_ms <= 0 or config.watchdog.safe_stop_after_ms < config.watchdog.hold_after_ms:
-        problems.append("watchdog.hold_after_ms must be > 0 and safe_stop_after_ms >= hold_after_ms")
-    if config.policy.request_threshold < 0 or config.episode.episodes < 1:
-        problems.append("policy.request_threshold must be >= 0 and episode.episodes >= 1")
+    if not 0 <= config.spin_s < 1.0 / max(config.control_hz, 1):
+        problems.append(f"spin_s={config.spin_s} must be >= 0 and shorter than one control period")
+    problems += _watchdog_problems(config)
+    problems += safety_config_problems(config.safety)
+    if not (math.isfinite(config.safety.stale_camera_ms) and config.safety.stale_camera_ms > 0):
+        problems.append(f"safety.stale_camera_ms={config.safety.stale_camera_ms} must be a number above 0")
+    policy = config.policy
+    if policy.request_threshold < 0 or config.episode.episodes < 1 or config.episode.max_steps < 0:
+        problems.append("policy.request_threshold must be >= 0, episode.episodes >= 1 and episode.max_steps >= 0")
+    if not (math.isfinite(policy.request_timeout_s) and policy.request_timeout_s > 0):
+        problems.append(f"policy.request_timeout_s={policy.request_timeout_s} must be a number above 0")
+    if not (math.isfinite(policy.ensemble_weight) and policy.ensemble_weight >= 0):
+        problems.append(f"policy.ensemble_weight={policy.ensemble_weight} must be a number >= 0")
     if len({camera.key for camera in config.cameras}) != len(config.cameras):
         problems.append("two cameras share an observation key; give each camera its own key")
+    problems += _status_problems(config.status)
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
     return config
+
+
+def _watchdog_problems(config: DaemonConfig) -> list[str]:
+    watchdog, problems = config.watchdog, []
+    if watchdog.rest not in REST_MODES:
+        problems.append(f"watchdog.rest={watchdog.rest!r}; use one of {list(REST_MODES)}")
+    hold, safe_stop = watchdog.hold_after_ms, watchdog.safe_stop_after_ms
+    if not (math.isfinite(hold) and math.isfinite(safe_stop) and 0 < hold <= safe_stop):
+        problems.append("watchdog.hold_after_ms must be > 0 and safe_stop_after_ms >= hold_after_ms (finite numbers)")
+    rest = watchdog.rest_position
+    if len(rest) != 3 or not all(math.isfinite(value) for value in rest):
+        problems.append(f"watchdog.rest_position={list(rest)} must be three finite numbers [x, y, z] in metres")
+    elif not safety_config_problems(config.safety) and not all(
+        low <= value <= high
+        for value, low, high in zip(rest, config.safety.workspace_min, config.safety.workspace_max, strict=True)
+    ):
+        problems.append(
+            f"watchdog.rest_position={list(rest)} is outside the workspace box; put it inside "
+            f"{list(config.safety.workspace_min)}..{list(config.safety.workspace_max)}"
+        )
+    return problems
+
+
+def status_token(status: StatusConfig) -> str | None:
+    """The control endpoint's bearer token, from the environment variable ``status.token_env``."""
+    return os.environ.get(status.token_env) if status.token_env else None
+
+
+def _status_problems(status: StatusConfig) -> list[str]:
+    problems = []
+    if not 0 <= status.port <= 65535:
+        problems.append(f"status.port={status.port} must be 0 (any free port) to 65535")
+    if not (math.isfinite(status.metrics_every_s) and status.metrics_every_s > 0):
+        problems.append(f"status.metrics_every_s={status.metrics_every_s} must be a number above 0")
+    hint = f"set the environment variable {status.token_env or 'AGENT_DAEMON_TOKEN'} (status.token_env)"
+    try:
+        check_bind(status.host, status_token(status), "status endpoint", hint)
+    except EndpointAccessError as error:
+        problems.append(str(error))
+    try:
+        status.allowed_origins = check_allowed_origins(status.allowed_origins, "status endpoint")
+    except EndpointAccessError as error:
+        problems.append(str(error))
+    return problems
 
 
 def load_object(path: str, what: str) -> Any:

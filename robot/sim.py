@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from robot.interfaces import Camera, Feature, Robot, RobotError
-from robot.safety import SafetyLimits, clip_delta_action
+from robot.safety import SafetyLimits, check_safety_limits, clip_delta_action
 
 ACTION_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
 
@@ -40,6 +40,7 @@ class SimRobot(Robot):
         self.camera_names = tuple(cameras)
         self.control_hz = control_hz
         self.limits = limits or SafetyLimits()
+        check_safety_limits(self.limits)  # unsound limits are refused before anything moves
         self.seed = seed
         self.state_index = state_index
         self.max_steps = max_steps  # None: the task's own episode length at this control rate

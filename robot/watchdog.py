@@ -27,6 +27,7 @@ class Watchdog:
         self.reason = ""
         self.holds = 0
         self.safe_stops = 0
+        self.safe_stop_reasons: list[str] = []  # why each safe stop happened, in order
         self._state = ControlState.RUNNING
 
     def start(self, now: float) -> None:
@@ -61,6 +62,7 @@ class Watchdog:
         if self.latched is None:
             self.latched, self.reason = ControlState.SAFE_STOPPED, reason
             self.safe_stops += 1
+            self.safe_stop_reasons.append(reason)
 
     def estop(self, reason: str) -> None:
         self.latched, self.reason = ControlState.ESTOPPED, reason

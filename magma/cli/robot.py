@@ -17,7 +17,8 @@ def run(
     ] = None,
 ) -> None:
     """Drive the configured robot at a fixed rate from a policy server, with safety limits, a watchdog,
-    e-stop (SIGUSR1, POST /estop, the e-stop file) and recording; SIGTERM ends the episode cleanly."""
+    e-stop (SIGUSR1, POST /estop, the e-stop file) and recording; SIGTERM ends the episode cleanly. The control
+    endpoint listens on loopback; off loopback it needs a token in $AGENT_DAEMON_TOKEN (status.token_env)."""
     from robot.daemon import RobotDaemon
     from robot.daemon_config import load_daemon_config
 

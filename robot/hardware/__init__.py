@@ -11,7 +11,8 @@ by import path, so the daemon needs no change for it::
 
 What the daemon uses, beyond connect / disconnect / get_observation / send_action:
 ``joint_names`` (the safety config must give limits for each), ``measured_pose(observation)``
-(end-effector xyz and joint positions, for the workspace and joint checks), ``hold_action(observation)``
+(end-effector xyz and joint positions, for the joint checks and the checks of the MEASURED end
+effector against the workspace box and speed limit; without it those checks cannot run), ``hold_action(observation)``
 (what "hold still" means for the action space), ``stop()`` (the e-stop command or brake) and
 ``start_episode(index)`` (a start pose, or waiting for the operator; returns the task). A camera
 implements ``capture()``; its reader thread, timestamps and stale detection come from ``Camera``.

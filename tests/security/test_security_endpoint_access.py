@@ -46,7 +46,13 @@ def test_origin_rules():
     host = "127.0.0.1:8710"
     assert origin_refusal(None, host) is None  # a program, not a page
     assert origin_refusal("http://127.0.0.1:8710", host) is None  # the endpoint's own origin
-    for origin in ("http://127.0.0.1:9999", "http://localhost:8710", "https://evil.example", "null"):
+    for origin in (
+        "http://127.0.0.1:9999",
+        "http://localhost:8710",
+        "https://evil.example",
+        "https://127.0.0.1:8710",
+        "null",
+    ):
         assert origin_refusal(origin, host), origin
     allowed = check_allowed_origins(["http://localhost:3000/"], "server")
     assert origin_refusal("http://LOCALHOST:3000", host, allowed) is None

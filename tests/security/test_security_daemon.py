@@ -1,0 +1,172 @@
+"""Who may drive the robot through the daemon's control endpoint: a web page of another origin open in
+the operator's browser cannot clear an e-stop (real Chromium, real daemon on the simulated arm); a
+token, when set, guards every route; a public bind without one is refused at load; a Host header that
+does not name the endpoint (DNS rebinding) is refused; programs without an Origin work as before."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from test_robot_daemon import FaultyPolicy, daemon_config, http_post, serve_in_process, start_daemon, wait_for
+
+from envs.web.browser import ChromiumBrowser, ContextOptions
+from magma.config import ConfigError
+from magma.training.launch import free_port
+from robot.daemon import RobotDaemon
+from robot.daemon_config import load_daemon_config
+from robot.daemon_status import StatusEndpointError, StatusServer
+
+ATTACK_PAGE = """<!doctype html><title>loading</title><script>
+const daemon = "%(daemon)s";
+Promise.allSettled([
+  fetch(daemon + "/resume", {method: "POST", mode: "no-cors"}),
+  fetch(daemon + "/resume", {method: "POST", mode: "no-cors", body: "go", headers: {"Content-Type": "text/plain"}}),
+  fetch(daemon + "/stop", {method: "POST", mode: "no-cors", keepalive: true}),
+  fetch(daemon + "/status").then(reply => reply.text()),
+]).then(outcomes => { document.title = "done " + outcomes.map(o => o.status).join(","); });
+</script>"""
+
+
+def serve_page(html: str) -> ThreadingHTTPServer:
+    """A tiny web site of another origin (its own free port on loopback) serving one page."""
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = html.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def request(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    data = b"" if method == "POST" else None
+    prepared = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(prepared, timeout=60) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_a_page_of_another_origin_cannot_clear_an_http_estop(tmp_path):
+    server = serve_in_process(FaultyPolicy)
+    config = daemon_config(tmp_path, server.port, "robot.args.task=pick_place", "robot.args.max_steps=100000")
+    daemon, thread, outcome = start_daemon(config)
+    page_server = None
+    try:
+        wait_for(lambda: daemon.status_server is not None and daemon.tick > 5, "the episode to run", 600)
+        url = daemon.status_server.url
+        assert http_post(url + "/estop")["ok"]  # a program (no Origin) e-stops as before
+        wait_for(lambda: daemon.status()["state"] == "estopped", "the HTTP e-stop", 300)
+
+        page_server = serve_page(ATTACK_PAGE % {"daemon": url})
+        page_url = f"http://localhost:{page_server.server_address[1]}/"
+        with ChromiumBrowser() as browser:
+            context = browser.new_context(ContextOptions())
+            page = context.new_page()
+            page.goto(page_url)
+            page.wait_for_function("document.title.startsWith('done')", timeout=300_000)
+            title = page.title()
+            context.close()
+        assert title.split()[1].split(",")[3] == "rejected"  # the page cannot read the status either
+        tick = daemon.tick
+        wait_for(lambda: daemon.tick > tick + 5 or not thread.is_alive(), "ticks after the page's requests", 300)
+        assert thread.is_alive(), "a page of another origin stopped the daemon"
+        assert daemon.status()["state"] == "estopped", "a page of another origin cleared the e-stop"
+        assert not any("resumed" in message for message in daemon.messages)
+
+        assert http_post(url + "/resume")["ok"]  # the operator's own program still resumes
+        wait_for(lambda: daemon.status()["state"] == "running", "the resume", 300)
+        daemon.stop()
+        thread.join(timeout=600)
+    finally:
+        daemon.stop()
+        server.stop()
+        if page_server is not None:
+            page_server.shutdown()
+            page_server.server_close()
+    assert "error" not in outcome, outcome.get("error")
+
+
+def test_token_guards_every_route_and_origin_and_host_are_checked(monkeypatch):
+    calls: list[str] = []
+    controls = {name: (lambda name=name: calls.append(name) or name) for name in ("estop", "resume", "stop")}
+    server = StatusServer("127.0.0.1", 0, lambda: {"state": "running"}, controls, token="s3cret-token")
+    server.start()
+    try:
+        url = server.url
+        port = url.rsplit(":", 1)[1]
+        good = {"Authorization": "Bearer s3cret-token"}
+        assert request(url + "/status")[0] == 401
+        assert request(url + "/resume", "POST")[0] == 401
+        assert request(url + "/resume", "POST", {"Authorization": "Bearer wrong"})[0] == 401
+        assert request(url + "/resume", "POST", {"Authorization": "s3cret-token"})[0] == 401
+        assert request(url + "/status", headers={"Authorization": "Bearer  s3cret-token"})[0] == 401
+        assert calls == []
+        assert request(url + "/healthz") == (200, {"status": "ok"})  # says only that it is up
+        assert request(url + "/status", headers=good) == (200, {"state": "running"})
+        assert request(url + "/resume", "POST", good)[1]["ok"] and calls == ["resume"]
+
+        cross = request(url + "/estop", "POST", {**good, "Origin": "http://evil.example"})
+        assert cross[0] == 403 and "cross-origin" in cross[1]["error"]
+        assert request(url + "/estop", "POST", {**good, "Origin": "null"})[0] == 403
+        rebound = request(url + "/status", headers={**good, "Host": f"evil.example:{port}"})
+        assert rebound[0] == 403 and "does not name this endpoint" in rebound[1]["error"]
+        same_origin = request(url + "/estop", "POST", {**good, "Origin": f"http://127.0.0.1:{port}"})
+        assert same_origin[0] == 200 and calls == ["resume", "estop"]
+        assert request(url + "/nothing", "POST", good)[0] == 404
+    finally:
+        server.stop()
+
+    listed = StatusServer(
+        "127.0.0.1", 0, lambda: {}, controls, allowed_origins=["http://operator.lab:8080/"]
+    )  # a page the lab serves on purpose
+    listed.start()
+    try:
+        assert request(listed.url + "/stop", "POST", {"Origin": "http://operator.lab:8080"})[0] == 200
+        assert request(listed.url + "/stop", "POST", {"Origin": "http://operator.lab:8081"})[0] == 403
+    finally:
+        listed.stop()
+
+
+def test_public_bind_needs_a_token_and_blank_tokens_are_refused_at_load(monkeypatch):
+    monkeypatch.delenv("AGENT_DAEMON_TOKEN", raising=False)
+    for host in ("0.0.0.0", "'::'", "192.168.1.20"):
+        with pytest.raises(ConfigError, match="without authentication; set the environment variable AGENT_DAEMON"):
+            load_daemon_config("sim-tabletop", [f"status.host={host}"])
+    monkeypatch.setenv("AGENT_DAEMON_TOKEN", " ")
+    with pytest.raises(ConfigError, match="token is blank"):
+        load_daemon_config("sim-tabletop", ["status.host=0.0.0.0"])
+    monkeypatch.setenv("LAB_TOKEN", "a-real-secret")
+    config = load_daemon_config("sim-tabletop", ["status.host=0.0.0.0", "status.token_env=LAB_TOKEN"])
+    assert config.status.host == "0.0.0.0"
+    with pytest.raises(ConfigError, match="is not an origin"):
+        load_daemon_config("sim-tabletop", ["status.allowed_origins=[evil.example]"])
+
+
+def test_a_port_in_use_is_refused_before_anything_is_written(tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        config = daemon_config(tmp_path, free_port(), f"status.port={busy.getsockname()[1]}")
+        with pytest.raises(StatusEndpointError, match=r"cannot listen on 127\.0\.0\.1.*pick another status\.port"):
+            RobotDaemon(config).run()
+    finally:
+        busy.close()
+    assert not (tmp_path / "run").exists()  # no config.yaml, no empty summary: the same run_dir works next time
