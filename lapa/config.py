@@ -15,7 +15,16 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from magma.config import ConfigError, find_config_file, merge_structured, read_yaml
+from magma.config import (
+    ConfigError,
+    check_number,
+    count_problems,
+    find_config_file,
+    merge_structured,
+    optimizer_problems,
+    read_yaml,
+    seed_problems,
+)
 
 LAPA_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "lapa"
 ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "naive")
@@ -59,10 +68,34 @@ class QuantizerConfig:
         return dataclasses.asdict(self)
 
 
-def validate_quantizer_config(config: QuantizerConfig, source: str) -> None:
-    """Refuse a quantizer that cannot be built, naming every problem and its fix."""
-    problems = []
-    if config.image_size < 1 or config.patch_size < 1 or config.image_size % config.patch_size:
+def quantizer_problems(config: QuantizerConfig) -> list[str]:
+    """Every problem of a quantizer config but the code grid's (see :func:`validate_quantizer_config`)."""
+    problems: list[str] = []
+    count_problems(
+        problems,
+        1,
+        {
+            "quantizer.image_size": config.image_size,
+            "quantizer.patch_size": config.patch_size,
+            "quantizer.channels": config.channels,
+            "quantizer.dim": config.dim,
+            "quantizer.heads": config.heads,
+            "quantizer.quant_dim": config.quant_dim,
+        },
+    )
+    count_problems(
+        problems,
+        0,
+        {
+            "quantizer.spatial_layers": config.spatial_layers,
+            "quantizer.temporal_layers": config.temporal_layers,
+            "quantizer.decoder_layers": config.decoder_layers,
+        },
+    )
+    check_number(problems, "quantizer.mlp_ratio", config.mlp_ratio, low=0, low_open=True, hint="e.g. 4.0")
+    if problems:  # the checks below divide by these sizes
+        return problems
+    if config.image_size % config.patch_size:
         problems.append(
             f"quantizer.image_size={config.image_size} is not a multiple of quantizer.patch_size={config.patch_size}"
         )
@@ -72,6 +105,12 @@ def validate_quantizer_config(config: QuantizerConfig, source: str) -> None:
         problems.append(f"quantizer.codebook_size={config.codebook_size} must be >= 2")
     if config.attention not in ATTENTION_IMPLEMENTATIONS:
         problems.append(f"quantizer.attention='{config.attention}' must be one of {ATTENTION_IMPLEMENTATIONS}")
+    return problems
+
+
+def validate_quantizer_config(config: QuantizerConfig, source: str) -> None:
+    """Refuse a quantizer that cannot be built, naming every problem and its fix."""
+    problems = quantizer_problems(config)
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
     side, grid = config.code_grid_side, config.grid_side
@@ -161,13 +200,38 @@ def load_quantizer_train_config(name_or_path: str | Path, overrides: list[str] |
 def quantizer_train_config_from(data: Any, overrides: list[str], source: str) -> QuantizerTrainConfig:
     tree = OmegaConf.create(data) if isinstance(data, dict) else data
     config = merge_structured(QuantizerTrainConfig, tree, overrides, source)
-    problems = []
-    if config.max_steps < 1 or config.batch_size < 1:
-        problems.append(f"max_steps={config.max_steps} and batch_size={config.batch_size} must be >= 1")
-    if config.data.window_s <= 0:
-        problems.append(f"data.window_s={config.data.window_s} must be a positive number of seconds")
-    if config.codebook.every < 1:
-        problems.append(f"codebook.every={config.codebook.every} must be >= 1")
+    optim, data, codebook = config.optim, config.data, config.codebook
+    problems = optimizer_problems(
+        "optim",
+        lr=optim.lr,
+        weight_decay=optim.weight_decay,
+        betas=optim.betas,
+        warmup_steps=optim.warmup_steps,
+        max_grad_norm=optim.max_grad_norm,
+    )
+    count_problems(
+        problems,
+        1,
+        {
+            "max_steps": config.max_steps,
+            "batch_size": config.batch_size,
+            "codebook.every": codebook.every,
+            "logging.every": config.logging.every,
+        },
+    )
+    count_problems(
+        problems,
+        0,
+        {"checkpoint.every": config.checkpoint.every, "checkpoint.keep": config.checkpoint.keep},
+    )
+    seed_problems(problems, {"seed": config.seed})
+    check_number(problems, "data.window_s", data.window_s, low=0, low_open=True, hint="seconds between the frames")
+    check_number(problems, "data.stride_s", data.stride_s, low=0, low_open=True, optional=True, hint="null: all")
+    check_number(problems, "data.memory_gib", data.memory_gib, low=0, low_open=True, hint="e.g. 8")
+    check_number(problems, "codebook.dead_share", codebook.dead_share, low=0, high=1, hint="e.g. 0.5")
+    check_number(problems, "codebook.noise", codebook.noise, low=0, hint="e.g. 0.05")
+    count_problems(problems, 0, {"codebook.stop_after": codebook.stop_after})
+    problems += quantizer_problems(config.quantizer)
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
     validate_quantizer_config(config.quantizer, source)

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from lapa.attention import TransformerBlock
 from lapa.config import QuantizerConfig, validate_quantizer_config
 from lapa.nsvq import NoiseSubstitutionVQ
-from magma.checkpoint import staged_directory
+from magma.checkpoint import read_safetensors, staged_directory, unreadable_file_message
 from magma.config import ConfigError, merge_structured
 from magma.errors import UserFacingError
 
@@ -198,8 +198,11 @@ class LatentActionQuantizer(nn.Module):
                 f"'{directory}' is not a latent action quantizer checkpoint (it needs {CONFIG_FILE} and "
                 f"{WEIGHTS_FILE}); give the final/ directory of an `agent lapa train` run"
             )
-        raw = json.loads(config_path.read_text())
-        if raw.pop("format", None) != FORMAT_NAME:
+        try:
+            raw = json.loads(config_path.read_text())
+        except ValueError as err:  # bad JSON, or bytes that are not text
+            raise QuantizerCheckpointError(unreadable_file_message(config_path, err)) from None
+        if not isinstance(raw, dict) or raw.pop("format", None) != FORMAT_NAME:
             raise QuantizerCheckpointError(
                 f"'{directory}' holds another kind of model (its config.json has no format '{FORMAT_NAME}'); "
                 "give the final/ directory of an `agent lapa train` run"
@@ -217,5 +220,5 @@ class LatentActionQuantizer(nn.Module):
                 f"or train a quantizer at {image_size} px"
             )
         model = cls(config)
-        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        model.load_state_dict(read_safetensors(directory / WEIGHTS_FILE, QuantizerCheckpointError))
         return model.eval()

@@ -9,7 +9,6 @@ Run directory (the layout of ``agent train``): ``config.yaml``, ``metrics.jsonl`
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,8 @@ from lapa.config import QuantizerTrainConfig
 from lapa.frame_pairs import FramePairs, load_frame_pairs
 from lapa.nsvq import code_counts, perplexity, usage
 from lapa.quantizer import LatentActionQuantizer
-from magma.training.run_directory import TRAINER_STATE_FILE, RunDirectory, write_json_atomically
+from magma.training.divergence import refuse_non_finite_weights, stop_if_diverged
+from magma.training.run_directory import RunDirectory, write_json_atomically
 
 EVAL_BATCH = 64
 
@@ -89,9 +89,7 @@ class QuantizerTrainer:
         self.upkeep = CodebookUpkeep(config.codebook, config.quantizer.codebook_size, config.seed)
         self.state = QuantizerTrainerState()
         if resume_step:
-            checkpoint = self.run.checkpoint_path(resume_step)
-            accelerator.load_state(str(checkpoint))
-            self.state = QuantizerTrainerState(**json.loads((checkpoint / TRAINER_STATE_FILE).read_text()))
+            self.state = QuantizerTrainerState(**self.run.load_accelerate_checkpoint(accelerator, resume_step)[0])
             self.upkeep.load_state_dict(self.state.upkeep)
         if accelerator.is_main_process:
             if resume_step is not None:
@@ -118,6 +116,8 @@ class QuantizerTrainer:
             grad_norm = None
             if config.optim.max_grad_norm > 0:
                 grad_norm = float(accelerator.clip_grad_norm_(self.model.parameters(), config.optim.max_grad_norm))
+            losses = {"reconstruction loss": out.loss.detach()}
+            stop_if_diverged(accelerator, state.step + 1, losses, self.run, grad_norm)  # before the update
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -216,12 +216,14 @@ class QuantizerTrainer:
         }
 
     def save_checkpoint(self) -> None:
+        refuse_non_finite_weights(self.accelerator, self.model.parameters(), self.state.step, "checkpoint", self.run)
         self.state.upkeep = self.upkeep.state_dict()
         self.run.save_accelerate_checkpoint(
             self.accelerator, self.state.step, asdict(self.state), self.config.checkpoint.keep
         )
 
     def export(self):
+        refuse_non_finite_weights(self.accelerator, self.model.parameters(), self.state.step, "final model", self.run)
         if self.accelerator.is_main_process:
             self.quantizer.save_pretrained(self.run.final_model)
         self.accelerator.wait_for_everyone()

@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 from huggingface_hub import save_torch_state_dict
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
 from magma.actions import ACTION_STATISTICS_FILENAME, ActionStatistics, load_action_statistics, save_action_statistics
 from magma.config import ConfigError, MagmaConfig
@@ -96,11 +97,51 @@ def save_pretrained(
 
 
 # ---- reading ------------------------------------------------------------------------------------
+CORRUPT_FILE = "the file is truncated or corrupt (a copy cut short, a full disk)"
+REWRITE_ADVICE = (
+    f"{CORRUPT_FILE}; re-export the checkpoint (save_pretrained, or rerun the training's export), "
+    "download it again, or use an earlier checkpoint"
+)
+
+
+def unreadable_file_message(path: str | Path, err: BaseException, advice: str = REWRITE_ADVICE) -> str:
+    """One line naming a checkpoint file that cannot be read, why, and what to do about it."""
+    reason = (str(err).splitlines() or [type(err).__name__])[0]
+    return f"cannot read '{path}' ({reason}): {advice}"
+
+
+@contextmanager
+def open_safetensors(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    error: type[UserFacingError] = CheckpointError,
+    advice: str = REWRITE_ADVICE,
+) -> Iterator[Any]:
+    """``safe_open`` whose failures (a cut or garbled file, while opening or reading tensors) become one
+    ``error`` naming the file and the fix."""
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as handle:
+            yield handle
+    except (SafetensorError, OSError) as err:
+        raise error(unreadable_file_message(path, err, advice)) from None
+
+
+def read_safetensors(path: str | Path, error: type[UserFacingError] = CheckpointError) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file; a cut or garbled file is one ``error`` naming it and the fix."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise error(unreadable_file_message(path, err)) from None
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read '{path}': {err}") from None
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or bytes that are not UTF-8 text
+        raise CheckpointError(unreadable_file_message(path, err)) from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"cannot read '{path}' (it holds no JSON object): {REWRITE_ADVICE}")
+    return data
 
 
 def _require_directory(directory: Path) -> None:
@@ -122,7 +163,9 @@ def weight_files(directory: Path) -> dict[str, Path]:
     """Tensor name -> file holding it, from the shard index or the single weights file."""
     index = directory / WEIGHTS_INDEX_FILE
     if index.is_file():
-        mapping = _read_json(index).get("weight_map", {})
+        mapping = _read_json(index).get("weight_map")
+        if not isinstance(mapping, dict):
+            raise CheckpointError(f"'{index}' has no weight_map object: {REWRITE_ADVICE}")
         files = {name: directory / file for name, file in mapping.items()}
         missing = sorted({str(p.name) for p in files.values() if not p.is_file()})
         if missing:
@@ -130,7 +173,7 @@ def weight_files(directory: Path) -> dict[str, Path]:
         return files
     single = directory / SINGLE_WEIGHTS_FILE
     if single.is_file():
-        with safe_open(str(single), framework="pt") as handle:
+        with open_safetensors(single) as handle:
             return {name: single for name in handle.keys()}  # noqa: SIM118 - safe_open is not a dict
     raise CheckpointError(f"'{directory}' has no {SINGLE_WEIGHTS_FILE} and no {WEIGHTS_INDEX_FILE}")
 
@@ -141,7 +184,7 @@ def iter_tensors(files: dict[str, Path], device: str | torch.device = "cpu") -> 
     for name, path in files.items():
         by_file.setdefault(path, []).append(name)
     for path, names in by_file.items():
-        with safe_open(str(path), framework="pt", device=str(device)) as handle:
+        with open_safetensors(path, device) as handle:
             for name in names:
                 yield name, handle.get_tensor(name)
 
@@ -241,7 +284,7 @@ def _tensor_shapes(files: dict[str, Path], prefix: str) -> dict[str, tuple[int, 
     shapes = {}
     for name, path in files.items():
         if name.startswith(prefix):
-            with safe_open(str(path), framework="pt") as handle:
+            with open_safetensors(path) as handle:
                 shapes[name[len(prefix) :]] = tuple(handle.get_slice(name).get_shape())
     return shapes
 

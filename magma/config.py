@@ -4,6 +4,7 @@ fill them and ``key=value`` dotted overrides change them (OmegaConf structured c
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -137,6 +138,80 @@ def merge_structured(schema: type[T], data: Any, overrides: list[str], source: s
         ) from None
 
 
+def check_number(
+    problems: list[str],
+    key: str,
+    value: float | None,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+    hint: str = "",
+) -> None:
+    """Append a problem to ``problems`` unless ``value`` is a finite number within the bounds
+    (``low_open`` / ``high_open``: the bound itself is excluded; ``optional``: None is allowed).
+    NaN and infinities are never accepted: every comparison with NaN is false, so a plain
+    ``value <= 0`` test lets it through."""
+    if value is None and optional:
+        return
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        bounds.append(f"{'<' if high_open else '<='} {high:g}")
+    wanted = "a finite number" + (f" {' and '.join(bounds)}" if bounds else "") + (" or null" if optional else "")
+    valid = (
+        value is not None
+        and math.isfinite(value)
+        and (low is None or (value > low if low_open else value >= low))
+        and (high is None or (value < high if high_open else value <= high))
+    )
+    if not valid:
+        problems.append(f"{key}={value} must be {wanted}" + (f" ({hint})" if hint else ""))
+
+
+def optimizer_problems(
+    prefix: str,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: list[float],
+    warmup_steps: int,
+    max_grad_norm: float,
+    eps: float | None = None,
+) -> list[str]:
+    """The problems of an AdamW setting (every trainer's ``optim`` section), each naming its key."""
+    problems: list[str] = []
+    check_number(problems, f"{prefix}.lr", lr, low=0, low_open=True, hint="e.g. 1e-5; the learning rate")
+    check_number(problems, f"{prefix}.weight_decay", weight_decay, low=0, hint="0 disables it; e.g. 0.01")
+    if len(betas) != 2:
+        problems.append(f"{prefix}.betas={list(betas)} must be two numbers, e.g. [0.9, 0.999]")
+    for index, beta in enumerate(betas[:2]):
+        check_number(problems, f"{prefix}.betas.{index}", beta, low=0, high=1, high_open=True, hint="e.g. 0.9")
+    if eps is not None:
+        check_number(problems, f"{prefix}.eps", eps, low=0, low_open=True, hint="e.g. 1e-8")
+    if warmup_steps < 0:
+        problems.append(f"{prefix}.warmup_steps={warmup_steps} must be >= 0")
+    check_number(problems, f"{prefix}.max_grad_norm", max_grad_norm, low=0, hint="0 disables clipping; e.g. 1.0")
+    return problems
+
+
+def count_problems(problems: list[str], minimum: int, counts: dict[str, int | None]) -> None:
+    """Append a problem for each integer setting (dotted key -> value) below ``minimum``; None is not set."""
+    for key, value in counts.items():
+        if value is not None and value < minimum:
+            problems.append(f"{key}={value} must be >= {minimum}")
+
+
+def seed_problems(problems: list[str], seeds: dict[str, int]) -> None:
+    """Append a problem for each seed numpy and torch would refuse (they take 0 <= seed < 2**32)."""
+    for key, seed in seeds.items():
+        if not 0 <= seed < 2**32:
+            problems.append(f"{key}={seed} must be in [0, 2**32)")
+
+
 def read_yaml(path: Path, kind: str) -> Any:
     """The OmegaConf tree of a YAML file; a missing or unreadable file is a ConfigError."""
     if not path.is_file():
@@ -154,14 +229,38 @@ def _build(data: dict[str, Any] | Any, overrides: list[str], source: str) -> Mag
 
 
 def _validate(config: MagmaConfig, source: str) -> None:
-    problems = []
+    problems: list[str] = []
+    text = config.text
+    sizes = {
+        "image.base_size": config.image.base_size,
+        "image.patch_stride": config.image.patch_stride,
+        "text.vocab_size": text.vocab_size,
+        "text.hidden_size": text.hidden_size,
+        "text.intermediate_size": text.intermediate_size,
+        "text.num_hidden_layers": text.num_hidden_layers,
+        "text.num_attention_heads": text.num_attention_heads,
+        "text.num_key_value_heads": text.num_key_value_heads,
+        "text.head_dim": text.head_dim,
+        "text.max_position_embeddings": text.max_position_embeddings,
+    }
+    sizes |= {f"vision.dims.{index}": dim for index, dim in enumerate(config.vision.dims)}
+    count_problems(problems, 1, sizes)
+    count_problems(problems, 0, {f"vision.depths.{index}": depth for index, depth in enumerate(config.vision.depths)})
+    check_number(problems, "text.rms_norm_eps", text.rms_norm_eps, low=0, low_open=True, hint="e.g. 1e-5")
+    check_number(problems, "text.rope_theta", text.rope_theta, low=0, low_open=True, hint="e.g. 500000")
+    check_number(problems, "vision.norm_eps", config.vision.norm_eps, low=0, low_open=True, hint="e.g. 1e-5")
+    check_number(problems, "vision.drop_path_rate", config.vision.drop_path_rate, low=0, high=1, high_open=True)
+    check_number(problems, "vision.layer_scale_init", config.vision.layer_scale_init)
+    for index, std in enumerate(config.image.std):
+        check_number(problems, f"image.std.{index}", std, low=0, low_open=True)
+    if problems:  # the checks below divide by these sizes
+        raise ConfigError(f"{source}: " + "; ".join(problems))
     if config.image.base_size % config.image.patch_stride:
         problems.append(f"image.base_size={config.image.base_size} is not a multiple of {config.image.patch_stride}")
     if config.image.num_crops < 1:
         problems.append("image.num_crops must be >= 1")
     if len(config.vision.dims) != 4 or len(config.vision.depths) != 4:
         problems.append("vision.dims and vision.depths need four entries (one per ConvNeXt stage)")
-    text = config.text
     if text.hidden_size % text.num_attention_heads and text.head_dim is None:
         problems.append("text.hidden_size must be divisible by text.num_attention_heads")
     if text.num_attention_heads % text.num_key_value_heads:

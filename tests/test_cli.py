@@ -11,7 +11,7 @@ AGENT = [str(Path(sys.executable).with_name("agent"))]
 
 def agent(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run(AGENT + list(args), capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+    return subprocess.run(AGENT + list(args), capture_output=True, text=True, timeout=1200, cwd=cwd, env=env)
 
 
 def test_help_lists_every_subcommand():

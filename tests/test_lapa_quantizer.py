@@ -120,7 +120,7 @@ def test_a_codebook_that_cannot_tile_the_patch_grid_is_one_clear_message():
         capture_output=True,
         text=True,
         cwd=REPO,
-        timeout=120,
+        timeout=1200,
     )
     assert result.returncode == 2
     assert "cannot tile" in result.stderr and "Traceback" not in result.stderr

@@ -157,7 +157,7 @@ def test_two_processes_keep_their_codebooks_identical(tmp_path, motion_videos):
     path.write_text(yaml.safe_dump(config(tmp_path / "two", motion_videos[0].path.parent, batch_size=4)))
     command = accelerate_agent_command(CPU_2PROC, ["lapa", "train", "--config", str(path)])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["samples"] == 6 * 8
@@ -179,7 +179,7 @@ def test_a_video_shorter_than_the_window_is_one_clear_message(tmp_path):
         capture_output=True,
         text=True,
         cwd=REPO,
-        timeout=300,
+        timeout=1200,
     )
     assert result.returncode == 2
     assert "shorter than the frame-pair window" in result.stderr and "Traceback" not in result.stderr

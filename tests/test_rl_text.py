@@ -103,14 +103,14 @@ def test_agent_rl_grpo_command_in_two_processes(tmp_path):
     run_dir = tmp_path / "cli"
     args = ["rl", "grpo", "--config", "text-digits", f"run_dir={run_dir}", "max_steps=2", *QUIET]
     launch = accelerate_agent_command(REPO / "configs" / "accelerate" / "cpu-2proc.yaml", args)
-    result = subprocess.run(launch, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(launch, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(task text, 2 process(es))" in result.stdout and (run_dir / "final" / "config.json").is_file()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["trajectories"] == 2 * 2 * 64  # two steps of 8 prompts x 8 completions in each process
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps[:2] == [1, 2]
-    again = subprocess.run(AGENT + args, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(AGENT + args, capture_output=True, text=True, timeout=1200)
     assert again.returncode == 2 and "already holds a run" in again.stderr and "Traceback" not in again.stderr
-    bad = subprocess.run([*AGENT, *args[:4], "sampling.group_size=1"], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run([*AGENT, *args[:4], "sampling.group_size=1"], capture_output=True, text=True, timeout=1200)
     assert bad.returncode == 2 and "group_size" in bad.stderr and "Traceback" not in bad.stderr

@@ -242,7 +242,7 @@ def launch(config_path: Path, processes: int, *extra: str) -> subprocess.Complet
     else:
         accelerate_config = REPO / "configs" / "accelerate" / "cpu-2proc.yaml"
         command = accelerate_train_command(accelerate_config, ["--config", str(config_path), *extra])
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    return subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env, cwd=REPO)
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, corpus):
@@ -269,21 +269,23 @@ def test_killed_run_resumes_exactly(tmp_path, corpus):
 
     config = write_yaml(tmp_path / "killed.yaml", run_config(tmp_path / "killed", sources, **fields))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    process = subprocess.Popen(
-        [*AGENT, "train", "--config", str(config)],
-        cwd=REPO,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    stderr_path = tmp_path / "killed.stderr"
+    with stderr_path.open("w") as stderr:  # a file, not a pipe: an unread pipe that fills up would stall the run
+        process = subprocess.Popen(
+            [*AGENT, "train", "--config", str(config)],
+            cwd=REPO,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     checkpoint = tmp_path / "killed" / "checkpoints" / "step-00000008"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 1800  # a condition polled with a generous bound (loaded machines are slow)
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.05)  # the poll interval of the condition above, not a wait for an event
     os.killpg(process.pid, signal.SIGKILL)  # the trainer and its dataloader workers, mid-run
     process.wait()
-    assert checkpoint.exists()
+    assert checkpoint.exists(), stderr_path.read_text()[-3000:]
 
     resumed = launch(config, 1, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -10,9 +10,25 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from magma.config import ConfigError, find_config_file, merge_structured, read_yaml
+from magma.config import (
+    ConfigError,
+    check_number,
+    count_problems,
+    find_config_file,
+    merge_structured,
+    read_yaml,
+    seed_problems,
+)
 from magma.rl.algorithms import ADVANTAGE_SCALES, AGG_MODES, KL_ESTIMATORS, RATIO_LEVELS
-from magma.training.config import CheckpointConfig, LoggingConfig, ModuleOptimConfig, OptimConfig
+from magma.training.config import (
+    MIXED_PRECISION,
+    SCHEDULES,
+    CheckpointConfig,
+    LoggingConfig,
+    ModuleOptimConfig,
+    OptimConfig,
+    adamw_problems,
+)
 
 RL_CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs" / "rl"
 TASKS = ("text", "robot", "web")
@@ -138,8 +154,49 @@ def _choice(problems: list[str], key: str, value: Any, choices: tuple) -> None:
 
 def validate_rl_config(config: RLConfig, source: str) -> None:
     """Every problem of the config in one ConfigError, each with its key and the fix."""
-    problems: list[str] = []
+    problems: list[str] = adamw_problems(config.optim)
     algorithm, sampling = config.algorithm, config.sampling
+    robot, text, web = config.robot, config.text, config.web
+    _choice(problems, "optim.schedule", config.optim.schedule, SCHEDULES)
+    if config.mixed_precision is not None and config.mixed_precision not in MIXED_PRECISION:
+        problems.append(f"mixed_precision='{config.mixed_precision}' must be one of {list(MIXED_PRECISION)}")
+    seed_problems(problems, {"seed": config.seed})
+    check_number(problems, "sampling.temperature", sampling.temperature, low=0, low_open=True, hint="e.g. 1.0")
+    check_number(problems, "sampling.top_p", sampling.top_p, low=0, high=1, low_open=True, hint="1.0: no nucleus cut")
+    check_number(problems, "algorithm.epsilon", algorithm.epsilon, low=0, low_open=True, hint="e.g. 1e-6")
+    check_number(problems, "algorithm.clip_low", algorithm.clip_low, low=0, high=1, high_open=True, hint="e.g. 0.2")
+    check_number(problems, "algorithm.clip_high", algorithm.clip_high, low=0, hint="e.g. 0.28")
+    check_number(problems, "algorithm.dual_clip", algorithm.dual_clip, optional=True)
+    check_number(problems, "algorithm.kl_coef", algorithm.kl_coef, low=0, hint="0 disables the KL term")
+    check_number(problems, "algorithm.entropy_coef", algorithm.entropy_coef, low=0, hint="0 disables the bonus")
+    check_number(problems, "algorithm.importance_cap", algorithm.importance_cap, low=0, low_open=True, hint="e.g. 2.0")
+    check_number(problems, "robot.control_hz", robot.control_hz, low=0, low_open=True, hint="e.g. 10")
+    check_number(problems, "robot.progress_weight", robot.progress_weight, low=0, hint="0: success only")
+    count_problems(
+        problems,
+        1,
+        {
+            "algorithm.norm_length": algorithm.norm_length,
+            "logging.every": config.logging.every,
+            "text.prompts_per_step": text.prompts_per_step,
+            "robot.states_per_step": robot.states_per_step,
+            "robot.image_size": robot.image_size,
+            "robot.max_episode_steps": robot.max_episode_steps,
+            "web.tasks_per_step": web.tasks_per_step,
+            "web.max_episode_steps": web.max_episode_steps,
+        },
+    )
+    count_problems(
+        problems,
+        0,
+        {
+            "checkpoint.every": config.checkpoint.every,
+            "checkpoint.keep": config.checkpoint.keep,
+            "eval.every": config.eval.every,
+            "text.eval_prompts": text.eval_prompts,
+            "robot.eval_samples": robot.eval_samples,
+        },
+    )
     _choice(problems, "task", config.task, TASKS)
     _choice(problems, "algorithm.advantage_scale", algorithm.advantage_scale, ADVANTAGE_SCALES)
     _choice(problems, "algorithm.ratio_level", algorithm.ratio_level, RATIO_LEVELS)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -45,8 +44,9 @@ from magma.rl.rollout import (
     drop_zero_variance_groups,
     trajectory_table,
 )
+from magma.training.divergence import refuse_non_finite_weights, stop_if_diverged
 from magma.training.optimization import build_optimizer, build_scheduler, set_trainable
-from magma.training.run_directory import TRAINER_STATE_FILE, RunDirectory, write_json_atomically
+from magma.training.run_directory import RunDirectory, write_json_atomically
 
 
 @dataclass
@@ -130,9 +130,7 @@ class GRPOTrainer:
 
         self.state = GRPOState()
         if resume_step:
-            checkpoint = self.run.checkpoint_path(resume_step)
-            accelerator.load_state(str(checkpoint))
-            self.state = GRPOState(**json.loads((checkpoint / TRAINER_STATE_FILE).read_text()))
+            self.state = GRPOState(**self.run.load_accelerate_checkpoint(accelerator, resume_step)[0])
         if accelerator.is_main_process:
             if resume_step is not None:
                 self.run.truncate_metrics_after(resume_step)
@@ -268,7 +266,21 @@ class GRPOTrainer:
                 for key, value in metrics.items():
                     totals[key] = totals.get(key, 0.0) + value
                 counted += 1
+        self.check_updated_policy(filler)
         return {key: value / max(counted, 1) for key, value in totals.items()}
+
+    @torch.no_grad()
+    def check_updated_policy(self, probe: list[Sample]) -> None:
+        """One forward pass over one sample after the step's updates: weights that stay finite can still
+        overflow the logits (a learning rate far too high), which would crash the next rollout's sampling;
+        stop here instead, on every process, before the step's checkpoint."""
+        log_probs = None
+        if probe:
+            batch = collate_samples(probe, self.processor.config.tokens.pad_token_id)
+            log_probs, _ = completion_log_probs(self.policy, batch, self.task.allowed, self.config.sampling.temperature)
+        checked = {"log-probs of the updated policy": log_probs}
+        consequence = "so this step's checkpoint was not written"
+        stop_if_diverged(self.accelerator, self.state.step + 1, checked, self.run, consequence=consequence)
 
     def optimizer_step(self, mini: list[Sample], on_policy: bool, filler: list[Sample]) -> dict[str, float]:
         """One optimizer step over a mini-batch, accumulating gradients over its micro-batches."""
@@ -342,6 +354,8 @@ class GRPOTrainer:
         grad_norm = None
         if config.optim.max_grad_norm > 0:
             grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), config.optim.max_grad_norm)
+        checked = {f"{name.replace('_', ' ')}": sums.get(name) for name in ("policy_loss", "kl", "entropy")}
+        stop_if_diverged(accelerator, self.state.step + 1, checked, self.run, grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -362,6 +376,7 @@ class GRPOTrainer:
 
     def save_checkpoint(self) -> None:
         """accelerate's state and the trainer counters, staged and renamed when complete."""
+        refuse_non_finite_weights(self.accelerator, self.model.parameters(), self.state.step, "checkpoint", self.run)
         self.run.save_accelerate_checkpoint(
             self.accelerator, self.state.step, vars(self.state), self.config.checkpoint.keep
         )
@@ -370,6 +385,7 @@ class GRPOTrainer:
         """The final policy as an ordinary checkpoint (tokenizer and inherited action statistics)."""
         from magma.training.trainer import inherited_action_statistics
 
+        refuse_non_finite_weights(self.accelerator, self.model.parameters(), self.state.step, "final model", self.run)
         if self.accelerator.is_main_process:
             self.policy.save_pretrained(
                 self.run.final_model,

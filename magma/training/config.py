@@ -10,7 +10,16 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from magma.config import ConfigError, find_config_file, merge_structured, read_yaml
+from magma.config import (
+    ConfigError,
+    check_number,
+    count_problems,
+    find_config_file,
+    merge_structured,
+    optimizer_problems,
+    read_yaml,
+    seed_problems,
+)
 from magma.data.config import DataConfig
 from magma.data.encoding import check_action_codecs
 from magma.data.loader import check_sources
@@ -116,14 +125,57 @@ def train_config_from(data: Any, overrides: list[str], source: str) -> TrainConf
     return config
 
 
+def adamw_problems(optim: OptimConfig, prefix: str = "optim") -> list[str]:
+    """Every number of an ``OptimConfig`` (shared by ``agent train`` and ``agent rl grpo``)."""
+    problems = optimizer_problems(
+        prefix,
+        lr=optim.lr,
+        weight_decay=optim.weight_decay,
+        betas=optim.betas,
+        warmup_steps=optim.warmup_steps,
+        max_grad_norm=optim.max_grad_norm,
+        eps=optim.eps,
+    )
+    check_number(problems, f"{prefix}.min_lr_ratio", optim.min_lr_ratio, low=0, high=1, hint="cosine floor: lr x it")
+    for name in MODULES:
+        module_lr = getattr(optim, name).lr
+        check_number(problems, f"{prefix}.{name}.lr", module_lr, low=0, low_open=True, optional=True, hint="null: lr")
+    return problems
+
+
 def validate_train_config(config: TrainConfig, source: str) -> None:
-    problems = []
-    if config.max_steps < 1:
-        problems.append(f"max_steps={config.max_steps} must be >= 1")
-    if config.grad_accum_steps < 1:
-        problems.append(f"grad_accum_steps={config.grad_accum_steps} must be >= 1")
-    if config.data.batch_size < 1:
-        problems.append(f"data.batch_size={config.data.batch_size} must be >= 1")
+    """Every problem of the config in one ConfigError, each with its key and the fix."""
+    problems = adamw_problems(config.optim)
+    count_problems(
+        problems,
+        1,
+        {
+            "max_steps": config.max_steps,
+            "grad_accum_steps": config.grad_accum_steps,
+            "data.batch_size": config.data.batch_size,
+            "data.max_length": config.data.max_length,
+            "logging.every": config.logging.every,
+            "lora.r": config.lora.r if config.lora.enabled else None,
+        },
+    )
+    count_problems(
+        problems,
+        0,
+        {
+            "checkpoint.every": config.checkpoint.every,
+            "checkpoint.keep": config.checkpoint.keep,
+            "eval.every": config.eval.every,
+            "eval.max_batches": config.eval.max_batches,
+            "data.shuffle_buffer": config.data.shuffle_buffer,
+            "data.num_workers": config.data.num_workers,
+        },
+    )
+    if config.data.num_workers > 0:
+        count_problems(problems, 1, {"data.prefetch_factor": config.data.prefetch_factor})
+    seed_problems(problems, {"seed": config.seed, "data.seed": config.data.seed})
+    if config.lora.enabled:
+        check_number(problems, "lora.alpha", config.lora.alpha, low=0, low_open=True, hint="e.g. 2 x lora.r")
+        check_number(problems, "lora.dropout", config.lora.dropout, low=0, high=1, high_open=True)
     if config.data.split not in ("auto", "shards", "samples"):
         problems.append(f"data.split='{config.data.split}' must be auto, shards or samples")
     if config.optim.schedule not in SCHEDULES:

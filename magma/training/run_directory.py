@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
+from magma.config import read_yaml
 from magma.errors import UserFacingError
 from magma.training.config import TrainConfig, config_differences
 
@@ -29,6 +32,30 @@ def write_json_atomically(path: Path, payload: Any) -> None:
     staging = path.with_name(f".{path.name}.tmp")
     staging.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(staging, path)
+
+
+def read_checkpoint_json(path: Path) -> Any:
+    """A JSON file of a checkpoint; a missing, cut or garbled one is a CheckpointError naming it."""
+    from magma.checkpoint import CORRUPT_FILE, CheckpointError, unreadable_file_message
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(unreadable_file_message(path, err, CORRUPT_FILE)) from None
+
+
+def check_checkpoint_files(directory: Path) -> None:
+    """Every file accelerate wrote into ``directory`` is whole: a safetensors header that covers its file,
+    a torch file (``.bin``, ``.pkl``, ``.pt``) that is a complete zip archive. Cheap: reads headers and
+    zip directories only. A broken file is a CheckpointError naming it."""
+    from magma.checkpoint import CORRUPT_FILE, CheckpointError, open_safetensors
+
+    for path in sorted(directory.rglob("*")):
+        if path.suffix == ".safetensors":
+            with open_safetensors(path, advice=CORRUPT_FILE):
+                pass
+        elif path.suffix in (".bin", ".pkl", ".pt") and not zipfile.is_zipfile(path):
+            raise CheckpointError(f"cannot read '{path}' (not a complete torch file): {CORRUPT_FILE}")
 
 
 class RunDirectory:
@@ -76,7 +103,7 @@ class RunDirectory:
             raise RunDirectoryError(
                 f"cannot resume: '{self.root}' holds no run (no config.yaml); start it without --resume"
             )
-        saved = OmegaConf.to_container(OmegaConf.load(self.config_path))
+        saved = OmegaConf.to_container(read_yaml(self.config_path, "run"))
         differences = config_differences(saved, config.to_dict())  # type: ignore[arg-type]
         if differences:
             raise RunDirectoryError(
@@ -148,6 +175,38 @@ class RunDirectory:
             write_json_atomically(staging / TRAINER_STATE_FILE, trainer_state)
             self.publish_checkpoint(step, keep)
         accelerator.wait_for_everyone()
+
+    def load_accelerate_checkpoint(
+        self, accelerator: Any, step: int, per_process: list[str] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Restore accelerate's state from checkpoint ``step``; returns the trainer counters and this
+        process's ``per_process`` files (name -> payload). A truncated or corrupt file is one
+        RunDirectoryError naming it and the way on, raised on every process. Every process calls it."""
+        from magma.training.divergence import any_process
+
+        checkpoint = self.checkpoint_path(step)
+        problem = None
+        trainer_state: dict[str, Any] = {}
+        files: dict[str, Any] = {}
+        try:
+            check_checkpoint_files(checkpoint)
+            accelerator.load_state(str(checkpoint))
+            trainer_state = read_checkpoint_json(checkpoint / TRAINER_STATE_FILE)
+            files = {name: read_checkpoint_json(checkpoint / name) for name in per_process or []}
+        except UserFacingError as err:
+            problem = str(err)
+        except (OSError, RuntimeError, ValueError, EOFError, KeyError, pickle.UnpicklingError) as err:
+            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            problem = f"cannot load '{checkpoint}' ({type(err).__name__}: {reason})"
+        if any_process(accelerator, problem is not None):
+            earlier = [s for s in self.checkpoint_steps() if s < step]
+            raise RunDirectoryError(
+                f"{problem or f'another process could not load {checkpoint}'}. Cannot resume from it: move "
+                f"'{checkpoint}' out of '{self.checkpoints}' and pass --resume again to continue from "
+                + (f"the checkpoint of step {earlier[-1]}" if earlier else "the start (no earlier checkpoint)")
+                + ", or start a new run_dir"
+            )
+        return trainer_state, files
 
     def remove_stale_staging(self) -> None:
         """Temporary checkpoint directories left by a killed run."""

@@ -30,9 +30,10 @@ from magma.data.records import TrainBatch
 from magma.model import IGNORE_INDEX, MagmaForCausalLM
 from magma.processor import MagmaProcessor
 from magma.training.config import TrainConfig
+from magma.training.divergence import refuse_non_finite_weights, stop_if_diverged
 from magma.training.evaluation import BatchScorer, EvalTotals, lockstep
 from magma.training.optimization import add_lora, build_optimizer, build_scheduler, merge_lora, set_trainable
-from magma.training.run_directory import TRAINER_STATE_FILE, RunDirectory, write_json_atomically
+from magma.training.run_directory import RunDirectory, write_json_atomically
 
 DATA_STATE_FILE = "data_state_rank{rank}.json"
 
@@ -126,10 +127,9 @@ class Trainer:
         self.state = TrainerState()
         data_state = None
         if resume_step:
-            checkpoint = self.run.checkpoint_path(resume_step)
-            accelerator.load_state(str(checkpoint))
-            self.state = TrainerState(**json.loads((checkpoint / TRAINER_STATE_FILE).read_text()))
-            data_state = json.loads((checkpoint / DATA_STATE_FILE.format(rank=accelerator.process_index)).read_text())
+            data_file = DATA_STATE_FILE.format(rank=accelerator.process_index)
+            counters, files = self.run.load_accelerate_checkpoint(accelerator, resume_step, [data_file])
+            self.state, data_state = TrainerState(**counters), files[data_file]
         if accelerator.is_main_process:
             if resume_step is not None:  # killed before its first checkpoint: resume_step 0, start over
                 self.run.truncate_metrics_after(resume_step)
@@ -161,7 +161,7 @@ class Trainer:
             local_tokens = sum(label_tokens(batch) for batch in micro_batches)
             step_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum"))
             loss_sum = torch.zeros((), device=accelerator.device)
-            for batch in micro_batches:
+            for index, batch in enumerate(micro_batches):
                 with accelerator.accumulate(self.model), accelerator.autocast():
                     out = self.model(**batch.inputs.to(accelerator.device).as_kwargs())
                     # mean loss -> this batch's share of the step's tokens; undo accelerate's 1/accum
@@ -173,6 +173,8 @@ class Trainer:
                         grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), config.optim.max_grad_norm)
                     else:
                         grad_norm = None
+                    if index == len(micro_batches) - 1:  # before the update: a diverged step is never applied
+                        stop_if_diverged(accelerator, state.step + 1, {"training loss": loss_sum}, self.run, grad_norm)
                     self.optimizer.step()
                     if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
                         self.scheduler.step()
@@ -273,6 +275,7 @@ class Trainer:
         """accelerate's state (model, optimizer, scheduler, RNG of every process) + each process's data
         position + the trainer counters, staged in a temporary directory and renamed when complete."""
         rank = self.accelerator.process_index
+        refuse_non_finite_weights(self.accelerator, self.model.parameters(), self.state.step, "checkpoint", self.run)
         self.run.save_accelerate_checkpoint(
             self.accelerator,
             self.state.step,
@@ -285,6 +288,7 @@ class Trainer:
         """The final model as an ordinary checkpoint (LoRA merged, tokenizer and action statistics
         included), loadable with ``MagmaForCausalLM.from_pretrained``."""
         accelerator = self.accelerator
+        refuse_non_finite_weights(accelerator, self.model.parameters(), self.state.step, "final model", self.run)
         weights = accelerator.get_state_dict(self.model)  # gathers FSDP / ZeRO-3 shards
         if accelerator.is_main_process:
             config = copy.deepcopy(accelerator.unwrap_model(self.model).config)
