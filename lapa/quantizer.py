@@ -220,5 +220,11 @@ class LatentActionQuantizer(nn.Module):
                 f"or train a quantizer at {image_size} px"
             )
         model = cls(config)
-        model.load_state_dict(read_safetensors(directory / WEIGHTS_FILE, QuantizerCheckpointError))
+        try:
+            model.load_state_dict(read_safetensors(directory / WEIGHTS_FILE, QuantizerCheckpointError))
+        except RuntimeError as error:  # missing, unexpected or mis-shaped tensors
+            raise QuantizerCheckpointError(
+                f"the weights in '{directory / WEIGHTS_FILE}' do not fit its config.json "
+                f"({str(error).splitlines()[0][:200]}); use the config.json saved with these weights"
+            ) from None
         return model.eval()

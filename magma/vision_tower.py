@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from timm.models.convnext import ConvNeXt
 from torch import nn
 
@@ -86,11 +88,17 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a safetensors or torch state-dict file (weights only, never pickled code)."""
     if not path.is_file():
         raise PretrainedWeightsError(f"weights file not found: '{path}'")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, ValueError, pickle.UnpicklingError, EOFError) as error:
+        raise PretrainedWeightsError(
+            f"cannot read weights from '{path}' ({type(error).__name__}: {str(error)[:200]}); the file is cut or "
+            "is not a safetensors/torch state dict: download or export it again"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):

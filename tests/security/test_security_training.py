@@ -266,6 +266,28 @@ def test_a_cut_or_garbled_model_checkpoint_is_one_message_naming_the_file(tmp_pa
     with pytest.raises(QuantizerCheckpointError, match=r"cannot read '.*model\.safetensors'.*re-export"):
         LatentActionQuantizer.from_pretrained(lapa_directory)
 
+    other = dict(QUANTIZER, dim=QUANTIZER["dim"] * 2)
+    mismatched = quantizer.save_pretrained(tmp_path / "mismatched")
+    config_path = mismatched / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **other}))
+    with pytest.raises(QuantizerCheckpointError, match=r"do not fit its config\.json"):
+        LatentActionQuantizer.from_pretrained(mismatched)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_cut_pretrained_vision_weights_are_one_message_naming_the_file(tmp_path, tiny_model, suffix):
+    from safetensors.torch import save_file
+
+    from magma.vision_tower import PretrainedWeightsError, read_state_dict
+
+    state = {name: tensor.contiguous() for name, tensor in tiny_model.state_dict().items() if "vision" in name}
+    path = tmp_path / f"trunk{suffix}"
+    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    assert read_state_dict(path).keys() == state.keys()
+    cut_in_half(path)
+    with pytest.raises(PretrainedWeightsError, match=rf"cannot read weights from '.*trunk\{suffix}'.*again"):
+        read_state_dict(path)
+
 
 def test_fine_tuning_from_a_cut_checkpoint_is_one_line_through_the_cli(corpus, tmp_path, tiny_model, tiny_processor):
     directory = tiny_model.save_pretrained(tmp_path / "base", tokenizer=tiny_processor.tokenizer)
