@@ -460,7 +460,7 @@ class RobotDaemon:
                 self.queue.clear()
                 self.monitor.reset()
                 if self.safety is not None:
-                    self.safety.invalid_streak = 0
+                    self.safety.forget_invalid()
                 with self._lock:
                     self._estop_request, self._estop_requested_tick = None, None
                 self._estopped_since = None

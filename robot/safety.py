@@ -10,7 +10,7 @@ refused. Pure numpy."""
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +51,7 @@ class SafetyLimits:
     workspace_tolerance_m: float = 0.01  # the measured end effector may overshoot the box this much
     max_speed_m_s: float = 1.5  # measured end-effector speed
     measured_violation_ticks: int = 1  # workspace / speed violations this many ticks in a short span: safe stop
-    max_invalid_actions: int = 5  # NaN/inf or wrong-size actions in a row: safe stop
+    max_invalid_actions: int = 5  # NaN/inf or wrong-size actions in a row, or twice this in 4x as many: safe stop
     gripper_range: tuple[float, float] = (-1.0, 1.0)
     joint_limits: dict[str, list[float]] = field(default_factory=dict)
 
@@ -163,7 +163,9 @@ class FilteredAction:
 
 class SafetyFilter:
     """Checks and clips delta end-effector actions for one robot; ``counts`` per event of SAFETY_EVENTS;
-    ``invalid_streak`` counts refused actions in a row (the daemon safe-stops at ``max_invalid_actions``)."""
+    ``invalid_streak`` counts refused actions in a row and ``recent_invalid`` flags the last
+    4 x ``max_invalid_actions`` policy actions: the daemon safe-stops at ``max_invalid_actions`` in a row,
+    or when half of the recent ones were refused (a policy that fails intermittently)."""
 
     def __init__(self, limits: SafetyLimits, joint_names: tuple[str, ...], action_dim: int = 7) -> None:
         check_safety_limits(limits)
@@ -181,6 +183,12 @@ class SafetyFilter:
         self.action_dim = action_dim
         self.counts: Counter[str] = Counter()
         self.invalid_streak = 0
+        self.recent_invalid: deque[bool] = deque(maxlen=4 * limits.max_invalid_actions)
+
+    def forget_invalid(self) -> None:
+        """Start counting refused actions afresh (after the operator resumes)."""
+        self.invalid_streak = 0
+        self.recent_invalid.clear()
 
     def count(self, event: str) -> None:
         self.counts[event] += 1
@@ -205,24 +213,28 @@ class SafetyFilter:
             events = ["non_finite"]
         else:
             self.invalid_streak = 0
+            self.recent_invalid.append(False)
             clipped = clip_delta_action(array, np.asarray(end_effector_xyz, dtype=np.float64), self.limits)
             events = ["clipped"] if clipped.clipped else []
             for event in events:
                 self.count(event)
             return FilteredAction(clipped.action, events)
         self.invalid_streak += 1
+        self.recent_invalid.append(True)
         for event in events:
             self.count(event)
         return FilteredAction(None, events)
 
     def too_many_invalid(self) -> str | None:
-        """The safe-stop reason once ``max_invalid_actions`` actions in a row were refused, else None."""
-        if self.invalid_streak < self.limits.max_invalid_actions:
-            return None
-        return (
-            f"the policy sent {self.invalid_streak} invalid actions in a row (NaN/inf or the wrong size); "
-            "check the policy's output decoding, then resume"
-        )
+        """The safe-stop reason once ``max_invalid_actions`` actions in a row, or half of the recent ones,
+        were refused; else None."""
+        fix = "check the policy's output decoding, then resume"
+        if self.invalid_streak >= self.limits.max_invalid_actions:
+            return f"the policy sent {self.invalid_streak} invalid actions in a row (NaN/inf or the wrong size); {fix}"
+        refused, window = sum(self.recent_invalid), self.recent_invalid.maxlen or 0
+        if refused >= window // 2:
+            return f"the policy sent {refused} invalid actions of its last {window} (NaN/inf or the wrong size); {fix}"
+        return None
 
 
 @dataclass

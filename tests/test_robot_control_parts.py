@@ -143,3 +143,19 @@ def test_safety_filter_escalates_invalid_actions_in_a_row():
     for bad in (np.full(7, np.nan), np.zeros(3), "not numbers"):
         safety.filter(bad, np.zeros(3))
     assert "3 invalid actions in a row" in safety.too_many_invalid()
+
+
+def test_safety_filter_escalates_a_policy_that_fails_intermittently():
+    safety = SafetyFilter(SafetyLimits(max_invalid_actions=3), ())  # window of 12, stop at 6 refused
+    inside = np.array([0.3, 0.0, 0.3])
+    for tick in range(40):  # every fourth action invalid: held each time, never a stop
+        safety.filter(np.full(7, np.nan) if tick % 4 == 0 else np.zeros(7), inside)
+        assert safety.too_many_invalid() is None
+    reasons = []
+    for tick in range(12):  # every other action invalid: never two in a row, still a stop
+        safety.filter(np.full(7, np.nan) if tick % 2 == 0 else np.zeros(7), inside)
+        reasons.append(safety.too_many_invalid())
+    assert reasons[-1] is not None and "invalid actions of its last 12" in reasons[-1]
+    safety.forget_invalid()  # the operator resumed
+    safety.filter(np.full(7, np.nan), inside)
+    assert safety.too_many_invalid() is None
