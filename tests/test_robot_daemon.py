@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from local_servers import wait_for
 from test_robot_policy_server import AGENT, REPO, start_server, stop
 
 from data_tools.lerobot_dataset import LeRobotDatasetReader
@@ -107,17 +108,9 @@ def start_daemon(config) -> tuple[RobotDaemon, threading.Thread, dict]:
     return daemon, thread, outcome
 
 
-def wait_for(condition, what: str, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def http_post(url: str) -> dict:
     request = urllib.request.Request(url, data=b"", method="POST")
-    with urllib.request.urlopen(request, timeout=10) as reply:
+    with urllib.request.urlopen(request, timeout=120) as reply:
         return json.loads(reply.read())
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+from local_servers import wait_for
 from PIL import Image
 from websockets.sync.client import connect
 
@@ -180,13 +181,6 @@ class EchoPolicy:
         if self.gate is not None:
             self.gate.wait()
         return np.array([self.client, float(observation["state"][0])] + [0.0] * 5)
-
-
-def wait_for(condition, timeout_s: float = 600.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the condition was not reached"
-        time.sleep(0.01)
 
 
 def serve_echo(

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
-from test_robot_daemon import FaultyPolicy, daemon_config, http_post, serve_in_process, start_daemon, wait_for
+from local_servers import QuietHandler, send_body, serve_http, stop_http, wait_for
+from test_robot_daemon import FaultyPolicy, daemon_config, http_post, serve_in_process, start_daemon
 
 from envs.web.browser import ChromiumBrowser, ContextOptions
 from magma.config import ConfigError
@@ -36,21 +36,11 @@ Promise.allSettled([
 def serve_page(html: str) -> ThreadingHTTPServer:
     """A tiny web site of another origin (its own free port on loopback) serving one page."""
 
-    class Page(BaseHTTPRequestHandler):
+    class Page(QuietHandler):
         def do_GET(self) -> None:
-            body = html.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_body(self, html, "text/html")
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return serve_http(Page)
 
 
 def request(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> tuple[int, dict]:
@@ -98,8 +88,7 @@ def test_a_page_of_another_origin_cannot_clear_an_http_estop(tmp_path):
         daemon.stop()
         server.stop()
         if page_server is not None:
-            page_server.shutdown()
-            page_server.server_close()
+            stop_http(page_server)
     assert "error" not in outcome, outcome.get("error")
 
 

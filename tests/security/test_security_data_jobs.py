@@ -3,16 +3,17 @@ hostile line is counted by reason and the job goes on; killing a multi-worker jo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from local_servers import wait_for
 from PIL import Image, ImageDraw
 
 from data_tools.jobs import CorpusJobError, InputResult, JobSpec, list_inputs, run_corpus_job
@@ -29,14 +30,17 @@ def agent_data(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*AGENT, *args, "--no-progress"], capture_output=True, text=True, timeout=1800, cwd=REPO)
 
 
-def wait_for(condition, bound_s: float = BOUND_S, what: str = "condition"):
-    deadline = time.monotonic() + bound_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {bound_s} s waiting for {what}")
+@contextlib.contextmanager
+def process_group_cleaned_up(job: subprocess.Popen):
+    """Whatever the test asserts, kill what is left of the job's own process group afterwards."""
+    try:
+        yield
+    finally:
+        for pid in _live_members(job.pid):
+            os.kill(pid, signal.SIGKILL)  # only this test's job's own process group
+        if job.poll() is None:
+            job.kill()
+            job.wait()
 
 
 def screenshot(path: Path, size: tuple[int, int] = (320, 240)) -> list[dict]:
@@ -185,7 +189,7 @@ def test_stopping_a_multi_worker_job_leaves_no_worker_running(tmp_path, slow_cor
             start_new_session=True,  # its own process group, which the test scans for workers
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # even if this shell ignores Ctrl-C
         )
-    try:
+    with process_group_cleaned_up(job):
         workers = wait_for(
             lambda: (_live_members(job.pid) - {job.pid}) if job.poll() is None else {"ended"},
             what="the job's worker processes",
@@ -196,12 +200,6 @@ def test_stopping_a_multi_worker_job_leaves_no_worker_running(tmp_path, slow_cor
         os.kill(job.pid, stop)
         job.wait(timeout=BOUND_S)
         wait_for(lambda: not _live_members(job.pid), what=f"the workers {sorted(workers)} to exit after {stop.name}")
-    finally:
-        for pid in _live_members(job.pid):
-            os.kill(pid, signal.SIGKILL)  # only this test's job's own process group
-        if job.poll() is None:
-            job.kill()
-            job.wait()
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
@@ -216,7 +214,7 @@ def test_a_worker_killed_by_the_system_ends_the_job_with_one_clear_message(tmp_p
         text=True,
         start_new_session=True,
     )
-    try:
+    with process_group_cleaned_up(job):
         wait_for(lambda: any(out.glob("*.tar")) or job.poll() is not None, what="the first shard")
         workers = _live_members(job.pid) - {job.pid}
         assert job.poll() is None and workers, "the job ended before a worker could be killed; give it more work"
@@ -224,9 +222,3 @@ def test_a_worker_killed_by_the_system_ends_the_job_with_one_clear_message(tmp_p
         _, stderr = job.communicate(timeout=BOUND_S)
         assert job.returncode == 2 and "a worker process died" in stderr and "Traceback" not in stderr, stderr
         wait_for(lambda: not _live_members(job.pid), what="the other workers to exit")
-    finally:
-        for pid in _live_members(job.pid):
-            os.kill(pid, signal.SIGKILL)  # only this test's job's own process group
-        if job.poll() is None:
-            job.kill()
-            job.wait()

@@ -8,10 +8,10 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from local_servers import QuietHandler, send_body, serve_http, stop_http
 
 from magma.agents.task_failures import FailureStreak, RunStoppedError, should_run
 from magma.agents.web_suite import WebRunOptions, WebRunSettings, run_web_suite, web_policy_factory
@@ -22,24 +22,16 @@ if not Path("/usr/bin/chromium").exists():
 STALL_BOUND_S = 600  # the stalled page's handler gives up at teardown at the latest
 
 
-class _Site(BaseHTTPRequestHandler):
+class _Site(QuietHandler):
     def do_GET(self) -> None:
         if self.path.startswith("/stall"):
             self.server.stall_hits.append(self.path)
             self.server.release.wait(STALL_BOUND_S)  # never finishes loading until the test releases it
-        data = b"<html><body><p>All is fine here</p></body></html>"
         with contextlib.suppress(OSError):  # the browser may have given up on a stalled page long ago
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
+            send_body(self, "<html><body><p>All is fine here</p></body></html>", "text/html; charset=utf-8")
 
 
-class _Chat(BaseHTTPRequestHandler):
+class _Chat(QuietHandler):
     """An OpenAI-compatible endpoint: ``server.behaviour(objective)`` says "ok", "no choices" or "500"."""
 
     def do_POST(self) -> None:
@@ -50,44 +42,27 @@ class _Chat(BaseHTTPRequestHandler):
             self.send_error(500, "model crashed")
             return
         reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "```stop [fine]```"}}]}
-        body = json.dumps({"error": "overloaded"} if behaviour == "no choices" else reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def _serve(handler: type) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+        send_body(self, json.dumps({"error": "overloaded"} if behaviour == "no choices" else reply), "application/json")
 
 
 @pytest.fixture
 def site(monkeypatch):
-    server = _serve(_Site)
+    server = serve_http(_Site)
     server.stall_hits, server.release = [], threading.Event()
     monkeypatch.setenv("SHOPPING", f"http://127.0.0.1:{server.server_address[1]}")
     yield server
     server.release.set()
-    server.shutdown()
-    server.server_close()
+    stop_http(server)
 
 
 @pytest.fixture
 def chat(monkeypatch):
-    server = _serve(_Chat)
+    server = serve_http(_Chat)
     server.behaviour = lambda objective: "ok"
     monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/v1")
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     yield server
-    server.shutdown()
-    server.server_close()
+    stop_http(server)
 
 
 def _task(task_id: int, intent: str, start_url: str, eval_type: str = "string_match") -> dict:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_robot_daemon import AGENT, REPO, daemon_config, recorded_columns, serve_in_process, start_daemon, wait_for
+from local_servers import wait_for
+from test_robot_daemon import AGENT, REPO, daemon_config, recorded_columns, serve_in_process, start_daemon
 
 from magma.config import ConfigError
 from robot.daemon_config import load_daemon_config
@@ -142,38 +143,31 @@ def test_rotation_only_excursion_is_caught_on_the_measured_pose_and_safe_stopped
     assert np.all(measured[first:] <= measured[first] + 1e-3)  # the excursion did not grow after the stop
 
 
-def test_repeated_nan_actions_escalate_to_a_safe_stop(tmp_path):
-    server = serve_in_process(NanPolicy)
-    config = daemon_config(
-        tmp_path, server.port, "robot.args.task=reach", "robot.args.max_steps=100000", "safety.max_invalid_actions=4"
-    )
+def run_until_safe_stop(tmp_path, policy_class, *overrides: str):
+    """The daemon on the simulated arm with ``policy_class`` served, until it safe-stops: (reason, summary)."""
+    server = serve_in_process(policy_class)
+    config = daemon_config(tmp_path, server.port, "robot.args.task=reach", "robot.args.max_steps=100000", *overrides)
     daemon, thread, outcome = start_daemon(config)
     try:
         wait_for(lambda: daemon.status()["state"] == "safe_stopped", "the safe stop", 600)
-        assert "4 invalid actions in a row" in daemon.status()["reason"]
+        reason = daemon.status()["reason"]
         daemon.stop()
         thread.join(timeout=600)
     finally:
         daemon.stop()
         server.stop()
-    summary = outcome["summary"]
+    assert "error" not in outcome, outcome.get("error")
+    return reason, outcome["summary"]
+
+
+def test_repeated_nan_actions_escalate_to_a_safe_stop(tmp_path):
+    reason, summary = run_until_safe_stop(tmp_path, NanPolicy, "safety.max_invalid_actions=4")
+    assert "4 invalid actions in a row" in reason
     assert summary.policy_actions == 0 and summary.counts["non_finite"] >= 4
     assert summary.safe_stops >= 1 and "invalid actions in a row" in summary.safe_stop_reasons[0]
 
 
 def test_measured_overspeed_is_held_then_safe_stopped(tmp_path):
-    server = serve_in_process(SteadyPolicy)
-    config = daemon_config(
-        tmp_path, server.port, "robot.args.task=reach", "robot.args.max_steps=100000", "safety.max_speed_m_s=0.05"
-    )
-    daemon, thread, outcome = start_daemon(config)
-    try:
-        wait_for(lambda: daemon.status()["state"] == "safe_stopped", "the safe stop", 600)
-        assert "m/s > 0.05 m/s" in daemon.status()["reason"]
-        daemon.stop()
-        thread.join(timeout=600)
-    finally:
-        daemon.stop()
-        server.stop()
-    summary = outcome["summary"]
+    reason, summary = run_until_safe_stop(tmp_path, SteadyPolicy, "safety.max_speed_m_s=0.05")
+    assert "m/s > 0.05 m/s" in reason
     assert summary.counts["overspeed"] >= 1 and "m/s" in summary.safe_stop_reasons[0]

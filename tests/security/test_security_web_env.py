@@ -4,12 +4,11 @@ guard must let none through (redirect hops, images, fetch, WebSockets, frames, n
 
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from local_servers import QuietHandler, send_body, serve_http, stop_http
 
 pytest.importorskip("playwright")
 if not Path("/usr/bin/chromium").exists():
@@ -46,7 +45,7 @@ socket.onclose = () => done('websocket');
     }
 
 
-class _Site(BaseHTTPRequestHandler):
+class _Site(QuietHandler):
     def do_GET(self) -> None:
         other = self.server.other
         redirects = {
@@ -66,50 +65,25 @@ class _Site(BaseHTTPRequestHandler):
         if body is None:
             self.send_error(404)
             return
-        data = body.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        send_body(self, body, "text/html; charset=utf-8")
 
 
-class _Other(BaseHTTPRequestHandler):
+class _Other(QuietHandler):
     """The host no task allows: it counts every request (a WebSocket handshake is a GET too)."""
 
     def do_GET(self) -> None:
         self.server.hits.append(self.path)
-        data = b"<html><body><p>SECRET of the other host</p></body></html>"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def _serve(handler: type) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+        send_body(self, "<html><body><p>SECRET of the other host</p></body></html>", "text/html")
 
 
 @pytest.fixture(scope="module")
 def hosts():
-    other = _serve(_Other)
+    other = serve_http(_Other)
     other.hits = []
-    site = _serve(_Site)
+    site = serve_http(_Site)
     site.other = f"127.0.0.1:{other.server_address[1]}"
     yield f"http://127.0.0.1:{site.server_address[1]}", other
-    for server in (site, other):
-        server.shutdown()
-        server.server_close()
+    stop_http(site, other)
 
 
 @pytest.fixture(scope="module")
