@@ -53,12 +53,13 @@ def check_allowed_origins(origins: Iterable[str], what: str) -> list[str]:
     """Normalised ``scheme://host[:port]`` origins; an error naming any that is not one."""
     normalised = []
     for origin in origins:
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        key = _origin_key(origin)
+        parts = urlsplit(origin) if key is not None else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
             raise EndpointAccessError(
                 f"{what}: allowed origin {origin!r} is not an origin; write it as scheme://host[:port]"
             )
-        normalised.append(_origin_key(origin))
+        normalised.append(key)
     return normalised
 
 
@@ -81,6 +82,8 @@ def origin_refusal(origin: str | None, host_header: str | None, allowed_origins:
     if origin == "null":
         return "requests from opaque origins (sandboxed pages, file://) are refused"
     key = _origin_key(origin)
+    if key is None:
+        return f"the Origin header {origin[:100]!r} is not an origin; requests from web pages are refused"
     if key in set(allowed_origins):
         return None
     if host_header and key == _origin_key(f"http://{host_header}"):  # these endpoints speak plain http
@@ -101,18 +104,27 @@ def host_refusal(host_header: str | None, bind_host: str) -> str | None:
         return None
     if not host_header:
         return "the request has no Host header"
-    name = urlsplit(f"//{host_header}").hostname or ""
+    try:
+        parts = urlsplit(f"//{host_header}")
+        name, _ = parts.hostname or "", parts.port  # .port raises on a port that is not a number in range
+    except ValueError:
+        return f"Host {host_header[:100]!r} is not a host[:port]; connect to {bind_host} directly"
     if is_loopback(name) or name == bind_host.strip("[]").lower():
         return None
-    return f"Host {host_header!r} does not name this endpoint; connect to {bind_host} directly"
+    return f"Host {host_header[:100]!r} does not name this endpoint; connect to {bind_host} directly"
 
 
-def _origin_key(origin: str) -> str:
-    parts = urlsplit(origin.strip())
+def _origin_key(origin: str) -> str | None:
+    """``scheme://host[:port]`` with the default port left out, or None for what is not an origin."""
+    try:
+        parts = urlsplit(origin.strip())
+        explicit_port = parts.port  # raises ValueError on a port that is not a number in range
+    except ValueError:
+        return None
     default_port = {"http": 80, "https": 443}.get(parts.scheme)
     host = (parts.hostname or "").lower()
     if ":" in host:
         host = f"[{host}]"
-    port = parts.port if parts.port is not None else default_port
+    port = explicit_port if explicit_port is not None else default_port
     suffix = "" if port == default_port else f":{port}"
     return f"{parts.scheme}://{host}{suffix}"

@@ -59,7 +59,7 @@ def test_origin_rules():
     assert origin_refusal("http://localhost:3001", host, allowed)
 
 
-@pytest.mark.parametrize("origin", ["localhost:3000", "ftp://x", "http://x/path", "*"])
+@pytest.mark.parametrize("origin", ["localhost:3000", "ftp://x", "http://x/path", "*", "http://x:abc", "http://[::1"])
 def test_allowed_origins_must_be_origins(origin):
     with pytest.raises(EndpointAccessError, match="not an origin"):
         check_allowed_origins([origin], "server")
@@ -73,3 +73,15 @@ def test_host_header_rules_against_dns_rebinding():
     assert host_refusal("attacker.example:8710", "127.0.0.1")
     assert host_refusal(None, "127.0.0.1")
     assert host_refusal("attacker.example", "0.0.0.0") is None  # a wildcard bind is guarded by its token
+
+
+@pytest.mark.parametrize(
+    "origin", ["http://127.0.0.1:abc", "http://127.0.0.1:99999", "http://127.0.0.1:-1", "http://[::1", "http://%zz"]
+)
+def test_a_malformed_origin_is_refused_not_raised(origin):
+    assert origin_refusal(origin, "127.0.0.1:8710")
+
+
+@pytest.mark.parametrize("host", ["[::1", "127.0.0.1:abc", "127.0.0.1:99999", "localhost:-1"])
+def test_a_malformed_host_is_refused_not_raised(host):
+    assert host_refusal(host, "127.0.0.1")
