@@ -75,6 +75,13 @@ class JobSpec:
     rank: int = 0
     world_size: int = 1
 
+    def __post_init__(self) -> None:
+        for name in ("samples_per_shard", "inputs_per_unit"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                option = "--" + name.replace("_", "-")
+                raise CorpusJobError(f"{option} is {value!r}; give a whole number of 1 or more")
+
     def fingerprint(self) -> str:
         """Identifies the job's output: kind, options, the input list, the unit and shard sizes, the seed."""
         defining = {
@@ -311,9 +318,25 @@ class JobSummary:
         )
 
 
+def max_workers() -> int:
+    """The most worker processes a job may start on this machine: 4 per CPU core, between 4 and 256."""
+    return min(max(4 * (os.cpu_count() or 1), 4), 256)
+
+
+def check_workers(workers: int) -> int:
+    """``workers`` if it is a usable process count, else a CorpusJobError naming the allowed range."""
+    limit = max_workers()
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= limit:
+        raise CorpusJobError(
+            f"--workers is {workers!r}; give 1 to {limit} (4 per CPU core of this machine, at most 256)"
+        )
+    return workers
+
+
 def run_corpus_job(spec: JobSpec, function: InputFunction, workers: int = 1, progress: bool = True) -> JobSummary:
     """Process this machine's pending units with ``workers`` processes; returns the whole share's summary
     (units recorded by earlier runs included)."""
+    check_workers(workers)
     if not spec.inputs:
         raise CorpusJobError(f"the {spec.kind} job has no inputs; give a directory or a list file that names some")
     Path(spec.out_dir).mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import stat
+import string
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +48,9 @@ FRAME_INDEX_FEATURES: dict[str, str] = {
     "task_index": "int64",
 }
 NUMERIC_DTYPES = ("float32", "float64", "int32", "int64", "bool")
+PATH_TEMPLATE_FIELDS = ("chunk_index", "file_index", "episode_chunk", "episode_index", "video_key")
+_PATH_FORMAT_SPEC = re.compile(r"0?>?\d{0,2}d?")  # e.g. "", "03d", "0>3": padding of at most 99 characters
+MAX_METADATA_JSON_BYTES = 64 * 2**20
 CONVERT_V21_COMMAND = "python -m lerobot.scripts.convert_dataset_v21_to_v30 --repo-id=<your/dataset>"
 
 
@@ -67,6 +73,65 @@ class FeatureSpec:
     def from_info(cls, entry: dict[str, Any]) -> FeatureSpec:
         names = entry.get("names")
         return cls(dtype=str(entry["dtype"]), shape=tuple(int(n) for n in entry["shape"]), names=names)
+
+
+def format_path_template(template: Any, what: str, **fields: Any) -> str:
+    """``template`` (info.json's ``data_path`` / ``video_path``) filled with ``fields``; only the documented
+    fields (``PATH_TEMPLATE_FIELDS``) with a plain padding spec are allowed, so a hostile template can neither
+    reach attributes (``{chunk_index.__class__}``) nor ask for a two-gigabyte padding."""
+    if not isinstance(template, str) or not template:
+        raise DatasetLayoutError(f"info.json's {what} is {template!r}, not a path template; restore the file")
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as error:
+        raise DatasetLayoutError(f"info.json's {what} {template!r} is not a path template ({error})") from None
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if name not in fields or conversion is not None or not _PATH_FORMAT_SPEC.fullmatch(spec or ""):
+            raise DatasetLayoutError(
+                f"info.json's {what} {template!r} has the field {{{name}{'!' + conversion if conversion else ''}"
+                f"{':' + spec if spec else ''}}}; use only {{{'}, {'.join(sorted(fields))}}} with a padding such as "
+                ":03d (LeRobot's own template is data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet)"
+            )
+    try:
+        return template.format(**fields)
+    except (ValueError, TypeError) as error:
+        raise DatasetLayoutError(f"info.json's {what} {template!r} cannot be filled in ({error})") from None
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (a regular file of at most ``MAX_METADATA_JSON_BYTES``), else one
+    DatasetLayoutError naming the file and what is wrong with it."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO's open must not wait
+    except OSError as error:
+        raise DatasetLayoutError(
+            f"cannot read '{path}' ({what}: {error.strerror or error}); check the dataset"
+        ) from None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise DatasetLayoutError(f"'{path}' ({what}) is not a regular file; restore it from the dataset")
+        with os.fdopen(os.dup(descriptor), "rb") as file:
+            data = file.read(MAX_METADATA_JSON_BYTES + 1)
+    finally:
+        os.close(descriptor)
+    if len(data) > MAX_METADATA_JSON_BYTES:
+        raise DatasetLayoutError(
+            f"'{path}' ({what}) is larger than {MAX_METADATA_JSON_BYTES // 2**20} MiB; restore it from the dataset"
+        )
+    try:
+        payload = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        detail = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise DatasetLayoutError(
+            f"'{path}' ({what}) is not valid JSON ({detail}); restore it from the dataset"
+        ) from None
+    if not isinstance(payload, dict):
+        raise DatasetLayoutError(
+            f"'{path}' ({what}) holds a JSON {type(payload).__name__}, not an object; restore it from the dataset"
+        )
+    return payload
 
 
 def dimension_names(names: Any) -> list[str]:

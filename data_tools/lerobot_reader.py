@@ -5,7 +5,6 @@ frames decoded by decord at the episodes' timestamps (``from_timestamp`` + frame
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,8 @@ from data_tools.lerobot_format import (
     DatasetLayoutError,
     FeatureSpec,
     column_to_numpy,
+    format_path_template,
+    read_json_object,
     statistics_from_json,
     tasks_from_table,
 )
@@ -109,16 +110,13 @@ class LeRobotDatasetReader:
         self.tasks = tasks_from_table(self._read_parquet(TASKS_PATH), self.root / TASKS_PATH)
         self.episodes = self._load_episodes()
         stats_path = self.root / STATS_PATH
-        self.stats = statistics_from_json(json.loads(stats_path.read_text())) if stats_path.is_file() else {}
+        self.stats = statistics_from_json(read_json_object(stats_path, "statistics")) if stats_path.exists() else {}
         self._data_cache: tuple[Path, pa.Table] | None = None
 
     def _load_info(self) -> dict[str, Any]:
         path = self.root / INFO_PATH
-        try:
-            info = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise DatasetLayoutError(f"'{path}' is not valid JSON ({error}); restore it from the dataset") from None
-        version = str(info.get("codebase_version", "")) if isinstance(info, dict) else ""
+        info = read_json_object(path, "dataset info")
+        version = str(info.get("codebase_version", ""))
         if version.startswith("v2") or version.startswith("v1"):
             raise DatasetLayoutError(
                 f"'{self.root}' is a LeRobot {version} dataset (codebase_version in {INFO_PATH}); this reader takes "
@@ -208,12 +206,58 @@ class LeRobotDatasetReader:
     def num_episodes(self) -> int:
         return len(self.episodes)
 
+    def _inside_root(self, relative: str) -> str:
+        """``relative`` if it names a file inside the dataset folder (after resolving links), else an error."""
+        if not (self.root / relative).resolve().is_relative_to(self.root.resolve()):
+            raise DatasetLayoutError(
+                f"'{INFO_PATH}' of '{self.root}' points at '{relative}', outside the dataset folder; restore the file"
+            )
+        return relative
+
+    def _vector_column(self, rows: pa.Table, key: str, index: int) -> np.ndarray:
+        """Column ``key`` as (T, width) numbers, width from info.json's shape, else one clear error."""
+        entry = self.features[key]
+        where = f"column '{key}' of episode {index} in '{self.root}'"
+        if key not in rows.column_names:
+            raise DatasetLayoutError(f"{where} is missing; the dataset is damaged: re-export it")
+        value_type = rows[key].type
+        while (
+            pa.types.is_list(value_type)
+            or pa.types.is_large_list(value_type)
+            or pa.types.is_fixed_size_list(value_type)
+        ):
+            value_type = value_type.value_type
+        if not (pa.types.is_integer(value_type) or pa.types.is_floating(value_type) or pa.types.is_boolean(value_type)):
+            raise DatasetLayoutError(
+                f"{where} holds {value_type} values, not numbers; the dataset is damaged: re-export it"
+            )
+        try:
+            width = int(np.prod([int(n) for n in entry["shape"]]))
+            values = column_to_numpy(rows[key], width)
+        except (TypeError, ValueError, KeyError, pa.ArrowException) as error:
+            raise DatasetLayoutError(
+                f"{where} does not match its feature in {INFO_PATH} ({entry.get('dtype')} {entry.get('shape')}): "
+                f"{error}; the dataset is damaged: re-export it"
+            ) from None
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            row = int(np.argwhere(~np.isfinite(values))[0][0])
+            raise DatasetLayoutError(
+                f"{where} holds NaN or infinite values (first at frame "
+                f"{row}); training on them would corrupt the model: fix or drop those frames and re-export"
+            )
+        return values
+
     def _episode_rows(self, index: int) -> pa.Table:
         if not 0 <= index < self.num_episodes:
             raise IndexError(f"episode {index} is not among the {self.num_episodes} episodes of '{self.root}'")
         meta = self.episodes[index]
-        relative = self.info["data_path"].format(
-            chunk_index=meta["data/chunk_index"], file_index=meta["data/file_index"]
+        relative = self._inside_root(
+            format_path_template(
+                self.info["data_path"],
+                "data_path",
+                chunk_index=meta["data/chunk_index"],
+                file_index=meta["data/file_index"],
+            )
         )
         path = self.root / relative
         if self._data_cache is None or self._data_cache[0] != path:
@@ -232,7 +276,6 @@ class LeRobotDatasetReader:
         (None: all cameras) decoded with decord at the episode's timestamps."""
         rows = self._episode_rows(index)
         meta = self.episodes[index]
-        width = {key: int(np.prod(entry["shape"])) for key, entry in self.features.items()}
         task_indices = column_to_numpy(rows["task_index"]).astype(np.int64)
         known = {STATE_KEY, ACTION_KEY, *FRAME_INDEX_FEATURES}
         episode = Episode(
@@ -240,11 +283,11 @@ class LeRobotDatasetReader:
             task=self.tasks[int(task_indices[0])],
             tasks=list(meta.get("tasks") or dict.fromkeys(self.tasks[int(i)] for i in task_indices)),
             states=(
-                column_to_numpy(rows[STATE_KEY], width[STATE_KEY])
-                if STATE_KEY in rows.column_names
+                self._vector_column(rows, STATE_KEY, index)
+                if STATE_KEY in rows.column_names and STATE_KEY in self.features
                 else np.zeros((rows.num_rows, 0), dtype=np.float32)
             ),
-            actions=column_to_numpy(rows[ACTION_KEY], width[ACTION_KEY]),
+            actions=self._vector_column(rows, ACTION_KEY, index),
             timestamps=column_to_numpy(rows["timestamp"]).astype(np.float64),
             task_indices=task_indices,
             extra={name: column_to_numpy(rows[name]) for name in rows.column_names if name not in known},
@@ -258,10 +301,14 @@ class LeRobotDatasetReader:
         if camera not in self.cameras:
             raise DatasetLayoutError(f"'{self.root}' has no camera {camera!r}; use one of {self.cameras}")
         meta = self.episodes[index]
-        path = self.root / self.info["video_path"].format(
-            video_key=camera,
-            chunk_index=meta[f"videos/{camera}/chunk_index"],
-            file_index=meta[f"videos/{camera}/file_index"],
+        path = self.root / self._inside_root(
+            format_path_template(
+                self.info.get("video_path"),
+                "video_path",
+                video_key=camera,
+                chunk_index=meta[f"videos/{camera}/chunk_index"],
+                file_index=meta[f"videos/{camera}/file_index"],
+            )
         )
         if not path.is_file():
             raise DatasetLayoutError(f"'{path}' is missing; the dataset is incomplete: re-download or re-record it")

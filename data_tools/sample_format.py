@@ -15,6 +15,7 @@ there. Loss falls on the ``gpt`` turns only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,11 +30,18 @@ class SampleFormatError(UserFacingError, ValueError):
     """A sample that does not follow the training-sample contract."""
 
 
+def _is_finite_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+
+
 def _actions_are_numbers(actions: Any) -> bool:
+    """A non-empty list of finite numbers, or of non-empty lists of them (NaN and infinity are refused)."""
     if not isinstance(actions, list) or not actions:
         return False
-    flat = [value for row in actions for value in row] if isinstance(actions[0], list) else actions
-    return all(isinstance(value, int | float) and not isinstance(value, bool) for value in flat)
+    rows = actions if isinstance(actions[0], list) else [actions]
+    return all(isinstance(row, list) and row and all(_is_finite_number(value) for value in row) for row in rows)
 
 
 def validate_sample(record: Mapping[str, Any], num_images: int) -> None:
@@ -65,7 +73,9 @@ def validate_sample(record: Mapping[str, Any], num_images: int) -> None:
         )
     actions = record.get("actions")
     if actions is not None and not _actions_are_numbers(actions):
-        raise SampleFormatError("'actions' must be a non-empty list of numbers (or of lists of numbers)")
+        raise SampleFormatError(
+            "'actions' must be a non-empty list of finite numbers (or of lists of them), without NaN or infinity"
+        )
     if (actions is None) != (actions_slots == 0) or actions_slots > 1:
         raise SampleFormatError(
             f"a sample with 'actions' needs exactly one {ACTION_PLACEHOLDER} in a gpt turn (and one without none); "

@@ -24,6 +24,9 @@ path or XML}``, or ``{"image": ..., "dom": [nodes]}``; relative paths start at t
 
 from __future__ import annotations
 
+import io
+import os
+import stat
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -301,6 +304,8 @@ def som_grounding_samples(
 
 
 MAX_SCREENSHOT_PIXELS = 50_000_000  # an 8K screen is 33 million; more is a broken or hostile file
+MAX_SCREENSHOT_BYTES = 64 * 2**20  # an uncompressed 8K RGB PNG is about 100 MB; real screenshots are far smaller
+MAX_ANDROID_XML_BYTES = 16 * 2**20  # a dump of a busy screen is well under 1 MB
 
 
 def _resolve(path_text: Any, base_dir: Path, origin: str, what: str) -> Path:
@@ -310,15 +315,55 @@ def _resolve(path_text: Any, base_dir: Path, origin: str, what: str) -> Path:
     return path if path.is_absolute() else base_dir / path
 
 
-def _load_screenshot(path: Path, origin: str) -> Image.Image:
-    if not path.is_file():
-        raise SomInputError(
-            f"{origin}: screenshot '{path}' not found; fix the 'image' path (relative paths start at the "
-            "annotation file's folder)",
-            reason="unreadable_image",
-        )
+def read_annotated_file(
+    path: Path, origin: str, key: str, max_bytes: int, missing_reason: str = "malformed_annotation"
+) -> bytes:
+    """The bytes of the file an annotation names under ``key``, refused unless it is a regular file (not a FIFO,
+    a device or a directory) of at most ``max_bytes``; checked on the opened descriptor, so nothing blocks or
+    swaps in between. Reasons: ``missing_reason`` (no such file), ``not_a_file``, ``file_too_large``."""
+    what = f"the '{key}' file"
     try:
-        with Image.open(path) as opened:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO's open must not wait
+    except FileNotFoundError:
+        raise SomInputError(
+            f"{origin}: {what} '{path}' not found; fix the '{key}' path (relative paths start at the annotation "
+            "file's folder)",
+            reason=missing_reason,
+        ) from None
+    except OSError as error:
+        raise SomInputError(
+            f"{origin}: cannot open {what} '{path}' ({error.strerror or error}); fix the path", reason="not_a_file"
+        ) from None
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise SomInputError(
+                f"{origin}: {what} '{path}' is not a regular file (a directory, pipe, device or special file); "
+                "point the annotation at a file",
+                reason="not_a_file",
+            )
+        if status.st_size > max_bytes:
+            raise SomInputError(
+                f"{origin}: {what} '{path}' has {status.st_size} bytes, more than {max_bytes // 2**20} MiB; "
+                "shrink it or leave it out",
+                reason="file_too_large",
+            )
+        with os.fdopen(os.dup(descriptor), "rb") as file:
+            data = file.read(max_bytes + 1)  # bounded: the file may have grown since fstat
+    finally:
+        os.close(descriptor)
+    if len(data) > max_bytes:
+        raise SomInputError(
+            f"{origin}: {what} '{path}' is more than {max_bytes // 2**20} MiB; shrink it or leave it out",
+            reason="file_too_large",
+        )
+    return data
+
+
+def _load_screenshot(path: Path, origin: str) -> Image.Image:
+    data = read_annotated_file(path, origin, "image", MAX_SCREENSHOT_BYTES, missing_reason="unreadable_image")
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
             if opened.width * opened.height > MAX_SCREENSHOT_PIXELS:  # checked from the header, before decoding
                 raise SomInputError(
                     f"{origin}: screenshot '{path}' is {opened.width}x{opened.height}, more than "
@@ -377,10 +422,11 @@ def elements_from_annotation(
     xml = annotation["android_xml"]
     if not (isinstance(xml, str) and xml.lstrip().startswith("<")):
         path = _resolve(xml, base_dir, origin, "android_xml")
+        data = read_annotated_file(path, origin, "android_xml", MAX_ANDROID_XML_BYTES)
         try:
-            xml = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise SomInputError(f"{origin}: cannot read '{path}' ({error}); fix the 'android_xml' path") from None
+            xml = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise SomInputError(f"{origin}: '{path}' is not UTF-8 ({error}); fix the 'android_xml' file") from None
     try:
         return elements_from_android_hierarchy(xml)
     except SomInputError as error:

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from envs.android.text_input import MAX_TYPED_TEXT_CHARS
 from magma.actions import ActionParseError, UIAction, extract_vwa_action, parse_aitw_action
 
 DEVICE_ACTION_KINDS = (
@@ -172,8 +173,14 @@ def parse_android_action(reply: str) -> DeviceAction:
     text = extract_vwa_action(str(reply))
     payload = _json_object(text)
     if isinstance(payload, dict) and "action_type" in payload:
-        return _androidworld(text, payload)
-    return from_ui_action(parse_aitw_action(json.dumps(payload) if isinstance(payload, dict) else text))
+        action = _androidworld(text, payload)
+    else:
+        action = from_ui_action(parse_aitw_action(json.dumps(payload) if isinstance(payload, dict) else text))
+    if action.kind == "type" and len(action.text or "") > MAX_TYPED_TEXT_CHARS:
+        raise ActionParseError(
+            text, f"the text to type has {len(action.text or '')} characters, more than {MAX_TYPED_TEXT_CHARS}"
+        )
+    return action
 
 
 def described_action(reply: str) -> str | None:

@@ -18,6 +18,7 @@ from typing import Protocol
 from data_tools.errors import UserFacingError
 
 DEFAULT_ADB_PORT = 5037
+MAX_ADB_REQUEST_BYTES = 0xFFFF  # the adb server protocol prefixes a request with its length in 4 hex digits
 
 
 class AndroidDeviceError(UserFacingError, ConnectionError):
@@ -50,6 +51,22 @@ class DeviceCommandTimeoutError(AndroidDeviceError, TimeoutError):
 
 class DeviceActionError(AndroidDeviceError):
     """An action the device refused (an app not installed, text it cannot type); a counted failed step."""
+
+
+class AdbRequestTooLongError(DeviceActionError, ValueError):
+    """A command longer than one adb request can carry; refused before anything is sent."""
+
+
+def check_request_length(service: str, command: str) -> str:
+    """``command`` if the adb request ``service:command`` fits the protocol's 4-hex-digit length prefix,
+    else AdbRequestTooLongError (sent anyway, its length would wrap and the server would read garbage)."""
+    size = len(f"{service}:{command}".encode())
+    if size > MAX_ADB_REQUEST_BYTES:
+        raise AdbRequestTooLongError(
+            f"the device command `{command[:60]}...` is {size} bytes, more than the {MAX_ADB_REQUEST_BYTES} an adb "
+            "request can carry; send shorter commands (type long text in parts)"
+        )
+    return command
 
 
 @dataclass(frozen=True)
@@ -150,6 +167,7 @@ class AdbutilsClient:
             raise self._fail(error, 30) from None
 
     def shell(self, command: str, timeout: float) -> ShellOutput:
+        check_request_length("shell,v2", command)
         if self.port != DEFAULT_ADB_PORT:
             check_server(self.host, self.port)
         try:
@@ -159,6 +177,7 @@ class AdbutilsClient:
         return ShellOutput(result.returncode, result.stdout, result.stderr)
 
     def exec_out(self, command: str, timeout: float) -> bytes:
+        check_request_length("exec", command)
         if self.port != DEFAULT_ADB_PORT:
             check_server(self.host, self.port)
         try:
@@ -215,12 +234,12 @@ class AdbBinaryClient:
         return entries
 
     def shell(self, command: str, timeout: float) -> ShellOutput:
-        result = self._run(["-s", self.serial, "shell", command], timeout)
+        result = self._run(["-s", self.serial, "shell", check_request_length("shell,v2", command)], timeout)
         self._check(result)
         return ShellOutput(result.returncode, result.stdout, result.stderr)
 
     def exec_out(self, command: str, timeout: float) -> bytes:
-        result = self._run(["-s", self.serial, "exec-out", command], timeout)
+        result = self._run(["-s", self.serial, "exec-out", check_request_length("exec", command)], timeout)
         self._check(result)
         return result.stdout
 

@@ -11,14 +11,34 @@ backticks, ``*`` and ``\\`` all reach ``input`` unchanged. ``input text`` itself
   ``ß``, emoji, CJK) make it throw. Such text is sent through ADBKeyBoard (``com.android.adbkeyboard``,
   broadcast ``ADB_INPUT_B64`` with the text in base64) when that IME is installed and enabled; otherwise the
   step fails with a message saying so. A newline is sent as the Enter key, a tab as the Tab key.
+
+One action types at most ``MAX_TYPED_TEXT_CHARS`` characters; longer text is a failed step (TypedTextTooLongError)
+rather than a command longer than an adb request can carry.
 """
 
 from __future__ import annotations
 
 import base64
 
+from envs.android.adb_client import DeviceActionError
+
 ADB_KEYBOARD_PACKAGE = "com.android.adbkeyboard"
+MAX_TYPED_TEXT_CHARS = 2000  # base64 of 2000 four-byte characters, or 2000 quoted %s, stays far under 64 kB
 _KEYS = {"\n": "KEYCODE_ENTER", "\t": "KEYCODE_TAB"}
+
+
+class TypedTextTooLongError(DeviceActionError, ValueError):
+    """Text longer than one typing action may carry; a counted failed step."""
+
+
+def checked_typed_text(text: str) -> str:
+    """``text`` if one action may type it (at most ``MAX_TYPED_TEXT_CHARS`` characters), else TypedTextTooLongError."""
+    if len(text) > MAX_TYPED_TEXT_CHARS:
+        raise TypedTextTooLongError(
+            f"the text to type has {len(text)} characters, more than the {MAX_TYPED_TEXT_CHARS} one action types; "
+            "type it in several shorter input_text actions"
+        )
+    return text
 
 
 def is_input_text_typable(text: str) -> bool:
@@ -39,7 +59,8 @@ def _input_text_chunks(text: str) -> list[str]:
 
 def input_text_commands(text: str) -> list[list[str]]:
     """The commands (argument lists) that type ``text`` (printable ASCII, newlines, tabs) with ``input text``
-    and ``input keyevent``."""
+    and ``input keyevent``; TypedTextTooLongError beyond ``MAX_TYPED_TEXT_CHARS``."""
+    checked_typed_text(text)
     if not is_input_text_typable(text):
         raise ValueError(f"input text cannot type {text!r}: only printable ASCII; use adb_keyboard_command")
     commands: list[list[str]] = []
@@ -57,6 +78,7 @@ def input_text_commands(text: str) -> list[list[str]]:
 
 
 def adb_keyboard_command(text: str) -> list[str]:
-    """The broadcast (an argument list) that makes ADBKeyBoard type ``text`` (any Unicode)."""
-    encoded = base64.b64encode(text.encode("utf-8")).decode("ascii")
+    """The broadcast (an argument list) that makes ADBKeyBoard type ``text`` (any Unicode, at most
+    ``MAX_TYPED_TEXT_CHARS`` characters)."""
+    encoded = base64.b64encode(checked_typed_text(text).encode("utf-8")).decode("ascii")
     return ["am", "broadcast", "-a", "ADB_INPUT_B64", "--es", "msg", encoded]

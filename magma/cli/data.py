@@ -18,7 +18,9 @@ InputOption = Annotated[
     list[str], typer.Option("--input", "-i", help="A directory (searched recursively) or a list file; repeatable.")
 ]
 OutOption = Annotated[str, typer.Option("--out", "-o", help="The output directory for shards and manifests.")]
-WorkersOption = Annotated[int, typer.Option("--workers", "-w", help="Processes on this machine.")]
+WorkersOption = Annotated[
+    int, typer.Option("--workers", "-w", help="Processes on this machine (1 to 4 per CPU core, at most 256).")
+]
 RankOption = Annotated[
     int | None, typer.Option("--rank", help="This machine's rank (default: RANK or SLURM_PROCID, else 0).")
 ]
@@ -47,8 +49,9 @@ class JobSettings:
 
 def _run(kind: str, inputs: list[str], extensions: tuple[str, ...], options: dict, settings: JobSettings) -> None:
     from data_tools.corpus_kinds import som_annotation_input, tom_video_input
-    from data_tools.jobs import JobSpec, list_inputs, rank_and_world, run_corpus_job
+    from data_tools.jobs import JobSpec, check_workers, list_inputs, rank_and_world, run_corpus_job
 
+    check_workers(settings.workers)  # before listing a corpus, which can take a while
     rank, world = rank_and_world(settings.rank, settings.world_size)
     listed = sorted({item for source in inputs for item in list_inputs(source, extensions, kind == "som")})
     spec = JobSpec(

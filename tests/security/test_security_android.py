@@ -9,12 +9,14 @@ import json
 
 import pytest
 
+from envs.android.adb_client import AdbRequestTooLongError
 from envs.android.device import AndroidDevice
 from envs.android.env import AndroidEnv, AndroidEnvConfig, SettleConfig
 from envs.android.shell_arguments import InvalidDeviceArgumentError, shell_command
 from envs.android.simulated_device import SimulatedAdbServer
 from envs.android.simulated_device.device import SimulatedDevice
 from envs.android.tasks import AndroidTask, SetupRecipe, TaskFileError, load_tasks
+from envs.android.text_input import MAX_TYPED_TEXT_CHARS, TypedTextTooLongError
 
 APP = "com.example.simapp"
 INJECTION = f"; input text INJECTED; am force-stop {APP}"
@@ -203,3 +205,29 @@ def test_a_deeply_nested_task_file_is_a_clear_error(tmp_path):
     path.write_text("[" * 100_000)
     with pytest.raises(TaskFileError, match="not valid JSON"):
         load_tasks(path)
+
+
+@pytest.mark.parametrize("text", ["a" * 200_000, "é" * 200_000, "a b\n" * 20_000])
+def test_text_longer_than_one_action_types_is_a_counted_failed_step(server, text):
+    env, device = _env(server)
+    env.reset(options={"task": _task(".FormActivity")})
+    before = len(device.executed)
+    reply = json.dumps({"action_type": "input_text", "text": text, "index": 1})
+    _, _, terminated, _, info = env.step(reply)
+    assert info["action_error"] and str(MAX_TYPED_TEXT_CHARS) in info["action_error"]
+    assert info["failed_steps"] == 1 and not terminated and len(info["action_error"]) < 1000
+    assert not any(argv[:1] in (["input"], ["am"]) for argv in device.executed[before:])
+    _, _, _, _, info = env.step(json.dumps({"action_type": "input_text", "text": "x y" * 600, "index": 1}))
+    assert info["action_error"] is None  # the environment goes on, and text under the bound is typed
+
+
+def test_device_methods_refuse_text_and_requests_over_the_adb_limits(server):
+    env, device = _env(server)
+    env.reset(options={"task": _task(".FormActivity")})
+    with pytest.raises(TypedTextTooLongError):
+        env.device.type_text("b" * (MAX_TYPED_TEXT_CHARS + 1))
+    before = len(device.executed)
+    with pytest.raises(AdbRequestTooLongError, match="65535"):
+        env.device.shell("echo", "c" * 70_000)  # would wrap adb's 4-hex-digit length prefix
+    assert device.executed[before:] == []
+    assert env.device.shell("echo", "ok").returncode == 0  # the connection is still usable

@@ -222,3 +222,58 @@ def test_a_worker_killed_by_the_system_ends_the_job_with_one_clear_message(tmp_p
         _, stderr = job.communicate(timeout=BOUND_S)
         assert job.returncode == 2 and "a worker process died" in stderr and "Traceback" not in stderr, stderr
         wait_for(lambda: not _live_members(job.pid), what="the other workers to exit")
+
+
+# ------------------------------------------------------------------------------ files an annotation names
+
+
+def test_annotation_files_that_are_not_regular_or_too_large_are_counted_not_read(tmp_path):
+    """A FIFO (which blocks a plain read forever), a character device (endless bytes) and an oversized file
+    named by 'image' or 'android_xml' are counted by reason; the job ends and the good lines are written."""
+    elements = screenshot(tmp_path / "screen.png")
+    os.mkfifo(tmp_path / "hierarchy.fifo")
+    os.mkfifo(tmp_path / "screen.fifo")
+    with open(tmp_path / "huge.xml", "wb") as file:  # sparse: 17 MiB on paper, nothing on disk
+        file.truncate(17 * 2**20)
+    good = good_line("screen.png", elements)
+    hostile = [
+        {"image": "screen.png", "android_xml": "hierarchy.fifo"},
+        {"image": "screen.png", "android_xml": "/dev/zero"},
+        {"image": "screen.png", "android_xml": "huge.xml"},
+        {"image": "screen.fifo", "elements": elements},
+        {"image": "/dev/zero", "elements": elements},
+        {"image": ".", "elements": elements},
+    ]
+    (tmp_path / "a.jsonl").write_text("\n".join([good, *map(json.dumps, hostile), good]) + "\n")
+    out = tmp_path / "out"
+    job = subprocess.Popen(
+        [*AGENT, "som", "--input", str(tmp_path / "a.jsonl"), "--out", str(out), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        start_new_session=True,
+    )
+    with process_group_cleaned_up(job):
+        stdout, stderr = job.communicate(timeout=BOUND_S)
+    assert job.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert "inputs   : 2 ok, 6 failed (file_too_large 1, not_a_file 5)" in stdout, stdout
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--inputs-per-unit", "0", "--inputs-per-unit is 0"),
+        ("--samples-per-shard", "0", "--samples-per-shard is 0"),
+        ("--workers", "100000", "--workers is 100000"),
+        ("--workers", "0", "--workers is 0"),
+    ],
+)
+def test_impossible_job_sizes_are_one_clear_error(tmp_path, option, value, message):
+    elements = screenshot(tmp_path / "screen.png")
+    (tmp_path / "a.jsonl").write_text(good_line("screen.png", elements) + "\n")
+    result = agent_data("som", "--input", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "out"), option, value)
+    assert result.returncode == 2, result.stdout + result.stderr[-3000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not list((tmp_path / "out").glob("*.tar"))
