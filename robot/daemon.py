@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 
 from data_tools.errors import UserFacingError
 from robot.chunking import ActionQueue
-from robot.daemon_config import DaemonConfig, load_object, status_token
+from robot.daemon_config import DaemonConfig, construct_driver, load_driver_class, status_token
 from robot.daemon_status import DaemonSummary, EpisodeSummary, LoopStats, StatusReporter, StatusServer
 from robot.episode_recorder import EpisodeRecorder, TickRecord
 from robot.interfaces import Camera, Robot, RobotError
@@ -82,11 +82,11 @@ def claim_run_dir(run_dir: Path, config_yaml: str) -> None:
 
 
 def build_camera(config: Any, robot: Robot) -> Camera:
-    factory = load_object(config.driver, "camera driver")
+    factory = load_driver_class(config.driver, "camera driver", Camera)
     args = dict(config.args)
     if "robot" in inspect.signature(factory).parameters:  # a camera that belongs to its robot (the simulator's)
         args["robot"] = robot
-    return factory(**args)
+    return construct_driver(factory, args, config.driver, "camera driver")
 
 
 class RobotDaemon:
@@ -105,7 +105,7 @@ class RobotDaemon:
             retry_for_s=0.0,  # the loop never waits: the worker reports and the watchdog acts
             backoff_s=(0.05, 1.0),
         )
-        self.robot_class = load_object(config.robot.driver, "robot driver")
+        self.robot_class = load_driver_class(config.robot.driver, "robot driver", Robot)
         self.robot: Robot | None = None
         self.cameras: dict[str, Camera] = {}
         self.safety: SafetyFilter | None = None
@@ -185,9 +185,9 @@ class RobotDaemon:
 
     # ---- setup and teardown -------------------------------------------------------------------
     def run(self) -> DaemonSummary:
-        robot = self.robot_class(**dict(self.config.robot.args))
-        if not isinstance(robot, Robot):
-            raise DaemonError(f"{self.config.robot.driver} is not a robot.interfaces.Robot; drivers must implement it")
+        robot = construct_driver(
+            self.robot_class, dict(self.config.robot.args), self.config.robot.driver, "robot driver"
+        )
         action_dim = robot.action_features["action"].shape[0]
         self.safety = SafetyFilter(self.config.safety, tuple(robot.joint_names), action_dim)  # before anything moves
         self.cameras = {camera.key: build_camera(camera, robot) for camera in self.config.cameras}

@@ -7,6 +7,7 @@ daemon knows, so a hardware driver needs no change here (see ``robot.interfaces`
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import os
 from dataclasses import dataclass, field
@@ -176,3 +177,28 @@ def load_object(path: str, what: str) -> Any:
         return getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
         raise ConfigError(f"cannot load {what} '{path}' ({error}); check the module and class name") from None
+
+
+def load_driver_class(path: str, what: str, interface: type) -> type:
+    """The class at ``path``, checked to implement ``interface`` (``robot.interfaces.Robot`` / ``Camera``)
+    before anything calls it: a config cannot make the daemon call an arbitrary function."""
+    driver = load_object(path, what)
+    if not (isinstance(driver, type) and issubclass(driver, interface)):
+        raise ConfigError(
+            f"{what} '{path}' is not a {interface.__module__}.{interface.__name__} class; "
+            f"name a class that implements it (e.g. robot.sim:Sim{interface.__name__})"
+        )
+    return driver
+
+
+def construct_driver(driver: type, args: dict[str, Any], path: str, what: str) -> Any:
+    """``driver(**args)``; arguments its constructor does not take are one ConfigError naming them."""
+    try:
+        inspect.signature(driver).bind(**args)
+    except TypeError as error:
+        raise ConfigError(
+            f"{what} '{path}' does not take the arguments {sorted(args)} ({error}); fix its args in the config"
+        ) from None
+    except ValueError:
+        pass  # no signature to check (a C extension class): the constructor itself says what is wrong
+    return driver(**args)

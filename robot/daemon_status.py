@@ -4,6 +4,7 @@ checked), the one-line live display and the metrics JSON lines."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sys
@@ -134,6 +135,12 @@ class StatusReporter:
             print(file=sys.stderr)
 
 
+def _log_one_line(what: str, error: BaseException | None) -> None:
+    """One line on stderr for an unexpected error of the status endpoint (the live line stays readable)."""
+    detail = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
+    print(f"\n{what}: {detail}"[:300], file=sys.stderr, flush=True)
+
+
 class StatusServer:
     """``GET /status`` (JSON); ``POST /estop``, ``/resume``, ``/stop`` call the daemon's controls
     (no body needed); ``GET /healthz`` says only that it is up.
@@ -183,30 +190,49 @@ class StatusServer:
                     )
                 return None
 
-            def do_GET(self) -> None:
+            def _handle(self, route_request: Callable[[str], None]) -> None:
+                """Guard, then route; an exception in either is a JSON error reply, never a dropped connection."""
                 route = self.path.split("?", 1)[0].strip("/")
-                refusal = self._refusal(route)
+                try:
+                    refusal = self._refusal(route)
+                except Exception as error:  # a header the guard cannot read (an Origin with port "abc")
+                    self.close_connection = True
+                    self._reply(HTTPStatus.BAD_REQUEST, {"error": f"malformed request headers ({error})"[:300]})
+                    return
                 if refusal is not None:
                     self._reply(refusal[0], {"error": refusal[1]})
-                elif route == "healthz":
+                    return
+                try:
+                    route_request(route)
+                except (ConnectionError, TimeoutError):
+                    raise  # the client went away: nothing to answer (the server drops it silently)
+                except Exception as error:
+                    _log_one_line(f"status endpoint: {self.command} {self.path[:100]} failed", error)
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):  # a reply may already be half sent
+                        self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error ({error})"[:300]})
+
+            def _get(self, route: str) -> None:
+                if route == "healthz":
                     self._reply(HTTPStatus.OK, {"status": "ok"})
                 elif route in ("", "status"):
                     self._reply(HTTPStatus.OK, reporter_status())
                 else:
                     self._reply(HTTPStatus.NOT_FOUND, {"error": f"no {self.path[:100]}; use GET /status"})
 
-            def do_POST(self) -> None:
-                route = self.path.split("?", 1)[0].strip("/")
-                refusal = self._refusal(route)
-                if refusal is not None:
-                    self._reply(refusal[0], {"error": refusal[1]})
-                    return
+            def _post(self, route: str) -> None:
                 action = reporter_actions.get(route)
                 if action is None:
                     names = ", ".join(f"/{name}" for name in reporter_actions)
                     self._reply(HTTPStatus.NOT_FOUND, {"error": f"no {self.path[:100]}; use POST {names}"})
                     return
                 self._reply(HTTPStatus.OK, {"ok": True, "message": action()})
+
+            def do_GET(self) -> None:
+                self._handle(self._get)
+
+            def do_POST(self) -> None:
+                self._handle(self._post)
 
             def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
                 """Malformed requests and other methods (PUT, DELETE...) get a JSON error too."""
@@ -218,6 +244,14 @@ class StatusServer:
 
         class Server(ThreadingHTTPServer):
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                """A client that hung up or stalled is no news; anything else is one line, not a traceback
+                over the operator's live display."""
+                error = sys.exc_info()[1]
+                if isinstance(error, (ConnectionError, TimeoutError)):
+                    return
+                _log_one_line(f"status endpoint: request from {client_address[0]} failed", error)
 
         try:
             self.server = Server((host, port), Handler)

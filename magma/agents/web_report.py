@@ -5,6 +5,7 @@ and timings). Plain HTML with relative links: open it from disk or copy the fold
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -82,21 +83,50 @@ def _outcome(record: dict[str, Any]) -> tuple[str, str]:
     return f"undecided ({record.get('eval_status')})", "undecided"
 
 
+_STEP_DEFAULTS: dict[str, Any] = {
+    "step": 0,
+    "url": "",
+    "reply": "",
+    "action": None,
+    "action_error": None,
+    "image": None,
+}
+
+
+def _step_row(line: bytes) -> dict[str, Any] | None:
+    """One steps.jsonl line as the page shows it, or None for a line that is not a step (cut, edited)."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    row = {**_STEP_DEFAULTS, **record}
+    timings = row.get("timings")
+    if not isinstance(timings, dict) or not all(
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        for value in timings.values()
+    ):
+        row["timings"] = {}
+    return row
+
+
 def _read_steps(folder: Path) -> list[dict[str, Any]]:
     path = folder / "steps.jsonl"
-    if not path.exists():
+    if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = (_step_row(line) for line in path.read_bytes().splitlines() if line.strip())
+    return [row for row in rows if row is not None]
 
 
 def write_report(
     out_dir: str | Path, results: list[dict[str, Any]], summary: dict[str, Any], title: str = "Web run report"
 ) -> Path:
     """Write report.html and every task's page; returns the report's path."""
-    from magma.agents.web_suite import RUN_FILE, trajectory_name
+    from magma.agents.web_suite import REPORT_FILE, read_run_settings, trajectory_name
 
     out_dir = Path(out_dir)
-    settings = json.loads((out_dir / RUN_FILE).read_text(encoding="utf-8"))
+    settings = {"policy": "?", "model": None, "max_steps": "?", **read_run_settings(out_dir)}
     rows = []
     for record in results:
         outcome, css = _outcome(record)
@@ -112,7 +142,7 @@ def write_report(
     groups = [(f"site {name}", row) for name, row in summary["by_site"].items()]
     groups += [(f"eval {name}", row) for name, row in summary["by_eval_type"].items()]
     groups.append(("all", summary["overall"]))
-    report = out_dir / "report.html"
+    report = out_dir / REPORT_FILE
     page = _INDEX.render(results=rows, groups=groups, settings=settings, style=_STYLE, title=title)
     report.write_text(page, encoding="utf-8")
     return report

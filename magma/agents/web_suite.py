@@ -11,6 +11,7 @@ it ends), ``trajectories/<task>/`` (screenshots and ``steps.jsonl``), ``summary.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import re
 import threading
@@ -35,9 +36,11 @@ from magma.training.run_directory import write_json_atomically
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.html"
 WEB_POLICIES = ("oracle", "openai", "magma")
 
 PolicyFactory = Callable[[Any, SelectedTask, dict[str, str]], Policy]
+_log = logging.getLogger(__name__)
 
 
 class RunDirectoryError(UserFacingError):
@@ -75,35 +78,175 @@ def trajectory_name(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", key)
 
 
-def read_results(out_dir: Path) -> dict[str, dict[str, Any]]:
-    """The last line per task of results.jsonl (a line cut by a crash is ignored)."""
+# the type each field of a results.jsonl line must have (a line with another is treated as not there)
+_TEXT = (str,)
+_OPTIONAL_TEXT = (str, type(None))
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "key": _TEXT,
+    "intent": _TEXT,
+    "site": _TEXT,
+    "eval_types": (list,),
+    "status": _TEXT,
+    "success": (bool, type(None)),
+    "reward": (int, float),
+    "eval_status": _TEXT,
+    "eval_notes": (list,),
+    "answer": _TEXT,
+    "steps": (int,),
+    "failed_steps": (int,),
+    "early_stop": _OPTIONAL_TEXT,
+    "seconds": (int, float),
+    "policy_seconds": (int, float),
+    "error": _OPTIONAL_TEXT,
+    "error_kind": _OPTIONAL_TEXT,
+    "worker": (int,),
+}
+# what a line that lacks a field reads as (an old or hand-written line); ``key`` and ``status`` have none
+_RECORD_DEFAULTS: dict[str, Any] = {
+    "intent": "",
+    "site": "?",
+    "eval_types": [],
+    "success": None,
+    "reward": 0.0,
+    "eval_status": "",
+    "eval_notes": [],
+    "answer": "",
+    "steps": 0,
+    "failed_steps": 0,
+    "early_stop": None,
+    "seconds": 0.0,
+    "policy_seconds": 0.0,
+    "error": None,
+    "error_kind": None,
+    "worker": 0,
+}
+RECORD_STATUSES = ("done", "error")
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _field_ok(name: str, value: Any) -> bool:
+    types = _RECORD_TYPES.get(name)
+    if types is None:
+        return True  # a field this version does not know: kept as it is, never read
+    if isinstance(value, bool) and bool not in types:
+        return False  # JSON true is not a step count
+    if not isinstance(value, types):
+        return False
+    if isinstance(value, list):
+        return all(isinstance(item, str) for item in value)
+    return True
+
+
+def parse_result_line(line: bytes | str) -> dict[str, Any] | None:
+    """One results.jsonl line as a record with every field of the right type (missing ones at their
+    defaults), or None when it is not one: cut by a crash, not UTF-8, not an object with a str ``key`` and a
+    known ``status``, a field of another type, NaN or a nesting too deep to read."""
+    try:
+        text = line.decode("utf-8") if isinstance(line, bytes) else line
+        record = json.loads(text, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+        return None
+    if record.get("status") not in RECORD_STATUSES:
+        return None
+    if not all(_field_ok(name, value) for name, value in record.items()):
+        return None
+    return {**_RECORD_DEFAULTS, **record}
+
+
+def _regular_file(path: Path, what: str) -> bool:
+    """Does ``path`` hold a file (False: nothing there); anything else there is a RunDirectoryError."""
+    if not path.exists() and not path.is_symlink():
+        return False
+    if not path.is_file():
+        raise RunDirectoryError(
+            f"{path} ({what}) is not a regular file; move the run directory aside or pass another --out"
+        )
+    return True
+
+
+def read_results(out_dir: Path, warn: bool = True) -> dict[str, dict[str, Any]]:
+    """The last valid line per task of results.jsonl. Lines that are not a result (cut by a crash, edited,
+    damaged) are skipped with one warning; their tasks count as not finished, so --resume runs them again."""
     results: dict[str, dict[str, Any]] = {}
     path = out_dir / RESULTS_FILE
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            results[record["key"]] = record
+    if not _regular_file(path, "the run's results"):
+        return results
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise RunDirectoryError(
+            f"cannot read {path} ({error.strerror}); fix its permissions or pass another --out"
+        ) from None
+    skipped = 0
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        record = parse_result_line(line)
+        if record is None:
+            skipped += 1
+            continue
+        results[record["key"]] = record
+    if skipped and warn:
+        _log.warning(
+            "%s: skipped %d line(s) that are not task results; those tasks count as not finished", path, skipped
+        )
     return results
+
+
+def read_run_settings(out_dir: Path) -> dict[str, Any]:
+    """run.json of a run directory as a dict; a damaged one is one RunDirectoryError naming the fix."""
+    path = out_dir / RUN_FILE
+    fix = "move the run directory aside (or delete it) and start again, or pass another --out"
+    if not _regular_file(path, "the run's settings"):
+        raise RunDirectoryError(f"{path} is missing; {fix}")
+    try:
+        settings = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_refuse_constant)
+    except OSError as error:
+        raise RunDirectoryError(f"cannot read {path} ({error.strerror}); {fix}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise RunDirectoryError(f"{path} is damaged (not a JSON object of run settings); {fix}") from None
+    if not isinstance(settings, dict):
+        raise RunDirectoryError(
+            f"{path} is damaged (a JSON {type(settings).__name__}, not an object of settings); {fix}"
+        )
+    return settings
+
+
+def _end_last_line(path: Path) -> None:
+    """A line cut by a crash gets its newline, so the next result is a line of its own, not glued to it."""
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb+") as file:
+            file.seek(-1, 2)
+            if file.read(1) != b"\n":
+                file.write(b"\n")
 
 
 def prepare_run_directory(out_dir: Path, settings: WebRunSettings, resume: bool) -> dict[str, dict[str, Any]]:
     """Create the run directory, or check a resumed one; returns the results already there."""
     run_file = out_dir / RUN_FILE
     wanted = asdict(settings)
-    if run_file.exists():
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunDirectoryError(f"--out {out_dir} is a file, not a directory; pass a new or empty directory")
+    if run_file.exists() or run_file.is_symlink():
         if not resume:
             raise RunDirectoryError(f"{out_dir} already holds a run; pass --resume to continue it or another --out")
-        recorded = json.loads(run_file.read_text(encoding="utf-8"))
+        recorded = read_run_settings(out_dir)
         changed = sorted(key for key in wanted if recorded.get(key) != wanted[key])
         if changed:
             raise RunDirectoryError(
                 f"--resume with other settings than the run in {out_dir} ({', '.join(changed)} differ); "
                 "rerun with the same options or use another --out"
             )
-        return read_results(out_dir)
+        for name, what in ((SUMMARY_FILE, "the run's summary"), (REPORT_FILE, "the run's report")):
+            _regular_file(out_dir / name, what)  # written at the end: fail now, not after every task ran
+        done = read_results(out_dir)
+        _end_last_line(out_dir / RESULTS_FILE)
+        return done
     if out_dir.exists() and any(out_dir.iterdir()):
         raise RunDirectoryError(f"{out_dir} is not empty and holds no run; pass an empty or new --out")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +289,7 @@ class _ResultLog:
 
 def _stopped_record(key: str, out_dir: Path) -> dict[str, Any]:
     """A task's last line rewritten as ``run_stopped`` (rerun by --resume), keeping what identified it."""
-    record = read_results(out_dir).get(key, {})
+    record = read_results(out_dir, warn=False).get(key, {})
     return {**record, "key": key, "status": "error", "error_kind": "run_stopped"}
 
 
@@ -296,11 +439,17 @@ def finish_run(out_dir: Path, keys: list[str], title: str = "Web run report") ->
     """The run's results in task order, with summary.json and report.html written from them."""
     from magma.agents.web_report import write_report
 
-    results = read_results(out_dir)
+    results = read_results(out_dir, warn=False)  # prepare_run_directory warned once
     ordered = [results[key] for key in keys if key in results]
     summary = summarize(ordered)
-    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    write_report(out_dir, ordered, summary, title=title)
+    try:
+        (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        write_report(out_dir, ordered, summary, title=title)
+    except OSError as error:  # summary.json or a report page turned into a folder, a full disk, a read-only copy
+        raise RunDirectoryError(
+            f"cannot write the summary or report of {out_dir}: {error.strerror} ({error.filename}); "
+            "fix that path and run again with --resume (finished tasks are kept)"
+        ) from None
     return ordered
 
 

@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
+import subprocess
+import sys
+import threading
 import urllib.error
 import urllib.request
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from local_servers import QuietHandler, send_body, serve_http, stop_http, wait_for
@@ -159,3 +164,65 @@ def test_a_port_in_use_is_refused_before_anything_is_written(tmp_path):
     finally:
         busy.close()
     assert not (tmp_path / "run").exists()  # no config.yaml, no empty summary: the same run_dir works next time
+
+
+# ---- a driver path must name a driver class; the endpoint answers every request, and stays quiet about hang-ups
+
+
+def test_a_driver_path_that_is_not_a_driver_class_is_refused_before_it_is_called(tmp_path):
+    with pytest.raises(ConfigError, match=r"robot driver 'os:system' is not a robot\.interfaces\.Robot class"):
+        RobotDaemon(daemon_config(tmp_path, free_port(), "robot.driver=os:system"))
+    with pytest.raises(ConfigError, match=r"camera driver 'subprocess:Popen' is not a robot\.interfaces\.Camera"):
+        RobotDaemon(daemon_config(tmp_path, free_port(), "cameras.0.driver=subprocess:Popen")).run()
+    with pytest.raises(ConfigError, match=r"robot driver 'robot\.sim:SimRobot' does not take the arguments"):
+        RobotDaemon(daemon_config(tmp_path, free_port(), "robot.args.no_such_option=1")).run()
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_driver_path_that_is_a_function_is_one_message_from_the_cli(tmp_path):
+    agent = Path(sys.executable).with_name("agent")
+    command = [str(agent), "robot", "run", "--config", "sim-tabletop", "robot.driver=os:system", "status.port=0"]
+    finished = subprocess.run([*command, f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 2, finished.stderr
+    assert "Traceback" not in finished.stderr and "is not a robot.interfaces.Robot class" in finished.stderr
+
+
+def _raw_request(url: str, text: bytes) -> bytes:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as client:
+        client.sendall(text)
+        chunks = []
+        while chunk := client.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _handler_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if "process_request_thread" in thread.name]
+
+
+def test_the_endpoint_answers_json_on_any_failure_and_ignores_clients_that_hang_up(capfd):
+    def failing_status() -> dict:
+        raise RuntimeError("the status broke")
+
+    server = StatusServer("127.0.0.1", 0, failing_status, {"stop": lambda: "stopping"})
+    server.start()
+    try:
+        port = server.url.rsplit(":", 1)[1]
+        reply = _raw_request(server.url, f"GET /status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        assert reply.startswith(b"HTTP/1.0 500") and b'"error": "internal error (the status broke)"' in reply
+        malformed = f"POST /stop HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:abc\r\n\r\n"
+        reply = _raw_request(server.url, malformed.encode())
+        assert reply.split(b" ", 2)[1] in (b"400", b"403") and b'"error"' in reply  # a JSON refusal, not a hang-up
+        capfd.readouterr()
+
+        for _ in range(20):  # a flood of clients that send half a request and reset the connection
+            client = socket.create_connection(("127.0.0.1", int(port)), timeout=60)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            client.close()
+        wait_for(lambda: not _handler_threads(), "the endpoint to finish with the reset clients")
+        assert request(server.url + "/healthz") == (200, {"status": "ok"})
+        assert "Traceback" not in capfd.readouterr().err
+    finally:
+        server.stop()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -14,10 +16,20 @@ import pytest
 from local_servers import QuietHandler, send_body, serve_http, stop_http
 
 from magma.agents.task_failures import FailureStreak, RunStoppedError, should_run
-from magma.agents.web_suite import WebRunOptions, WebRunSettings, run_web_suite, web_policy_factory
+from magma.agents.web_episode import WebEpisodeResult
+from magma.agents.web_suite import (
+    RunDirectoryError,
+    WebRunOptions,
+    WebRunSettings,
+    _ResultLog,
+    finish_run,
+    prepare_run_directory,
+    read_results,
+    run_web_suite,
+    web_policy_factory,
+)
 
-if not Path("/usr/bin/chromium").exists():
-    pytest.skip("system Chromium not installed", allow_module_level=True)
+needs_chromium = pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="system Chromium not installed")
 
 STALL_BOUND_S = 600  # the stalled page's handler gives up at teardown at the latest
 
@@ -84,6 +96,7 @@ def _lines(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
 
 
+@needs_chromium
 def test_bad_tasks_are_recorded_the_others_run_and_resume_skips_them_unless_asked(site, chat, tmp_path):
     tasks = _write_tasks(
         tmp_path / "tasks.json",
@@ -144,6 +157,7 @@ def test_bad_tasks_are_recorded_the_others_run_and_resume_skips_them_unless_aske
     assert by_id["2"]["error_kind"] == "start_page" and by_id["5"]["error_kind"] == "task"
 
 
+@needs_chromium
 def test_a_streak_of_failures_stops_the_run_and_resume_reruns_those_tasks(site, chat, tmp_path):
     tasks = _write_tasks(
         tmp_path / "tasks.json",
@@ -176,3 +190,107 @@ def test_resume_rules_and_the_streak_counter():
     assert not streak.add("e", "error", "task") and not streak.add("f", "error", "task")
     assert streak.add("g", "error", "task") and streak.keys == ["e", "f", "g"]
     assert not FailureStreak(limit=0).add("a", "error", "policy")
+
+
+# ---- a run directory edited or damaged by hand, a crash or a disk: --resume says what is wrong, never a traceback
+
+_GOOD = {
+    "key": "classifieds:0",
+    "intent": "Say fine",
+    "site": "classifieds",
+    "eval_types": ["string_match"],
+    "status": "done",
+    "success": True,
+    "steps": 2,
+    "seconds": 0.5,
+}
+_BAD_LINES = [
+    b"[1, 2]",  # not an object
+    b'{"status": "done"}',  # no key
+    b'{"key": [1], "status": "done"}',  # a key that is not text
+    b'{"key": "classifieds:1", "status": "done"}\xff\xfe',  # not UTF-8
+    b'{"key": "classifieds:1", "status": "done", "success": "yes", "steps": "many", "seconds": "x", "site": null}',
+    b'{"key": "classifieds:1", "status": "done", "steps": true}',  # a bool is not a step count
+    b'{"key": "classifieds:1", "status": "done", "success": true, "steps": NaN, "seconds": Infinity}',
+    b'{"key": "classifieds:1", "status": "pwned", "error_kind": "task"}',
+    b'{"key": "classifieds:1", "status": "done", "eval_notes": [{"x": 1}]}',
+    b"[" * 100_000 + b"]" * 100_000,  # deeper than the parser's recursion limit
+]
+
+
+def _run_directory(tmp_path: Path) -> tuple[Path, WebRunSettings]:
+    settings = WebRunSettings(tasks=["classifieds:0-1"])
+    out = tmp_path / "run"
+    prepare_run_directory(out, settings, resume=False)
+    return out, settings
+
+
+def test_damaged_result_lines_are_skipped_and_their_tasks_count_as_not_finished(tmp_path, caplog):
+    out, settings = _run_directory(tmp_path)
+    cut = json.dumps({**_GOOD, "key": "classifieds:1"}).encode()[:60]  # a line cut by a crash, no newline
+    (out / "results.jsonl").write_bytes(b"\n".join([json.dumps(_GOOD).encode(), *_BAD_LINES, cut]))
+
+    done = prepare_run_directory(out, settings, resume=True)
+    assert list(done) == ["classifieds:0"] and done["classifieds:0"]["success"] is True
+    assert "skipped 11 line(s)" in caplog.text
+    assert should_run(done.get("classifieds:1"), retry_errors=False)  # --resume runs it again
+
+    # the next result is a line of its own, not glued to the cut one
+    log = _ResultLog(out / "results.jsonl", None)
+    log.write(WebEpisodeResult("classifieds:1", "<script>alert(1)</script>", "classifieds", ["url_match"], "done"))
+    assert set(read_results(out)) == {"classifieds:0", "classifieds:1"}
+
+    # a hand-written line with only a key and a status: summary and report use defaults for the rest
+    with (out / "results.jsonl").open("a") as file:
+        file.write(json.dumps({"key": "classifieds:1", "status": "error"}) + "\n")
+    results = finish_run(out, ["classifieds:0", "classifieds:1"])
+    assert [record["status"] for record in results] == ["done", "error"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["overall"]["passed"] == 1 and summary["overall"]["errors"] == 1
+    assert "classifieds:1" in (out / "report.html").read_text()
+
+
+def test_damaged_steps_lines_do_not_break_the_report(tmp_path):
+    out, _ = _run_directory(tmp_path)
+    (out / "results.jsonl").write_text(json.dumps(_GOOD) + "\n")
+    steps = out / "trajectories" / "classifieds_0" / "steps.jsonl"
+    steps.parent.mkdir(parents=True)
+    steps.write_bytes(b'[1]\n{"step": 1, "timings": {"policy": NaN}}\n\xff\n{"step": 2, "url": "<b>x</b>"}\n{"st')
+    finish_run(out, ["classifieds:0"])
+    page = (steps.parent / "index.html").read_text()
+    assert "Step 1" in page and "Step 2" in page and "&lt;b&gt;x&lt;/b&gt;" in page
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"{not json", b"[]", b"", b"\xff", b'"a string"', b"[" * 100_000, "directory"],
+    ids=["garbage", "list", "empty", "bad-utf8", "string", "deep", "directory"],
+)
+def test_a_damaged_run_json_is_one_clear_error(tmp_path, damage):
+    out, settings = _run_directory(tmp_path)
+    (out / "run.json").unlink()
+    if damage == "directory":
+        (out / "run.json").mkdir()
+    else:
+        (out / "run.json").write_bytes(damage)
+    with pytest.raises(RunDirectoryError, match=r"run\.json.*(damaged|not a regular file).*another --out"):
+        prepare_run_directory(out, settings, resume=True)
+
+
+@pytest.mark.parametrize("name", ["results.jsonl", "summary.json", "report.html"])
+def test_a_run_file_that_is_a_directory_is_one_clear_error_before_any_task_runs(tmp_path, name):
+    out, settings = _run_directory(tmp_path)
+    (out / name).unlink(missing_ok=True)
+    (out / name).mkdir()
+    with pytest.raises(RunDirectoryError, match=f"{name}.*not a regular file.*another --out"):
+        prepare_run_directory(out, settings, resume=True)
+
+
+def test_resume_of_a_damaged_run_directory_from_the_cli_is_one_message(tmp_path):
+    out, _ = _run_directory(tmp_path)
+    (out / "run.json").write_bytes(b"[]")
+    agent = Path(sys.executable).with_name("agent")
+    command = [str(agent), "run", "--env", "visualwebarena", "--tasks", "classifieds:0-1", "--out", str(out)]
+    finished = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 2, finished.stderr
+    assert "Traceback" not in finished.stderr and "run.json is damaged" in finished.stderr
