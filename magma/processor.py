@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 from tokenizers import Tokenizer
 
 from data_tools.sample_format import ACTION_PLACEHOLDER, IMAGE_PLACEHOLDER
@@ -214,9 +215,9 @@ class MagmaProcessor:
                 "the tokenizer's chat template changes the message text it renders; use a template that "
                 "inserts each message's content as it is"
             )
-        spans = self._assistant_spans(real, text)
         ids, starts = self._tokenize(text, layout, action_token_ids)
-        self._check_length(len(ids))
+        self._check_length(len(ids))  # before the spans: their cost grows with the square of the turns
+        spans = self._assistant_spans(real, text)
         labels = [
             token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
             for token, begin in zip(ids, starts, strict=True)
@@ -304,7 +305,14 @@ class MagmaProcessor:
             starts.extend(offset + begin for begin, _ in encoding.offsets)
 
     def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        if not messages:
+            raise ConversationError("the conversation has no messages; send at least one user message")
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except (ValueError, TypeError, TemplateError) as error:  # the template's own raise_exception, too
+            raise ConversationError(f"the chat template cannot render this conversation: {error}") from None
 
     def _assistant_spans(self, messages: list[dict[str, Any]], text: str) -> list[tuple[int, int]]:
         """Character spans of assistant turns in ``text``, found by rendering growing prefixes."""
@@ -312,6 +320,10 @@ class MagmaProcessor:
         for index, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
+            if index == 0:  # the template cannot render the empty conversation before it
+                raise ConversationError(
+                    "the conversation starts with an assistant turn; start it with a system or user message"
+                )
             before = self._render(messages[:index], add_generation_prompt=True)
             through = self._render(messages[: index + 1], add_generation_prompt=False)
             if not (text.startswith(before) and text.startswith(through)):

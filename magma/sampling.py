@@ -9,6 +9,8 @@ import torch
 
 from magma.config import MagmaConfig
 
+GREEDY_BELOW_TEMPERATURE = 1e-5  # smaller temperatures decode greedily (float32 cannot divide by them safely)
+
 
 def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Zero the tail of each distribution beyond cumulative mass ``top_p`` (always keeps the top token)."""
@@ -29,12 +31,16 @@ def sample_next_token(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """(batch, vocab) logits -> (batch,) token ids; ``temperature <= 0`` is greedy."""
+    """(batch, vocab) logits -> (batch,) token ids; ``temperature`` below 1e-5 (0 too) is greedy."""
     if not math.isfinite(temperature) or not 0.0 < top_p <= 1.0:
         raise ValueError(f"temperature must be finite and top_p in (0, 1]; got {temperature} and {top_p}")
-    if temperature <= 0.0:
+    if temperature < GREEDY_BELOW_TEMPERATURE:  # the limit of sampling as temperature -> 0 is the argmax
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    # shifted so the largest logit is 0 before dividing: a tiny temperature sends the others to -inf, never
+    # to +inf (inf - inf would make the probabilities NaN); at any temperature the top token keeps mass
+    logits = logits.float()
+    shifted = logits - logits.max(dim=-1, keepdim=True).values
+    probs = torch.softmax(torch.nan_to_num(shifted, nan=float("-inf")) / temperature, dim=-1)
     probs = top_p_filter(probs, top_p)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 

@@ -4,7 +4,9 @@ is a string or a list of ``{"type": "text"}`` and ``{"type": "image_url", "image
 "data:image/...;base64,..."}}`` parts. Images must be data URLs: the server fetches nothing.
 
 A request is checked whole before the model sees it (:func:`parse_chat_request`): sampling parameters
-in their OpenAI ranges, text within the server's character limit, images within its pixel limit. Message
+in their OpenAI ranges, text within the server's character limit (valid Unicode), messages and content
+parts within its count limit, images within its pixel limit; then the prompt is encoded and its token
+length checked (:meth:`ChatModel.prepare`), all before the request waits for the inference thread. Message
 text is plain text to the model: a ``<image>`` or ``<|eot_id|>`` written in a message stays text.
 """
 
@@ -35,6 +37,7 @@ class ChatRequest:
     max_tokens: int = DEFAULT_MAX_TOKENS
     temperature: float = 1.0
     top_p: float = 1.0
+    sample: Any = None  # the encoded prompt (``ChatModel.prepare``), made before the request is queued
 
 
 def decode_data_url(url: Any, max_pixels: int) -> Image.Image:
@@ -60,7 +63,8 @@ def chat_conversation(messages: Any, limits: InputLimits) -> tuple[list[dict[str
     against ``limits.max_prompt_chars`` before any image is decoded."""
     if not isinstance(messages, list) or not messages:
         raise ProtocolError("malformed_request", "'messages' must be a non-empty list of {role, content}")
-    turns, image_urls, characters = [], [], 0
+    limits.check_chat_items(len(messages))
+    turns, image_urls, characters, items = [], [], 0, len(messages)
     for index, message in enumerate(messages):
         role = message.get("role") if isinstance(message, dict) else None
         content = message.get("content") if isinstance(message, dict) else None
@@ -72,12 +76,15 @@ def chat_conversation(messages: Any, limits: InputLimits) -> tuple[list[dict[str
             content = [{"type": "text", "text": content}]
         if not isinstance(content, list):
             raise ProtocolError("malformed_request", f"messages[{index}].content must be a string or a list of parts")
+        items += len(content)
+        limits.check_chat_items(items)  # before the parts are walked: a million empty parts cost nothing
         parts: list[dict[str, Any]] = []
         for part in content:
             kind = part.get("type") if isinstance(part, dict) else None
             if parts:
                 parts.append({"type": "text", "text": "\n"})
             if kind == "text" and isinstance(part.get("text"), str):
+                _check_unicode(part["text"], index)
                 parts.append({"type": "text", "text": part["text"]})
                 characters += len(part["text"])
             elif kind == "image_url" and isinstance(part.get("image_url"), dict):
@@ -90,6 +97,18 @@ def chat_conversation(messages: Any, limits: InputLimits) -> tuple[list[dict[str
         turns.append({"role": role, "content": parts})
     limits.check_text(characters, "the text of the messages")
     return turns, [decode_data_url(url, limits.max_image_pixels) for url in image_urls]
+
+
+def _check_unicode(text: str, index: int) -> None:
+    """A text the tokenizer can read: no lone UTF-16 surrogate (a JSON ``"\\ud800"`` without its pair)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ProtocolError(
+            "malformed_request",
+            f"messages[{index}] has text that is not valid Unicode ({error.reason} at character {error.start}, "
+            "a lone surrogate escape such as \\ud800); send each surrogate escape with its pair",
+        ) from None
 
 
 def _number(request: dict[str, Any], name: str, default: float) -> float:
@@ -137,11 +156,18 @@ class ChatModel:
         self.processor = processor
         self.model_id = model_id
 
+    def prepare(self, request: ChatRequest) -> ChatRequest:
+        """Encode the prompt (chat template, tokens, images) and check its token length, off the inference
+        thread: a request the processor refuses is refused before it is queued."""
+        request.sample = self.processor.encode(request.turns, request.images, add_generation_prompt=True)
+        return request
+
     def complete(self, request: ChatRequest) -> dict[str, Any]:
-        """Answer a checked request (run it on the inference thread; :func:`parse_chat_request` first)."""
+        """Answer a checked request (run it on the inference thread; :func:`parse_chat_request` and
+        :meth:`prepare` first)."""
         import torch
 
-        sample = self.processor.encode(request.turns, request.images, add_generation_prompt=True)
+        sample = request.sample if request.sample is not None else self.prepare(request).sample
         inputs = self.processor.collate([sample], padding_side="left").to(self.model.device)
         with torch.inference_mode():
             tokens = self.model.generate(

@@ -36,6 +36,8 @@ ERROR_CODES = (
     "unsupported",  # something this server does not serve (e.g. chat without a language model)
 )
 
+TEXT_FIELDS = ("instruction", "prompt", "language_instruction")  # read as text by policies: strings only
+
 
 class ProtocolError(UserFacingError, ValueError):
     """A request the server refuses; ``code`` is one of :data:`ERROR_CODES`."""
@@ -75,6 +77,7 @@ class InputLimits:
 
     max_prompt_chars: int = 16_000  # every text value of an observation, task or chat request, summed per request
     max_image_pixels: int = 4096 * 4096  # height x width of one image
+    max_chat_items: int = 512  # messages and content parts of one chat request, counted together
 
     def check_text(self, length: int, what: str) -> None:
         if length > self.max_prompt_chars:
@@ -84,24 +87,46 @@ class InputLimits:
                 "shorter text, or start the server with a larger --max-prompt-chars",
             )
 
+    def check_chat_items(self, count: int) -> None:
+        if count > self.max_chat_items:
+            raise ProtocolError(
+                "prompt_too_long",
+                f"the chat request has more than {self.max_chat_items} messages and content parts (counted "
+                "together), this server's limit; send a shorter conversation, or start the server with a larger "
+                "--max-chat-items",
+            )
+
 
 def check_request_values(body: dict[str, Any], limits: InputLimits, what: str) -> None:
-    """Bound the text and the images anywhere in an observation or task (nested maps and lists too): all
-    text together at most ``max_prompt_chars`` characters, every image-like (H, W, C) uint8 array at least
-    1x1 and at most ``max_image_pixels``. Other arrays are bounded by the message size."""
+    """Bound the text and the images anywhere in an observation or task (nested maps and lists too): the
+    text fields a policy reads (:data:`TEXT_FIELDS`) are strings; all text together, with every other value
+    (a number, a list or map entry) counted as one character, at most ``max_prompt_chars``; every
+    image-like (H, W, C) uint8 array at least 1x1 and at most ``max_image_pixels``. Arrays count as one
+    value: their bytes are bounded by the message size."""
+    for name in TEXT_FIELDS:
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise ProtocolError(
+                "malformed_request",
+                f"this {what}'s '{name}' is a {type(body[name]).__name__}; send it as a string",
+            )
     characters = 0
     pending: list[Any] = [body]
     while pending:  # iterative: a deeply nested message cannot exhaust the stack
         value = pending.pop()
         if isinstance(value, str):
             characters += len(value)
-        elif isinstance(value, dict):
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)
-        elif isinstance(value, np.ndarray) and value.ndim == 3 and value.dtype == np.uint8:
-            _check_image_array(value, limits)
-    limits.check_text(characters, f"the text of this {what}")
+        else:
+            characters += 1
+            if isinstance(value, dict):
+                characters += len(value)  # each key counts too
+                pending.extend(value.values())
+            elif isinstance(value, list | tuple):
+                pending.extend(value)
+            elif isinstance(value, np.ndarray) and value.ndim == 3 and value.dtype == np.uint8:
+                _check_image_array(value, limits)
+        if characters > limits.max_prompt_chars:
+            break  # refused: the rest need not be walked
+    limits.check_text(characters, f"the text of this {what} (other values count one character each)")
 
 
 def _check_image_array(image: np.ndarray, limits: InputLimits) -> None:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,10 @@ from robot.served_policy import ServedPolicy
 from robot.wire import WireError, pack, unpack
 
 MEGABYTE = 1024 * 1024
+MAX_MESSAGE_MB = 1024.0  # the largest --max-message-mb: one request held in memory several times over
+MAX_WAIT_MS = 1000.0  # a batch that waits longer than this for company only delays every client
+MAX_BATCH = 1024
+MAX_COUNT = 2**40  # the upper bound of the count limits: any sane value, never an overflow
 TRANSPORT_LIMIT_FACTOR = 4  # frames above this many times the limit are cut off by the websocket layer itself
 HTTP_STATUS = {
     "malformed_request": 400,
@@ -77,19 +82,42 @@ class ServerConfig:
     max_prompt_tokens: int = 8192  # one prompt, in tokens, images included
     max_image_pixels: int = 4096 * 4096  # one image, checked from its header before it is decoded
     max_queued_per_client: int = 64  # requests one client may have waiting
+    max_chat_items: int = 512  # messages and content parts of one chat request, counted together
 
     def check(self) -> None:
         check_bind(self.host, self.token, "agent serve", "set a bearer token with --token (or AGENT_POLICY_TOKEN)")
         self.allowed_origins = check_allowed_origins(self.allowed_origins, "agent serve --allowed-origin")
-        if self.max_message_mb <= 0 or self.max_batch < 1 or self.max_wait_ms < 0:
-            raise ServerConfigError("max_message_mb must be > 0, max_batch >= 1 and max_wait_ms >= 0")
-        if min(self.max_prompt_chars, self.max_prompt_tokens, self.max_image_pixels, self.max_queued_per_client) < 1:
-            raise ServerConfigError(
-                "max_prompt_chars, max_prompt_tokens, max_image_pixels and max_queued_per_client must be >= 1"
-            )
+        check_range("port", self.port, 0, 65535, "a TCP port (0: any free port)", integer=True)
+        check_range("max_message_mb", self.max_message_mb, 0.001, MAX_MESSAGE_MB, "megabytes")
+        check_range("max_wait_ms", self.max_wait_ms, 0, MAX_WAIT_MS, "milliseconds")
+        check_range("max_batch", self.max_batch, 1, MAX_BATCH, "requests", integer=True)
+        for name in (
+            "max_prompt_chars",
+            "max_prompt_tokens",
+            "max_image_pixels",
+            "max_queued_per_client",
+            "max_chat_items",
+        ):
+            check_range(name, getattr(self, name), 1, MAX_COUNT, "an integer", integer=True)
 
     def limits(self) -> InputLimits:
-        return InputLimits(max_prompt_chars=self.max_prompt_chars, max_image_pixels=self.max_image_pixels)
+        return InputLimits(
+            max_prompt_chars=self.max_prompt_chars,
+            max_image_pixels=self.max_image_pixels,
+            max_chat_items=self.max_chat_items,
+        )
+
+
+def check_range(name: str, value: Any, low: float, high: float, unit: str, integer: bool = False) -> None:
+    """A numeric ``agent serve`` option: ServerConfigError unless ``value`` is a finite number (an integer
+    with ``integer``) in ``low``..``high``."""
+    kinds = (int,) if integer else (int, float)
+    number = isinstance(value, kinds) and not isinstance(value, bool)
+    if not number or not (isinstance(value, int) or math.isfinite(value)) or not low <= value <= high:
+        flag = "--" + name.replace("_", "-")
+        raise ServerConfigError(
+            f"{name} is {repr(value)[:40]}; it must be {unit} from {low:g} to {high:g} (agent serve {flag})"
+        )
 
 
 class PolicyServer:
@@ -180,6 +208,9 @@ class PolicyServer:
         client = ("chat", request.remote, str(body.get("user") or "")[:200])
         try:  # checked and decoded off the inference thread, so a bad request costs it nothing
             chat_request = await asyncio.to_thread(parse_chat_request, body, self.limits)
+            prepare = getattr(self.served.chat, "prepare", None)
+            if prepare is not None:  # encoded and length-checked off the inference thread too
+                chat_request = await asyncio.to_thread(prepare, chat_request)
             return web.json_response(await self.batcher.call(self.served.chat.complete, chat_request, client))
         except UserFacingError as error:
             return _json_error(_error_code(error, "malformed_request"), str(error))

@@ -70,7 +70,9 @@ class _MagmaSession:
         self.instruction = ""
 
     def reset(self, task: dict[str, Any]) -> None:
-        self.instruction = str(task.get("instruction", ""))
+        from magma.policies.robot import instruction_text  # the Magma session: torch is loaded already
+
+        self.instruction = instruction_text(task.get("instruction"))
 
     def act(self, observation: dict[str, Any]) -> np.ndarray:
         return _magma_batch(self.policy, [self], [observation])[0]

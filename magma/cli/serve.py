@@ -50,11 +50,15 @@ def serve(
     max_queued_per_client: Annotated[
         int, typer.Option("--max-queued-per-client", help="Most requests one client may have waiting.")
     ] = 64,
+    max_chat_items: Annotated[
+        int,
+        typer.Option("--max-chat-items", help="Most messages plus content parts in one chat request."),
+    ] = 512,
 ) -> None:
     """Load a policy once and serve it until SIGINT/SIGTERM: ws://HOST:PORT/ for robots and the daemon,
     GET /healthz, and POST /v1/chat/completions for OpenAI-compatible agents (magma and lapa)."""
     from robot.policy_protocol import PolicySpec
-    from robot.policy_server import PolicyServer, ServerConfig
+    from robot.policy_server import PolicyServer, ServerConfig, check_range
     from robot.served_policy import load_served_policy
 
     config = ServerConfig(
@@ -70,8 +74,12 @@ def serve(
         max_prompt_tokens=max_prompt_tokens,
         max_image_pixels=max_image_pixels,
         max_queued_per_client=max_queued_per_client,
+        max_chat_items=max_chat_items,
     )
     config.check()  # before a model is loaded
+    check_range("image_size", image_size, 1, 65535, "pixels per side", integer=True)
+    check_range("state_dim", state_dim, 0, 1_000_000, "an integer", integer=True)
+    check_range("control_hz", control_hz, 0.001, 100_000.0, "hertz")
     keys = [key.strip() for key in cameras.split(",") if key.strip()]
     spec = PolicySpec(
         policy=policy,

@@ -11,11 +11,26 @@ import torch
 
 from magma.actions import ActionParseError, RobotActionCodec, select_statistics
 from magma.checkpoint import load_checkpoint_action_statistics
+from magma.errors import UserFacingError
 from magma.model import MagmaForCausalLM, default_dtype
 from magma.processor import MagmaProcessor, prompt_content
 from magma.sampling import allowed_tokens
 
 DEFAULT_PROMPT = "<image>\nWhat action should the robot take to {instruction}?"
+
+
+class InstructionError(UserFacingError, ValueError):
+    """An instruction that is not text."""
+
+
+def instruction_text(value: Any) -> str:
+    """An instruction as prompt text: a string, or None for none; anything else is refused, never ``str()``-ed
+    (a list of two million numbers would become a prompt of millions of characters)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InstructionError(f"the instruction is a {type(value).__name__}; send it as a string")
+    return value
 
 
 class MagmaRobotPolicy:
@@ -58,7 +73,7 @@ class MagmaRobotPolicy:
         return cls(model, processor, codec, **kwargs)
 
     def reset(self, task: dict[str, Any]) -> None:
-        self.instruction = str(task.get("instruction", ""))
+        self.instruction = instruction_text(task.get("instruction"))
 
     def act(self, observation: dict[str, Any]) -> np.ndarray:
         return self.act_batch([observation], [self.instruction])[0]
@@ -69,7 +84,7 @@ class MagmaRobotPolicy:
         ``instruction`` wins over the one given for it. Instructions are plain text in the prompt: a
         special-token string in one (``<image>``) stays text."""
         prompts = [
-            prompt_content(self.prompt, instruction=str(observation.get("instruction") or instruction))
+            prompt_content(self.prompt, instruction=instruction_text(observation.get("instruction") or instruction))
             for observation, instruction in zip(observations, instructions, strict=True)
         ]
         images = [[np.asarray(observation[self.image_key])] for observation in observations]

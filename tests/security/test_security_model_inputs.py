@@ -174,3 +174,44 @@ def test_a_large_allowed_image_is_resized_before_any_float_copy():
     growth = int(done.stdout.split()[-1])
     float32_copy = side * side * 3 * 4
     assert growth < 0.8 * float32_copy, f"peak memory grew {growth / 2**20:.0f} MiB for a {side}x{side} image"
+
+
+def test_the_token_bound_is_checked_before_the_assistant_spans(tiny_processor, monkeypatch):
+    def spans(*args, **kwargs):
+        raise AssertionError("the assistant spans were computed for a prompt over the token limit")
+
+    pairs = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}] * 300
+    tiny_processor.max_prompt_tokens = 200
+    monkeypatch.setattr(tiny_processor, "_assistant_spans", spans)
+    try:
+        with pytest.raises(PromptTooLongError, match="over the limit of 200"):
+            tiny_processor.encode([*pairs, {"role": "user", "content": "hi"}], add_generation_prompt=True)
+    finally:
+        tiny_processor.max_prompt_tokens = None
+
+
+def test_an_assistant_first_conversation_is_a_typed_error(tiny_processor):
+    for turns in ([{"role": "assistant", "content": "x"}], [{"role": "assistant", "content": ""}] * 3):
+        with pytest.raises(ConversationError, match="start it with a system or user message"):
+            tiny_processor.encode(turns, add_generation_prompt=True)
+    assert tiny_processor.encode([{"role": "system", "content": "s"}, {"role": "assistant", "content": "x"}]).labels
+
+
+def test_tiny_temperatures_sample_finite_probabilities():
+    import torch
+
+    from magma.sampling import sample_next_token
+
+    logits = torch.randn(3, 64) * 30
+    logits[0, 5] = float("-inf")
+    for temperature in (1e-300, 5e-324, 1e-40, 1e-6, 1e-3):  # before: inf/NaN probabilities, a RuntimeError
+        assert sample_next_token(logits, temperature).tolist() == logits.argmax(dim=-1).tolist()
+
+
+def test_robot_policy_instructions_must_be_text():
+    from magma.policies.robot import InstructionError, instruction_text
+
+    assert instruction_text(None) == "" and instruction_text("pick") == "pick"
+    for value in ([0] * 10, {"a": 1}, 3.5, b"pick"):
+        with pytest.raises(InstructionError, match="send it as a string"):
+            instruction_text(value)

@@ -316,3 +316,108 @@ def test_special_token_strings_in_chat_and_instructions_are_plain_text(magma_ser
         PolicyClient(f"ws://127.0.0.1:{magma_server.port}", retry_for_s=0) as client,
     ):
         client.reset({"instruction": "x" * 5000})
+
+
+def test_many_chat_turns_or_parts_are_refused_before_any_model_work(magma_server, monkeypatch):
+    port = magma_server.port
+    encoded: list[int] = []
+    encode = magma_server.served.processor.encode
+    monkeypatch.setattr(
+        magma_server.served.processor, "encode", lambda *args, **kw: encoded.append(1) or encode(*args, **kw)
+    )
+    pairs = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}] * 4000
+    for messages in (
+        [*pairs, {"role": "user", "content": "hi"}],  # before: 124 s of chat-template rendering
+        [{"role": "user", "content": [{"type": "text", "text": ""}] * 200_000}],
+    ):
+        status, reply = chat(port, {**GOOD, "messages": messages})
+        assert status == 413 and reply["error"]["type"] == "prompt_too_long", reply
+        assert "--max-chat-items" in reply["error"]["message"]
+    assert encoded == []  # refused while parsing: the processor never saw them
+    assert chat(port, GOOD)[0] == 200
+
+
+def test_chat_inputs_the_tokenizer_or_template_cannot_take_get_a_400(magma_server):
+    port = magma_server.port
+    surrogate = b'{"messages":[{"role":"user","content":"a\\ud800b"}],"max_tokens":2}'
+    status, reply = chat(port, surrogate)
+    assert status == 400 and "surrogate" in reply["error"]["message"], reply
+    for messages in (
+        [{"role": "assistant", "content": "x"}],
+        [{"role": "assistant", "content": ""}] * 100 + [{"role": "user", "content": "hi"}],
+    ):
+        status, reply = chat(port, {**GOOD, "messages": messages})
+        assert status == 400 and "start it with a system or user message" in reply["error"]["message"], reply
+    status, reply = chat(port, {**GOOD, "temperature": 1e-300})  # before: NaN probabilities, a 500
+    assert status == 200, reply
+    assert chat(port, GOOD)[0] == 200
+
+
+def test_non_string_instructions_and_huge_non_text_values_are_refused_up_front(echo_server):
+    with connect(f"ws://127.0.0.1:{echo_server.port}", proxy=None, max_size=None) as ws:
+        unpack(ws.recv(timeout=600), 1 << 20)
+
+        def ask(message: dict) -> dict:
+            ws.send(pack(message))
+            return unpack(ws.recv(timeout=600), 1 << 24)
+
+        for instruction in ([0] * 2_000_000, {"text": "pick"}, 5):  # before: str()-ed into a huge prompt
+            refused = ask({"type": "reset", "id": 1, "task": {"client": "a", "instruction": instruction}})
+            assert refused["code"] == "malformed_request" and "'instruction'" in refused["message"], refused
+        state = np.zeros(1, np.float32)
+        refused = ask({"type": "infer", "id": 2, "observation": {"state": state, "instruction": [1, 2]}})
+        assert refused["code"] == "malformed_request"
+        for bulky in ([0] * 100_000, [[[]]] * 10_000, [{"k": None}] * 10_000):  # counted, every value
+            refused = ask({"type": "reset", "id": 3, "task": {"client": "a", "notes": bulky}})
+            assert refused["code"] == "prompt_too_long" and "--max-prompt-chars" in refused["message"], refused
+        assert ask({"type": "reset", "id": 4, "task": {"client": "a", "instruction": None, "n": [1, 2]}})["type"] == (
+            "reset"
+        )
+        assert ask({"type": "infer", "id": 5, "observation": {"state": state}})["type"] == "actions"
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("max_wait_ms", float("inf")),
+        ("max_wait_ms", float("nan")),
+        ("max_wait_ms", 10_000.0),
+        ("max_message_mb", float("nan")),
+        ("max_message_mb", float("inf")),
+        ("max_message_mb", 0.0),
+        ("port", 70_000),
+        ("port", -1),
+        ("max_batch", 0),
+        ("max_prompt_chars", 0),
+        ("max_chat_items", 0),
+    ],
+)
+def test_server_options_out_of_range_are_refused_at_startup(option, value):
+    from robot.policy_server import ServerConfigError
+
+    with pytest.raises(ServerConfigError, match=f"{option} is .*--{option.replace('_', '-')}"):
+        ServerConfig(**{option: value}).check()
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["--max-wait-ms", "inf"],
+        ["--max-wait-ms", "nan"],
+        ["--max-message-mb", "nan"],
+        ["--port", "70000"],
+        ["--image-size", "-5"],
+        ["--state-dim", "-1"],
+        ["--control-hz", "nan"],
+    ],
+)
+def test_agent_serve_refuses_bad_numeric_options_with_one_message(arguments):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    agent = Path(sys.executable).parent / "agent"
+    command = [str(agent), "serve", "--policy", "scripted", "--port", "0", *arguments]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)  # before: some served forever
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and arguments[0] in done.stderr, done.stderr[-2000:]
