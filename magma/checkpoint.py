@@ -139,6 +139,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:  # ValueError: bad JSON or bytes that are not UTF-8 text
         raise CheckpointError(unreadable_file_message(path, err)) from None
+    except RecursionError:  # arrays or objects nested beyond the parser's depth
+        raise CheckpointError(f"cannot read '{path}' (it is nested too deeply to be JSON): {REWRITE_ADVICE}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"cannot read '{path}' (it holds no JSON object): {REWRITE_ADVICE}")
     return data
@@ -195,7 +197,16 @@ def load_checkpoint_config(directory: str | Path) -> MagmaConfig:
     _require_directory(directory)
     raw = _read_json(directory / CONFIG_FILE)
     if is_magma8b_layout(raw):
-        return magma8b_config(directory, raw, weight_files(directory))
+        files = weight_files(directory)
+        try:
+            return magma8b_config(directory, raw, files)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
+            if isinstance(err, UserFacingError):
+                raise
+            raise CheckpointError(
+                f"'{directory}': its Magma-8B config files or weights have an unexpected shape "
+                f"({type(err).__name__}: {(str(err).splitlines() or [''])[0]}); use an unmodified Magma-8B download"
+            ) from None
     if raw.get("format") != FORMAT_NAME:
         raise CheckpointError(
             f"'{directory / CONFIG_FILE}' is neither a {FORMAT_NAME} checkpoint nor a Magma-8B config"

@@ -3,13 +3,15 @@ fill them and ``key=value`` dotted overrides change them (OmegaConf structured c
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from magma.errors import UserFacingError
@@ -18,6 +20,26 @@ OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 T = TypeVar("T")
+
+# Upper bounds far above any published model (Llama-3.1-405B: hidden 16384, 126 layers, 128 heads, 128k
+# context), so a config.json with absurd sizes is one ConfigError at load, not memory exhausted building it.
+SIZE_LIMITS: dict[str, int] = {
+    "image.base_size": 4096,
+    "image.patch_stride": 4096,
+    "image.num_crops": 256,
+    "text.vocab_size": 2**21,
+    "text.hidden_size": 65536,
+    "text.intermediate_size": 262144,
+    "text.num_hidden_layers": 1024,
+    "text.num_attention_heads": 1024,
+    "text.num_key_value_heads": 1024,
+    "text.head_dim": 4096,
+    "text.max_position_embeddings": 2**24,
+    "vision.dims": 16384,
+    "vision.depths": 256,
+}
+MAX_IMAGE_PIXELS = 2**26  # image.num_crops x image.base_size^2: 64 crops of 1024 px
+MAX_PARAMETERS = 10**12  # the language model's estimated parameter count
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "model"
 
@@ -118,15 +140,21 @@ class MagmaConfig:
 
 def merge_structured(schema: type[T], data: Any, overrides: list[str], source: str) -> T:
     """Fill dataclass ``schema`` from ``data`` then dotted ``key=value`` overrides; an unknown key or a
-    bad value is a ConfigError naming the source, the key and where the valid keys are defined."""
+    bad value is a ConfigError naming the source, the key and where the valid keys are defined.
+
+    Plain Python ``data`` (JSON read from a checkpoint, a request body) is taken literally: a string holding
+    an OmegaConf interpolation ``${...}`` is refused, as resolving it would read environment variables
+    (``${oc.env:...}``) or other keys. OmegaConf trees (the user's own YAML, read by ``read_yaml``) and
+    command-line overrides may interpolate, e.g. ``run_dir: runs/${name}``."""
+    if not isinstance(data, DictConfig | ListConfig):
+        refuse_interpolations(data, source)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), data)
         for override in overrides:
             key, equals, text = override.partition("=")
             if not equals or not key:
                 raise ConfigError(f"{source}: override '{override}' is not key=value (e.g. optim.lr=3e-5)")
-            value = OmegaConf.from_dotlist([f"value={text}"]).value  # YAML typing: 3, 1e-5, [a, b], true
-            OmegaConf.update(merged, key, value, merge=True)  # dotted keys; list items as sources.0.weight
+            OmegaConf.update(merged, key, _override_value(override, text, source), merge=True)  # list items as a.0.b
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or getattr(err, "key", None)
@@ -136,6 +164,47 @@ def merge_structured(schema: type[T], data: Any, overrides: list[str], source: s
             + (f" (key '{key}')" if key else "")
             + f". Fix the key or value; the valid keys are the fields of {schema.__module__}.{schema.__name__}."
         ) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: a value is nested too deeply to be a config; fix or re-export it") from None
+
+
+def _override_value(override: str, text: str, source: str) -> Any:
+    """The YAML-typed value of an override (3, 1e-5, [a, b], true); text that is not YAML is a ConfigError."""
+    try:
+        return OmegaConf.from_dotlist([f"value={text}"]).value
+    except yaml.YAMLError as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        key = override.partition("=")[0]
+        raise ConfigError(
+            f"{source}: override '{override}': the value is not valid YAML ({reason}); quote it to give a string, "
+            f"e.g. '{key}=\"{text}\"'"
+        ) from None
+
+
+def refuse_interpolations(data: Any, source: str) -> None:
+    """Raise a ConfigError naming every key whose string (or name) holds ``${``: data read from disk or the
+    network is literal, never resolved."""
+    found: list[str] = []
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if "${" in value:
+                found.append(path or "<top level>")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                name = f"{path}.{key}" if path else str(key)
+                if isinstance(key, str) and "${" in key:
+                    found.append(name)
+                stack.append((name, item))
+        elif isinstance(value, list | tuple):
+            stack.extend((f"{path}.{index}", item) for index, item in enumerate(value))
+    if found:
+        raise ConfigError(
+            f"{source}: the value of {', '.join(sorted(found)[:5])} holds an OmegaConf interpolation '${{...}}'; "
+            "a config read from a checkpoint or a request is taken literally and may not use one (it could read "
+            "environment variables). Replace it with the literal value, or re-export the checkpoint"
+        )
 
 
 def check_number(
@@ -198,11 +267,18 @@ def optimizer_problems(
     return problems
 
 
-def count_problems(problems: list[str], minimum: int, counts: dict[str, int | None]) -> None:
-    """Append a problem for each integer setting (dotted key -> value) below ``minimum``; None is not set."""
+def count_problems(
+    problems: list[str], minimum: int, counts: dict[str, int | None], maximum: dict[str, int] | None = None
+) -> None:
+    """Append a problem for each integer setting (dotted key -> value) below ``minimum`` or above its
+    ``maximum`` (looked up by key, or by key without its list index: ``vision.dims.2`` -> ``vision.dims``);
+    None is not set."""
     for key, value in counts.items():
-        if value is not None and value < minimum:
-            problems.append(f"{key}={value} must be >= {minimum}")
+        if value is None:
+            continue
+        high = (maximum or {}).get(key, (maximum or {}).get(key.rpartition(".")[0]))
+        if value < minimum or (high is not None and value > high):
+            problems.append(f"{key}={value} must be >= {minimum}" + (f" and <= {high}" if high is not None else ""))
 
 
 def seed_problems(problems: list[str], seeds: dict[str, int]) -> None:
@@ -234,6 +310,7 @@ def _validate(config: MagmaConfig, source: str) -> None:
     sizes = {
         "image.base_size": config.image.base_size,
         "image.patch_stride": config.image.patch_stride,
+        "image.num_crops": config.image.num_crops,
         "text.vocab_size": text.vocab_size,
         "text.hidden_size": text.hidden_size,
         "text.intermediate_size": text.intermediate_size,
@@ -244,37 +321,97 @@ def _validate(config: MagmaConfig, source: str) -> None:
         "text.max_position_embeddings": text.max_position_embeddings,
     }
     sizes |= {f"vision.dims.{index}": dim for index, dim in enumerate(config.vision.dims)}
-    count_problems(problems, 1, sizes)
-    count_problems(problems, 0, {f"vision.depths.{index}": depth for index, depth in enumerate(config.vision.depths)})
+    count_problems(problems, 1, sizes, SIZE_LIMITS)
+    depths = {f"vision.depths.{index}": depth for index, depth in enumerate(config.vision.depths)}
+    count_problems(problems, 0, depths, SIZE_LIMITS)
+    tokens = dataclasses.asdict(config.tokens)
+    token_ids = {f"tokens.{key}": value for key, value in tokens.items() if key != "eos_token_ids"}
+    token_ids |= {f"tokens.eos_token_ids.{index}": value for index, value in enumerate(config.tokens.eos_token_ids)}
+    count_problems(problems, 0, token_ids)
     check_number(problems, "text.rms_norm_eps", text.rms_norm_eps, low=0, low_open=True, hint="e.g. 1e-5")
     check_number(problems, "text.rope_theta", text.rope_theta, low=0, low_open=True, hint="e.g. 500000")
     check_number(problems, "vision.norm_eps", config.vision.norm_eps, low=0, low_open=True, hint="e.g. 1e-5")
     check_number(problems, "vision.drop_path_rate", config.vision.drop_path_rate, low=0, high=1, high_open=True)
     check_number(problems, "vision.layer_scale_init", config.vision.layer_scale_init)
-    for index, std in enumerate(config.image.std):
-        check_number(problems, f"image.std.{index}", std, low=0, low_open=True)
+    for name, values in (("mean", config.image.mean), ("std", config.image.std)):
+        if len(values) != 3:
+            problems.append(f"image.{name}={list(values)} must be three numbers, one per RGB channel")
+        for index, value in enumerate(values):
+            check_number(problems, f"image.{name}.{index}", value, low=0, low_open=name == "std")
     if problems:  # the checks below divide by these sizes
         raise ConfigError(f"{source}: " + "; ".join(problems))
     if config.image.base_size % config.image.patch_stride:
         problems.append(f"image.base_size={config.image.base_size} is not a multiple of {config.image.patch_stride}")
-    if config.image.num_crops < 1:
-        problems.append("image.num_crops must be >= 1")
+    pixels = config.image.num_crops * config.image.base_size**2
+    if pixels > MAX_IMAGE_PIXELS:
+        problems.append(
+            f"image.num_crops x image.base_size^2 = {pixels} pixels per image, more than {MAX_IMAGE_PIXELS}; "
+            "lower image.num_crops or image.base_size"
+        )
     if len(config.vision.dims) != 4 or len(config.vision.depths) != 4:
         problems.append("vision.dims and vision.depths need four entries (one per ConvNeXt stage)")
     if text.hidden_size % text.num_attention_heads and text.head_dim is None:
         problems.append("text.hidden_size must be divisible by text.num_attention_heads")
     if text.num_attention_heads % text.num_key_value_heads:
         problems.append("text.num_attention_heads must be a multiple of text.num_key_value_heads")
-    special = [
-        config.tokens.pad_token_id,
-        config.tokens.image_token_id,
-        config.tokens.image_start_token_id,
-        config.tokens.image_end_token_id,
-    ]
-    if max(special) >= text.vocab_size:
-        problems.append(f"special token id {max(special)} does not fit text.vocab_size={text.vocab_size}")
+    head_dim = text.head_dim or text.hidden_size // text.num_attention_heads
+    parameters = (
+        text.num_hidden_layers
+        * (
+            text.hidden_size * head_dim * (text.num_attention_heads * 2 + text.num_key_value_heads * 2)
+            + 3 * text.hidden_size * text.intermediate_size
+        )
+        + 2 * text.vocab_size * text.hidden_size
+    )
+    if parameters > MAX_PARAMETERS:
+        problems.append(
+            f"the text sizes give about {parameters:.2e} language-model parameters, more than {MAX_PARAMETERS:.0e}; "
+            "lower text.num_hidden_layers, text.hidden_size, text.intermediate_size or text.vocab_size"
+        )
+    special = {key: value for key, value in token_ids.items() if key != "tokens.base_vocab_size"}
+    outside = {key: value for key, value in special.items() if value >= text.vocab_size}
+    if outside:
+        problems.append(f"token ids {outside} do not fit text.vocab_size={text.vocab_size}")
+    if not problems:
+        problems += rope_scaling_problems(text)
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
+
+
+def rope_scaling_problems(text: TextConfig) -> list[str]:
+    """The problems of ``text.rope_scaling``: a RoPE type transformers knows, a finite positive factor, and the
+    keys that type needs (the inverse frequencies are computed once, as the model will)."""
+    if text.rope_scaling is None:
+        return []
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaling = copy.deepcopy(dict(text.rope_scaling))  # LlamaConfig adds keys to the dict it is given
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    known = ["default", *ROPE_INIT_FUNCTIONS]
+    if kind not in known:
+        return [f"text.rope_scaling type {kind!r} is not one of {known}; fix it or set text.rope_scaling to null"]
+    factor = scaling.get("factor")
+    if factor is not None and (
+        isinstance(factor, bool) or not isinstance(factor, int | float) or not math.isfinite(factor) or factor <= 0
+    ):
+        return [f"text.rope_scaling.factor={factor!r} must be a finite number > 0, e.g. 8.0"]
+    try:
+        llama = LlamaConfig(
+            hidden_size=text.hidden_size,
+            num_attention_heads=text.num_attention_heads,
+            num_key_value_heads=text.num_key_value_heads,
+            head_dim=text.head_dim,
+            max_position_embeddings=text.max_position_embeddings,
+            rope_theta=text.rope_theta,
+            rope_scaling=scaling,
+        )
+        if kind != "default":
+            ROPE_INIT_FUNCTIONS[kind](llama, "cpu")
+    except (KeyError, ValueError, TypeError, ArithmeticError, RuntimeError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        return [f"text.rope_scaling={text.rope_scaling} cannot be used ({reason}); fix it or set it to null"]
+    return []
 
 
 def find_config_file(name_or_path: str | Path, directory: Path, kind: str) -> Path:
