@@ -159,7 +159,16 @@ class ChatModel:
     def prepare(self, request: ChatRequest) -> ChatRequest:
         """Encode the prompt (chat template, tokens, images) and check its token length, off the inference
         thread: a request the processor refuses is refused before it is queued."""
+        from magma.processor import PromptTooLongError
+
         request.sample = self.processor.encode(request.turns, request.images, add_generation_prompt=True)
+        context = self.model.config.text.max_position_embeddings
+        prompt = len(request.sample.input_ids)
+        if prompt >= context:
+            raise PromptTooLongError(
+                f"the prompt is {prompt} tokens, the model's context {context}; shorten it or send smaller images"
+            )
+        request.max_tokens = min(request.max_tokens, context - prompt)  # the rest of the context: "length" there
         return request
 
     def complete(self, request: ChatRequest) -> dict[str, Any]:

@@ -220,7 +220,7 @@ def magma_server(tmp_path_factory):
     from magma.model import MagmaForCausalLM
     from magma.processor import MagmaProcessor
 
-    config = load_config("magma-tiny")
+    config = load_config("magma-tiny", ["text.max_position_embeddings=1024"])  # a context max_tokens can pass
     directory = tmp_path_factory.mktemp("served") / "ckpt"
     stats = ActionStatistics.compute(np.random.default_rng(0).normal(size=(64, 7)))
     processor = MagmaProcessor.from_config(config)
@@ -350,6 +350,8 @@ def test_chat_inputs_the_tokenizer_or_template_cannot_take_get_a_400(magma_serve
         assert status == 400 and "start it with a system or user message" in reply["error"]["message"], reply
     status, reply = chat(port, {**GOOD, "temperature": 1e-300})  # before: NaN probabilities, a 500
     assert status == 200, reply
+    status, reply = chat(port, {**GOOD, "max_tokens": 4096})  # before: generated past the model's context
+    assert status == 200 and reply["usage"]["total_tokens"] <= 1024, reply  # the served model's context
     assert chat(port, GOOD)[0] == 200
 
 
