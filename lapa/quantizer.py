@@ -200,7 +200,7 @@ class LatentActionQuantizer(nn.Module):
             )
         try:
             raw = json.loads(config_path.read_text())
-        except ValueError as err:  # bad JSON, or bytes that are not text
+        except (ValueError, RecursionError) as err:  # bad JSON, bytes that are not text, nesting too deep
             raise QuantizerCheckpointError(unreadable_file_message(config_path, err)) from None
         if not isinstance(raw, dict) or raw.pop("format", None) != FORMAT_NAME:
             raise QuantizerCheckpointError(

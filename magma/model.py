@@ -54,7 +54,7 @@ def llama_config(config: MagmaConfig) -> LlamaConfig:
         max_position_embeddings=text.max_position_embeddings,
         rms_norm_eps=text.rms_norm_eps,
         rope_theta=text.rope_theta,
-        rope_scaling=text.rope_scaling,
+        rope_scaling=None if text.rope_scaling is None else dict(text.rope_scaling),  # transformers adds to it
         tie_word_embeddings=text.tie_word_embeddings,
         pad_token_id=config.tokens.pad_token_id,
         bos_token_id=config.tokens.bos_token_id,

@@ -166,10 +166,10 @@ def load_action_statistics(path: str | os.PathLike) -> dict[str, ActionStatistic
         raise ActionStatisticsError(f"action statistics file not found: {path}", key=str(path), fix=_SAVE_FIX)
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise ActionStatisticsError(
-            f"action statistics file {path} is not valid JSON: {error}", key=str(path)
-        ) from error
+            f"action statistics file {path} is not valid JSON: {str(error)[:200]}", key=str(path)
+        ) from None
     if not isinstance(payload, dict) or not payload:
         raise ActionStatisticsError(
             f"action statistics file {path} must map dataset keys to {{'action': {{...}}}}", key=str(path)

@@ -168,3 +168,19 @@ def test_agent_train_and_robot_run_report_a_bad_override_in_one_line():
     assert_one_clear_error(agent("robot", "run", "--config", "sim-tabletop", "name=@x"), "name=@x", "quote")
     with pytest.raises(ConfigError, match="quote"):
         load_daemon_config("sim-tabletop", ["name=@x"])
+
+
+def test_deeply_nested_action_statistics_and_quantizer_configs_are_one_message(tmp_path):
+    from lapa.quantizer import LatentActionQuantizer, QuantizerCheckpointError
+    from magma.actions.robot import ActionStatisticsError, load_action_statistics
+
+    statistics = tmp_path / "dataset_statistics.json"
+    statistics.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ActionStatisticsError, match="not valid JSON"):
+        load_action_statistics(statistics)
+    quantizer = tmp_path / "quantizer"
+    quantizer.mkdir()
+    (quantizer / "config.json").write_text("{" + '"a":' * 100_000 + "1" + "}" * 100_000)
+    (quantizer / "model.safetensors").write_bytes(b"")
+    with pytest.raises(QuantizerCheckpointError):
+        LatentActionQuantizer.from_pretrained(quantizer)
