@@ -6,7 +6,7 @@
   header (every browser ``fetch``, form post and websocket handshake does, ``no-cors`` included) is
   refused unless that origin is the endpoint itself or listed in ``allowed_origins``
   (``origin_refusal``). Programs (our clients, openpi's, curl) send no ``Origin`` and are unaffected.
-- The ``Host`` header must name the endpoint (a loopback name, or the bound address), so a DNS name
+- On a loopback bind the ``Host`` header must be a loopback name, so a DNS name
   rebound to 127.0.0.1 cannot reach it from a page (``host_refusal``).
 """
 
@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 from data_tools.errors import UserFacingError
 
 LOOPBACK_NAMES = ("localhost",)
-WILDCARD_BINDS = ("0.0.0.0", "::", "")
 
 
 class EndpointAccessError(UserFacingError, ValueError):
@@ -97,10 +96,11 @@ def origin_refusal(origin: str | None, host_header: str | None, allowed_origins:
 def host_refusal(host_header: str | None, bind_host: str) -> str | None:
     """Why a request with this ``Host`` header is refused (DNS rebinding), or None.
 
-    A loopback bind answers only to loopback names; a specific address answers to itself too; a
-    wildcard bind (0.0.0.0) cannot tell its names and is guarded by its token instead.
+    DNS rebinding turns a page's own name into 127.0.0.1, so a loopback bind answers only to loopback
+    names. Any other bind needs a token (``check_bind``), which a rebinding page does not have, and is
+    reached by whatever names the network gives it (``gpu-box.lab``), so its Host is not checked.
     """
-    if bind_host in WILDCARD_BINDS:
+    if not is_loopback(bind_host):
         return None
     if not host_header:
         return "the request has no Host header"
@@ -109,7 +109,7 @@ def host_refusal(host_header: str | None, bind_host: str) -> str | None:
         name, _ = parts.hostname or "", parts.port  # .port raises on a port that is not a number in range
     except ValueError:
         return f"Host {host_header[:100]!r} is not a host[:port]; connect to {bind_host} directly"
-    if is_loopback(name) or name == bind_host.strip("[]").lower():
+    if is_loopback(name):
         return None
     return f"Host {host_header[:100]!r} does not name this endpoint; connect to {bind_host} directly"
 

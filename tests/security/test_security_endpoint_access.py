@@ -70,9 +70,11 @@ def test_host_header_rules_against_dns_rebinding():
     assert host_refusal("localhost:8710", "127.0.0.1") is None
     assert host_refusal("[::1]:8710", "::1") is None
     assert host_refusal("10.0.0.5:8710", "10.0.0.5") is None
+    assert host_refusal("gpu-box.lab:8710", "10.0.0.5") is None  # off loopback the token guards, any name
     assert host_refusal("attacker.example:8710", "127.0.0.1")
     assert host_refusal(None, "127.0.0.1")
     assert host_refusal("attacker.example", "0.0.0.0") is None  # a wildcard bind is guarded by its token
+    assert host_refusal("attacker.example:8710", "127.0.0.2")
 
 
 @pytest.mark.parametrize(
