@@ -113,13 +113,10 @@ def test_checkpoint_sizes_are_bounded_at_load(tmp_path, case):
         load_checkpoint_config(directory)
 
 
-@pytest.mark.parametrize(
-    ("case", "expected"),
-    [("huge_hidden", "text.hidden_size"), ("huge_num_crops", "image.num_crops"), ("rope_type", "evil")],
-)
-def test_agent_model_info_on_a_hostile_checkpoint_is_one_message(tmp_path, case, expected):
-    directory = write_checkpoint_config(tmp_path / case, **HOSTILE_CONFIGS[case][0])
-    assert_one_clear_error(agent("model", "info", str(directory)), expected)
+def test_agent_model_info_on_a_hostile_checkpoint_is_one_message(tmp_path):
+    # the same check as above, once through the CLI: before, this case ran until memory ran out
+    directory = write_checkpoint_config(tmp_path / "huge_num_crops", **HOSTILE_CONFIGS["huge_num_crops"][0])
+    assert_one_clear_error(agent("model", "info", str(directory)), "image.num_crops")
 
 
 def test_a_deeply_nested_config_json_is_one_message(tmp_path):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +30,7 @@ from magma.rl.trainer import GRPOTrainer
 from magma.training.config import train_config_from
 from magma.training.divergence import TrainingDivergedError
 from magma.training.launch import accelerate_train_command
+from magma.training.run_directory import RunDirectoryError
 from magma.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,8 +107,13 @@ def checkpoint_names(run_dir: Path) -> list[str]:
 
 # ---- nonsense numbers in a config ---------------------------------------------------------------
 @pytest.mark.parametrize("lr", ["inf", "nan", "-1", "0", "-inf"])
-def test_a_learning_rate_that_is_not_a_positive_number_is_one_line_through_the_cli(lr):
-    result = agent("train", "--config", "pretrain-tiny", f"optim.lr={lr}")
+def test_a_learning_rate_that_is_not_a_positive_number_is_refused_at_load(lr):
+    with pytest.raises(ConfigError, match=r"optim\.lr=.*must be a finite number > 0"):
+        train_config_from({"name": "probe", "model": "magma-tiny"}, [f"optim.lr={lr}"], "probe")
+
+
+def test_a_learning_rate_that_is_not_a_positive_number_is_one_line_through_the_cli():
+    result = agent("train", "--config", "pretrain-tiny", "optim.lr=inf")  # was: exit 0, an all-NaN checkpoint
     assert_one_clear_error(result, "optim.lr=", "must be a finite number > 0")
 
 
@@ -296,12 +304,34 @@ def test_fine_tuning_from_a_cut_checkpoint_is_one_line_through_the_cli(corpus, t
     assert_one_clear_error(agent("train", "--config", str(path)), str(directory / "model.safetensors"), "re-export")
 
 
-@pytest.mark.parametrize("broken", ["model.safetensors", "optimizer.bin", "trainer_state.json"])
-def test_resuming_from_a_cut_checkpoint_names_the_file_and_the_earlier_checkpoint(corpus, tmp_path, broken):
-    run_dir = tmp_path / "run"
-    config = train_config(corpus, run_dir, max_steps=2, checkpoint={"every": 1, "keep": 2})
-    Trainer(train_config_from(config, [], "probe")).train()
+@pytest.fixture(scope="module")
+def two_checkpoint_run(corpus, tmp_path_factory):
+    """A run with checkpoints at steps 1 and 2, trained once; each test damages its own copy."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    Trainer(
+        train_config_from(train_config(corpus, run_dir, max_steps=2, checkpoint={"every": 1, "keep": 2}), [], "probe")
+    ).train()
     assert checkpoint_names(run_dir) == ["step-00000001", "step-00000002"]
+    return run_dir
+
+
+@pytest.mark.parametrize("broken", ["optimizer.bin", "trainer_state.json"])
+def test_resuming_from_a_cut_state_file_names_it_and_the_earlier_checkpoint(
+    corpus, tmp_path, two_checkpoint_run, broken
+):
+    run_dir = tmp_path / "run"
+    shutil.copytree(two_checkpoint_run, run_dir)
+    cut_in_half(run_dir / "checkpoints" / "step-00000002" / broken)
+    config = train_config(corpus, run_dir, max_steps=3, checkpoint={"every": 1, "keep": 2})
+    with pytest.raises(RunDirectoryError, match=rf"{re.escape(broken)}.*the checkpoint of step 1"):
+        Trainer(train_config_from(config, [], "probe"), resume=True)
+
+
+def test_resuming_from_a_cut_checkpoint_names_the_file_and_the_earlier_checkpoint(corpus, tmp_path, two_checkpoint_run):
+    broken = "model.safetensors"
+    run_dir = tmp_path / "run"
+    shutil.copytree(two_checkpoint_run, run_dir)
+    config = train_config(corpus, run_dir, max_steps=2, checkpoint={"every": 1, "keep": 2})
     cut_in_half(run_dir / "checkpoints" / "step-00000002" / broken)
 
     path = write_yaml(tmp_path / "resume.yaml", config | {"max_steps": 3})
