@@ -26,7 +26,6 @@ from magma.agents.web_suite import (
     prepare_run_directory,
     read_results,
     run_web_suite,
-    web_policy_factory,
 )
 
 needs_chromium = pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="system Chromium not installed")
@@ -77,6 +76,14 @@ def chat(monkeypatch):
     stop_http(server)
 
 
+def quick_openai_policy():
+    """The OpenAI-compatible web policy with one retry after 1 s (the default backs off for 15 s)."""
+    from magma.policies.openai_chat import ChatClient, OpenAIChatPolicy
+
+    client = ChatClient("m", retries=1)
+    return lambda env, selected, urls: OpenAIChatPolicy(client)
+
+
 def _task(task_id: int, intent: str, start_url: str, eval_type: str = "string_match") -> dict:
     return {
         "task_id": task_id,
@@ -116,7 +123,7 @@ def test_bad_tasks_are_recorded_the_others_run_and_resume_skips_them_unless_aske
     settings = WebRunSettings(tasks=[str(tasks)], policy="openai", model="m")
     options = WebRunOptions(save_images=False)
     out = tmp_path / "run"
-    results = run_web_suite(settings, options, out, web_policy_factory("openai", "m"))
+    results = run_web_suite(settings, options, out, quick_openai_policy())
     by_id = {record["key"].rsplit(":", 1)[1]: record for record in results}
     assert len(by_id) == 7
     for good in ("0", "6"):
@@ -140,7 +147,7 @@ def test_bad_tasks_are_recorded_the_others_run_and_resume_skips_them_unless_aske
     lines = len(_lines(out))
     rerun: list[str] = []
     again = run_web_suite(
-        settings, options, out, web_policy_factory("openai", "m"), resume=True, on_result=lambda r: rerun.append(r.key)
+        settings, options, out, quick_openai_policy(), resume=True, on_result=lambda r: rerun.append(r.key)
     )
     assert rerun == [] and len(_lines(out)) == lines and len(site.stall_hits) == stalls
     assert [record["status"] for record in again] == [record["status"] for record in results]
@@ -149,7 +156,7 @@ def test_bad_tasks_are_recorded_the_others_run_and_resume_skips_them_unless_aske
     chat.behaviour = lambda objective: "ok"
     retried = WebRunOptions(save_images=False, retry_errors=True)
     final = run_web_suite(
-        settings, retried, out, web_policy_factory("openai", "m"), resume=True, on_result=lambda r: rerun.append(r.key)
+        settings, retried, out, quick_openai_policy(), resume=True, on_result=lambda r: rerun.append(r.key)
     )
     assert sorted(key.rsplit(":", 1)[1] for key in rerun) == ["1", "2", "3", "4", "5"]
     by_id = {record["key"].rsplit(":", 1)[1]: record for record in final}
@@ -168,12 +175,12 @@ def test_a_streak_of_failures_stops_the_run_and_resume_reruns_those_tasks(site, 
     out = tmp_path / "run"
     options = WebRunOptions(save_images=False, max_consecutive_errors=2)
     with pytest.raises(RunStoppedError, match="2 tasks in a row failed \\(policy\\)"):
-        run_web_suite(settings, options, out, web_policy_factory("openai", "m"))
+        run_web_suite(settings, options, out, quick_openai_policy())
     last = {record["key"]: record for record in _lines(out)}
     assert len(last) == 2 and all(record["error_kind"] == "run_stopped" for record in last.values())
     assert (out / "summary.json").exists() and (out / "report.html").exists()
     chat.behaviour = lambda objective: "ok"
-    results = run_web_suite(settings, options, out, web_policy_factory("openai", "m"), resume=True)
+    results = run_web_suite(settings, options, out, quick_openai_policy(), resume=True)
     assert len(results) == 4 and all(record["success"] is True for record in results)
 
 
