@@ -5,38 +5,21 @@ that is not YAML is one message. Each reaches the user as one ``error:`` line an
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_cli import agent, assert_one_clear_error
 
 from magma.checkpoint import CheckpointError, load_checkpoint_config
 from magma.config import ConfigError, MagmaConfig, load_config
 from robot.daemon_config import load_daemon_config
 
-REPO = Path(__file__).resolve().parents[2]
-AGENT = [sys.executable, "-m", "magma.cli.app"]
-SUBPROCESS_TIMEOUT_S = 600  # a generous bound for a loaded machine, never a measure of speed
 SECRET = "SECRET-12345"
 
 
-def agent(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PROBE_SECRET": SECRET}
-    return subprocess.run(
-        [*AGENT, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=SUBPROCESS_TIMEOUT_S
-    )
-
-
-def assert_one_clear_error(result: subprocess.CompletedProcess, *expected: str) -> None:
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(error_lines) == 1, result.stderr[-3000:]
-    for text in expected:
-        assert text in error_lines[0], (text, error_lines[0])
+def agent_with_secret(*args: str):
+    return agent(*args, PROBE_SECRET=SECRET)
 
 
 def write_checkpoint_config(directory: Path, **changes: Any) -> Path:
@@ -68,7 +51,7 @@ def test_a_checkpoint_config_never_resolves_interpolations(tmp_path, monkeypatch
 
 def test_agent_model_info_refuses_an_interpolated_name_without_printing_the_secret(tmp_path):
     directory = write_checkpoint_config(tmp_path / "ck", name="${oc.env:PROBE_SECRET}")
-    result = agent("model", "info", str(directory))
+    result = agent_with_secret("model", "info", str(directory))
     assert_one_clear_error(result, "name", "interpolation")
     assert SECRET not in result.stdout + result.stderr
 
@@ -116,7 +99,7 @@ def test_checkpoint_sizes_are_bounded_at_load(tmp_path, case):
 def test_agent_model_info_on_a_hostile_checkpoint_is_one_message(tmp_path):
     # the same check as above, once through the CLI: before, this case ran until memory ran out
     directory = write_checkpoint_config(tmp_path / "huge_num_crops", **HOSTILE_CONFIGS["huge_num_crops"][0])
-    assert_one_clear_error(agent("model", "info", str(directory)), "image.num_crops")
+    assert_one_clear_error(agent_with_secret("model", "info", str(directory)), "image.num_crops")
 
 
 def test_a_deeply_nested_config_json_is_one_message(tmp_path):
@@ -125,7 +108,7 @@ def test_a_deeply_nested_config_json_is_one_message(tmp_path):
     (directory / "config.json").write_text("[" * 200_000 + "]" * 200_000)
     with pytest.raises(CheckpointError, match="nested too deeply"):
         load_checkpoint_config(directory)
-    assert_one_clear_error(agent("model", "info", str(directory)), "nested too deeply")
+    assert_one_clear_error(agent_with_secret("model", "info", str(directory)), "nested too deeply")
 
 
 def test_a_value_nested_deep_inside_a_readable_config_is_one_message(tmp_path):

@@ -9,12 +9,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from agent_cli import agent, assert_one_clear_error
 from safetensors.torch import load_file
 
 from data_tools.synthetic import write_synthetic_corpus
@@ -34,7 +34,6 @@ from magma.training.run_directory import RunDirectoryError
 from magma.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
-AGENT = [sys.executable, "-m", "magma.cli.app"]
 SUBPROCESS_TIMEOUT_S = 1800  # a generous bound for a machine loaded by other work, never a measure of speed
 QUANTIZER = {
     "image_size": 32,
@@ -48,22 +47,6 @@ QUANTIZER = {
     "codebook_size": 8,
     "num_codes": 4,
 }
-
-
-def agent(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run(
-        [*AGENT, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=SUBPROCESS_TIMEOUT_S
-    )
-
-
-def assert_one_clear_error(result: subprocess.CompletedProcess, *expected: str) -> None:
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(error_lines) == 1, result.stderr[-3000:]
-    for text in expected:
-        assert text in error_lines[0], (text, error_lines[0])
 
 
 @pytest.fixture(scope="module")
