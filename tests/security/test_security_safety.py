@@ -110,25 +110,31 @@ def test_unsound_limits_fail_safe_where_they_are_used_directly():
     assert back.action[0] == pytest.approx(-0.05)
 
 
-def test_rotation_only_excursion_is_caught_on_the_measured_pose_and_safe_stopped(tmp_path):
-    server = serve_in_process(RotationOnlyPolicy)
-    config = daemon_config(
-        tmp_path, server.port, "robot.args.task=pick_place", "robot.args.max_steps=100000", "watchdog.rest=hold"
-    )
+def run_until_safe_stop(tmp_path, policy_class, *overrides: str, ticks_after: int = 0):
+    """The daemon on the simulated arm (task reach unless overridden) with ``policy_class`` served, until it
+    safe-stops and then runs ``ticks_after`` more ticks: (reason, summary, config)."""
+    server = serve_in_process(policy_class)
+    config = daemon_config(tmp_path, server.port, "robot.args.task=reach", "robot.args.max_steps=100000", *overrides)
     daemon, thread, outcome = start_daemon(config)
     try:
         wait_for(lambda: daemon.status()["state"] == "safe_stopped", "the safe stop", 600)
         reason = daemon.status()["reason"]
-        assert "outside the workspace" in reason and "joint" not in reason
         tick = daemon.tick
-        wait_for(lambda: daemon.tick > tick + 5, "ticks while safe-stopped", 300)
+        wait_for(lambda: daemon.tick >= tick + ticks_after, "ticks while safe-stopped", 300)
         daemon.stop()
         thread.join(timeout=600)
     finally:
         daemon.stop()
         server.stop()
     assert "error" not in outcome, outcome.get("error")
-    summary = outcome["summary"]
+    return reason, outcome["summary"], config
+
+
+def test_rotation_only_excursion_is_caught_on_the_measured_pose_and_safe_stopped(tmp_path):
+    reason, summary, config = run_until_safe_stop(
+        tmp_path, RotationOnlyPolicy, "robot.args.task=pick_place", "watchdog.rest=hold", ticks_after=6
+    )
+    assert "outside the workspace" in reason and "joint" not in reason
     assert summary.counts["workspace_exit"] >= 1 and summary.counts.get("joint_limit", 0) == 0
     assert any("outside the workspace" in why for why in summary.safe_stop_reasons)
     columns = recorded_columns(
@@ -143,31 +149,14 @@ def test_rotation_only_excursion_is_caught_on_the_measured_pose_and_safe_stopped
     assert np.all(measured[first:] <= measured[first] + 1e-3)  # the excursion did not grow after the stop
 
 
-def run_until_safe_stop(tmp_path, policy_class, *overrides: str):
-    """The daemon on the simulated arm with ``policy_class`` served, until it safe-stops: (reason, summary)."""
-    server = serve_in_process(policy_class)
-    config = daemon_config(tmp_path, server.port, "robot.args.task=reach", "robot.args.max_steps=100000", *overrides)
-    daemon, thread, outcome = start_daemon(config)
-    try:
-        wait_for(lambda: daemon.status()["state"] == "safe_stopped", "the safe stop", 600)
-        reason = daemon.status()["reason"]
-        daemon.stop()
-        thread.join(timeout=600)
-    finally:
-        daemon.stop()
-        server.stop()
-    assert "error" not in outcome, outcome.get("error")
-    return reason, outcome["summary"]
-
-
 def test_repeated_nan_actions_escalate_to_a_safe_stop(tmp_path):
-    reason, summary = run_until_safe_stop(tmp_path, NanPolicy, "safety.max_invalid_actions=4")
+    reason, summary, _ = run_until_safe_stop(tmp_path, NanPolicy, "safety.max_invalid_actions=4")
     assert "4 invalid actions in a row" in reason
     assert summary.policy_actions == 0 and summary.counts["non_finite"] >= 4
     assert summary.safe_stops >= 1 and "invalid actions in a row" in summary.safe_stop_reasons[0]
 
 
 def test_measured_overspeed_is_held_then_safe_stopped(tmp_path):
-    reason, summary = run_until_safe_stop(tmp_path, SteadyPolicy, "safety.max_speed_m_s=0.05")
+    reason, summary, _ = run_until_safe_stop(tmp_path, SteadyPolicy, "safety.max_speed_m_s=0.05")
     assert "m/s > 0.05 m/s" in reason
     assert summary.counts["overspeed"] >= 1 and "m/s" in summary.safe_stop_reasons[0]
