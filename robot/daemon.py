@@ -2,18 +2,24 @@
 safely, whatever the policy does.
 
 Each tick (deadline scheduling: sleep, then a short spin) the loop reads the robot's state and the
-cameras' latest frames (their own threads), collects whatever the policy worker brought back, takes
-the tick's action from the chunk queue (temporal ensembling), runs it through the safety filter and
-sends it; when there is none it sends the robot's hold action. Observations go to the policy server
-from the worker thread, so inference never blocks the loop. The watchdog holds, then safe-stops, when
-actions stop coming; an e-stop (SIGUSR1, ``POST /estop`` or the e-stop file) latches at the next tick.
-SIGTERM / SIGINT / ``POST /stop`` end the episode cleanly. Every episode is recorded.
+cameras' latest frames (their own threads), collects whatever the policy worker brought back, asks for
+actions on this tick's observation when the queue runs low (ahead by the policy's measured latency),
+takes the tick's action from the chunk queue, runs it through the safety filter and sends it; when
+there is none it sends the robot's hold action. Observations go to the policy server from the worker
+thread with their tick and capture time, and the actions that come back are aligned to that tick
+(``robot.chunking``): steps whose time has passed are skipped and counted, never run late. When the
+queue holds nothing for this tick, the loop waits for the answer within the tick (at most
+``policy.wait_in_tick`` of a period), so a single-action policy that answers in time acts on the very
+observation it saw, with no one-tick lag; a slower one is skipped, and the robot holds. The watchdog
+holds, then safe-stops, when actions stop coming; an e-stop (SIGUSR1, ``POST /estop`` or the e-stop
+file) latches at the next tick. SIGTERM / SIGINT / ``POST /stop`` end the episode cleanly. Every episode is recorded.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import signal
 import sys
@@ -111,12 +117,13 @@ class RobotDaemon:
         self.safety: SafetyFilter | None = None
         self.monitor = MeasuredStateMonitor(config.safety, self.period_s)
         self.watchdog = Watchdog(config.watchdog.hold_after_ms / 1e3, config.watchdog.safe_stop_after_ms / 1e3)
-        self.queue = ActionQueue(config.policy.ensemble_weight)
+        self.queue = ActionQueue(config.policy.merge, config.policy.ensemble_weight)
         self.stats = LoopStats(self.period_s)
         self.worker = PolicyWorker(self.client)
         self.status_server: StatusServer | None = None
         self.summary = DaemonSummary(run_dir=str(self.run_dir))
         self.tick = 0  # ticks since start, over all episodes
+        self.action_step = 0  # policy actions run in this episode: the clock chunks are aligned to
         self.episode = -1
         self.dropped = 0
         self.policy_actions = 0
@@ -132,6 +139,7 @@ class RobotDaemon:
         self._sent_after_estop = 0
         self._camera_problem: dict[str, str] = {}
         self._last_error = ""
+        self._told_slow_policy = False
 
     # ---- operator controls (any thread) -------------------------------------------------------
     def estop(self, source: str = "api") -> str:
@@ -170,7 +178,7 @@ class RobotDaemon:
             "episode": self.episode,
             "tick": self.tick,
             **self.stats.snapshot(),
-            "queue_depth": self.queue.depth(self.tick),
+            "queue_depth": self.queue.depth(self.action_step),
             "counts": counts,
             "dropped": self.dropped,
             "policy_actions": self.policy_actions,
@@ -284,6 +292,11 @@ class RobotDaemon:
         summary.dropped, summary.slips, summary.policy_actions = self.dropped, self.stats.slips, self.policy_actions
         summary.holds, summary.safe_stops = self.watchdog.holds, self.watchdog.safe_stops
         summary.jitter_p50_ms, summary.jitter_p99_ms = LoopStats.jitter_ms(self.stats.periods, self.period_s)
+        summary.action_latency_p50_ms, summary.action_latency_p99_ms = LoopStats.percentiles_ms(
+            self.stats.all_action_latency_ms
+        )
+        summary.skipped_steps, summary.stale_chunks = self.stats.skipped_steps, self.stats.stale_chunks
+        summary.stale_replies = self.stats.stale_replies
         payload = {**asdict(summary), "estops": self.estop_log}
         temporary = self.run_dir / ".summary.json.tmp"
         temporary.write_text(json.dumps(payload, indent=2))
@@ -300,9 +313,10 @@ class RobotDaemon:
         if recorder is not None:
             recorder.start(index)
         self.queue.clear()
+        self.action_step = 0
         self.monitor.reset()
         self.worker.drain()
-        while not self.worker.submit("reset", task, self.tick):
+        while not self.worker.submit("reset", task, 0, index):
             time.sleep(0.005)  # a request of the previous episode is still in flight
         self.watchdog.start(time.monotonic())
         steps, ended_by = 0, "stop"
@@ -356,6 +370,7 @@ class RobotDaemon:
             tuple(names),
             cameras,
             size,
+            state_names=features["observation.state"].names,
         )
 
     def _wait_until(self, deadline: float) -> float:
@@ -386,15 +401,27 @@ class RobotDaemon:
         events += measured.events
         if measured.stop_reason is not None:
             self._safe_stop(measured.stop_reason)
-        self._collect_policy_results(events, robot.action_features["action"].shape[0])
+        action_dim = robot.action_features["action"].shape[0]
+        self._collect_policy_results(events, action_dim)
         state = watchdog.update(now)
-        raw = None
+
+        def request() -> None:
+            self._request_actions(state, cameras_ok, observation, frames, now)
+
+        request()
+        raw, queued = None, None
         if state == ControlState.ESTOPPED:
             command = None
         elif state == ControlState.SAFE_STOPPED:
             command = self._rest_action(robot, observation, end_effector)
         else:
-            raw = self.queue.pop(self.tick) if cameras_ok else None
+            if cameras_ok and not measured.restrain:
+                self._wait_for_actions(now, events, action_dim, request)
+                self._drop_old_actions(now, events)
+                queued = self.queue.pop(self.action_step)
+                if queued is not None:
+                    self.action_step += 1
+            raw = queued.action if queued is not None else None
             command = robot.hold_action(observation)
             if measured.restrain:  # measured out of the box or too fast: hold, stepping back into the box
                 raw = None
@@ -413,13 +440,17 @@ class RobotDaemon:
                     self.policy_actions += 1
         sent = None
         if command is not None:
+            if queued is not None and raw is not None:
+                age = time.monotonic() - queued.capture_time
+                timings["action_age_s"] = age
+                if queued.first_of_chunk:
+                    self.stats.add_action_latency(age)
             try:
                 sent = robot.send_action(command)
             except RobotError as error:
                 self._safe_stop(f"the robot refused an action: {error}")
             if self._estop_request is not None and sent is not None:
                 self._sent_after_estop += 1
-        self._request_actions(state, cameras_ok, observation, frames)
         if recorder is not None and sent is not None:
             images = {f"observation.images.{c.name}": frames.get(c.key) for c in self.config.cameras}
             if all(image is not None for image in images.values()):
@@ -500,8 +531,34 @@ class RobotDaemon:
                 frames[key] = frame
         return frames, ok, oldest
 
+    def _drop_old_actions(self, now: float, events: list[str]) -> None:
+        """Queued actions computed from an observation older than ``policy.max_action_age_ms`` (the robot held
+        a while: a stale camera, a restraint) are dropped: the scene has moved on since."""
+        dropped = self.queue.drop_older_than(now - self.config.policy.max_action_age_ms / 1e3, self.action_step)
+        if dropped:
+            self.stats.skipped_steps += dropped
+            self.stats.stale_chunks += 1
+            events.append("stale_chunk")
+
+    def _wait_for_actions(self, now: float, events: list[str], action_dim: int, request: Any) -> None:
+        """Nothing queued for this tick and a request in flight: wait for it within the tick's budget. When
+        the request in flight was the episode's reset, ask for actions on this tick's observation and wait
+        for those too (so an episode's first tick acts, as it does without a daemon)."""
+        deadline = now + self.config.policy.wait_in_tick * self.period_s
+        for _ in range(2):
+            if self.queue.depth(self.action_step) > 0 or not self.worker.busy:
+                return
+            if not self.worker.wait(deadline):
+                return
+            self._collect_policy_results(events, action_dim)
+            if self.queue.depth(self.action_step) == 0:  # that was the reset (or a failure): ask now
+                request()
+
     def _collect_policy_results(self, events: list[str], action_dim: int) -> None:
         for result in self.worker.drain():
+            if result.episode != self.episode:  # asked in an earlier episode: its observation is of another scene
+                self.stats.stale_replies += 1
+                continue
             if result.error is not None:
                 self._last_error = str(result.error)
                 if "policy_error" not in events:
@@ -525,24 +582,69 @@ class RobotDaemon:
                 continue
             if result.timing:
                 self.stats.latency_ms.append(result.timing.get("round_trip_ms", 0.0))
-            self.queue.add(result.actions, self.tick)
+            placement = self.queue.add(result.actions, result.step, self.action_step, result.capture_time)
+            self.stats.skipped_steps += placement.skipped
+            if placement.stale:
+                self.stats.stale_chunks += 1
+                events.append("stale_chunk")
+                self._tell_slow_policy(len(result.actions))
+
+    def _tell_slow_policy(self, chunk_length: int) -> None:
+        if self._told_slow_policy or self.stats.stale_chunks < 3:
+            return
+        self._told_slow_policy = True
+        self.say(
+            f"the policy answers in {self.stats.expected_latency_s() * 1e3:.0f} ms, so its {chunk_length}-step "
+            f"chunks end before they arrive at {self.config.control_hz:g} Hz; nothing late is run and the robot "
+            "holds. Serve a policy with longer chunks, or lower control_hz"
+        )
 
     def _request_actions(
-        self, state: ControlState, cameras_ok: bool, observation: dict[str, Any], frames: dict[str, np.ndarray]
+        self,
+        state: ControlState,
+        cameras_ok: bool,
+        observation: dict[str, Any],
+        frames: dict[str, np.ndarray],
+        now: float,
     ) -> None:
+        """Ask for actions on this tick's observation when the queue will run dry before an answer can
+        come back: it covers ``request_threshold`` ticks plus the policy's measured latency, or fewer."""
         if self.worker.busy:
             return
         if state in (ControlState.RUNNING, ControlState.HOLDING):
-            if cameras_ok and self.queue.depth(self.tick + 1) <= self.config.policy.request_threshold:
-                self.worker.submit("infer", self._policy_observation(observation, frames), self.tick)
+            latency_steps = self._latency_steps()
+            lead = self.config.policy.request_threshold + latency_steps
+            if cameras_ok and self.queue.depth(self.action_step) <= lead:
+                message = self._policy_observation(observation, frames, now, latency_steps)
+                self.worker.submit("infer", message, self.action_step, self.episode, now)
         elif state == ControlState.SAFE_STOPPED and not self.client.connected:
-            self.worker.submit("connect", None, self.tick)  # reconnect, so that a resume can go on at once
+            self.worker.submit("connect", None, self.action_step, self.episode)  # reconnect: a resume goes on at once
 
-    def _policy_observation(self, observation: dict[str, Any], frames: dict[str, np.ndarray]) -> dict[str, Any]:
+    def _latency_steps(self) -> int:
+        """How many steps run before an answer asked for now can be used: none when the policy answers
+        within the tick's wait, else its measured latency in periods."""
+        latency = self.stats.expected_latency_s()
+        if latency <= self.config.policy.wait_in_tick * self.period_s:
+            return 0
+        return math.ceil(latency / self.period_s)
+
+    def _policy_observation(
+        self, observation: dict[str, Any], frames: dict[str, np.ndarray], captured: float, latency_steps: int
+    ) -> dict[str, Any]:
+        """What the policy sees: the cameras it reads, the state, the forwarded entries, and when: the
+        episode's action step its chunk is aligned to (``action_step``), the daemon's tick and capture
+        time, and the actions already queued to run while the answer is on its way (``committed_actions``:
+        a chunking policy plans on from them, as real-time chunking does)."""
         spec = self.client.spec
         wanted = spec.cameras.keys() if spec is not None else frames.keys()
         message: dict[str, Any] = {key: frames[key] for key in wanted if key in frames}
         message["state"] = np.asarray(observation["observation.state"], dtype=np.float32)
+        message["action_step"] = self.action_step
+        message["control_tick"] = self.tick
+        message["capture_time_s"] = captured
+        committed = self.queue.planned(self.action_step, max(latency_steps, 1))
+        if len(committed):
+            message["committed_actions"] = committed.astype(np.float32)
         for key in self.config.policy.forward:
             if key in observation:
                 message[key] = observation[key]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from magma.config import ConfigError, find_config_file, merge_structured, read_yaml
+from robot.chunking import MERGE_MODES
 from robot.endpoint_access import EndpointAccessError, check_allowed_origins, check_bind
 from robot.safety import SafetyLimits, safety_config_problems
 
@@ -40,8 +41,11 @@ class CameraConfig:
 class PolicyLinkConfig:
     url: str = "ws://127.0.0.1:8700"
     token_env: str = "AGENT_POLICY_TOKEN"  # the bearer token is read from this environment variable
-    request_threshold: int = 1  # ask for actions when the queue covers this many ticks or fewer
-    ensemble_weight: float = 0.0  # temporal ensembling of overlapping chunks (robot.chunking)
+    request_threshold: int = 1  # ask for actions when the queue covers this many ticks + the policy's latency
+    merge: str = "latest"  # overlapping chunks: "latest" (the newest runs) or "ensemble" (robot.chunking)
+    ensemble_weight: float = 0.0  # temporal ensembling weight of overlapping chunks, with merge: ensemble
+    wait_in_tick: float = 0.7  # share of a period the loop may wait for actions it just asked for (0: never)
+    max_action_age_ms: float = 1000.0  # queued actions from an older observation are dropped, never run
     request_timeout_s: float = 5.0
     forward: list[str] = field(default_factory=lambda: ["instruction"])  # robot observation entries passed on
 
@@ -116,6 +120,14 @@ def daemon_config_from(data: Any, overrides: list[str], source: str) -> DaemonCo
         problems.append(f"policy.request_timeout_s={policy.request_timeout_s} must be a number above 0")
     if not (math.isfinite(policy.ensemble_weight) and policy.ensemble_weight >= 0):
         problems.append(f"policy.ensemble_weight={policy.ensemble_weight} must be a number >= 0")
+    if not (math.isfinite(policy.max_action_age_ms) and policy.max_action_age_ms > 0):
+        problems.append(f"policy.max_action_age_ms={policy.max_action_age_ms} must be a number of milliseconds above 0")
+    if policy.merge not in MERGE_MODES:
+        problems.append(f"policy.merge={policy.merge!r} is unknown; use one of {list(MERGE_MODES)}")
+    if not (math.isfinite(policy.wait_in_tick) and 0 <= policy.wait_in_tick <= 0.9):
+        problems.append(
+            f"policy.wait_in_tick={policy.wait_in_tick} must be a share of the period from 0 to 0.9 (0: never wait)"
+        )
     if len({camera.key for camera in config.cameras}) != len(config.cameras):
         problems.append("two cameras share an observation key; give each camera its own key")
     problems += _status_problems(config.status)

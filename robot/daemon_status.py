@@ -46,6 +46,11 @@ class DaemonSummary:
     slips: int = 0
     jitter_p50_ms: float = 0.0
     jitter_p99_ms: float = 0.0
+    skipped_steps: int = 0  # chunk actions that arrived after their tick had passed (robot.chunking)
+    stale_chunks: int = 0  # replies with no action left for the present: dropped whole, the robot held
+    stale_replies: int = 0  # replies to an observation of an earlier episode: dropped
+    action_latency_p50_ms: float = 0.0  # observation captured -> first action from it sent
+    action_latency_p99_ms: float = 0.0
 
     def format(self) -> str:
         lines = [f"run      : {self.run_dir}"]
@@ -54,6 +59,11 @@ class DaemonSummary:
             lines.append(f"{mark} episode {episode.index}: {episode.steps} steps, ended by {episode.ended_by}")
         lines.append(
             f"loop     : jitter p50 {self.jitter_p50_ms:.2f} ms, p99 {self.jitter_p99_ms:.2f} ms, {self.slips} slips"
+        )
+        lines.append(
+            f"policy   : observation to action p50 {self.action_latency_p50_ms:.1f} ms, p99 "
+            f"{self.action_latency_p99_ms:.1f} ms; {self.skipped_steps} late chunk steps skipped, "
+            f"{self.stale_chunks} stale chunks, {self.stale_replies} replies from an earlier episode"
         )
         lines.append(
             f"safety   : {dict(self.counts)}; {self.dropped} dropped, {self.holds} holds, {self.safe_stops} safe stops"
@@ -73,12 +83,33 @@ class LoopStats:
         self.period_s = period_s
         self.periods: list[float] = []
         self.recent: deque[float] = deque(maxlen=window)
-        self.latency_ms: deque[float] = deque(maxlen=window)
+        self.latency_ms: deque[float] = deque(maxlen=window)  # policy round trips
+        self.action_latency_ms: deque[float] = deque(maxlen=window)  # observation captured -> first action sent
+        self.all_action_latency_ms: list[float] = []  # the same over the whole run, for the summary
         self.slips = 0  # ticks skipped because the loop fell more than a period behind
+        self.skipped_steps = 0
+        self.stale_chunks = 0
+        self.stale_replies = 0
 
     def add_period(self, seconds: float) -> None:
         self.periods.append(seconds)
         self.recent.append(seconds)
+
+    def add_action_latency(self, seconds: float) -> None:
+        self.action_latency_ms.append(seconds * 1e3)
+        self.all_action_latency_ms.append(seconds * 1e3)
+
+    def expected_latency_s(self, recent: int = 20) -> float:
+        """The median of the last ``recent`` policy round trips (0 before the first)."""
+        if not self.latency_ms:
+            return 0.0
+        return float(np.median(list(self.latency_ms)[-recent:])) / 1e3
+
+    @staticmethod
+    def percentiles_ms(values: Any) -> tuple[float, float]:
+        if len(values) == 0:
+            return 0.0, 0.0
+        return float(np.percentile(values, 50)), float(np.percentile(values, 99))
 
     @staticmethod
     def jitter_ms(periods: Any, period_s: float) -> tuple[float, float]:
@@ -92,11 +123,17 @@ class LoopStats:
         p50, p99 = self.jitter_ms(self.recent, self.period_s)
         rate = 1.0 / float(np.mean(self.recent)) if self.recent else 0.0
         latency = float(np.median(self.latency_ms)) if self.latency_ms else 0.0
+        action_p50, action_p99 = self.percentiles_ms(self.action_latency_ms)
         return {
             "rate_hz": rate,
             "jitter_p50_ms": p50,
             "jitter_p99_ms": p99,
             "policy_latency_ms": latency,
+            "action_latency_p50_ms": action_p50,
+            "action_latency_p99_ms": action_p99,
+            "skipped_steps": self.skipped_steps,
+            "stale_chunks": self.stale_chunks,
+            "stale_replies": self.stale_replies,
             "slips": self.slips,
         }
 
@@ -105,7 +142,8 @@ def live_line(status: dict[str, Any]) -> str:
     counts = status["counts"]
     return (
         f"{status['state']:<12} ep {status['episode']} tick {status['tick']:>5} | {status['rate_hz']:5.1f} Hz "
-        f"jitter p99 {status['jitter_p99_ms']:5.1f} ms | policy {status['policy_latency_ms']:6.1f} ms | "
+        f"jitter p99 {status['jitter_p99_ms']:5.1f} ms | policy {status['policy_latency_ms']:6.1f} ms "
+        f"obs->act {status['action_latency_p50_ms']:6.1f} ms skip {status['skipped_steps']} | "
         f"queue {status['queue_depth']:>2} | clip {counts.get('clipped', 0)} drop {status['dropped']} | "
         f"{status['reason'][:60]}"
     )

@@ -1,10 +1,12 @@
 """Policy requests off the control thread: the loop hands over an observation (or a reset, or a
 reconnect probe) and goes on; the worker thread talks to the server and leaves the result for the
-loop to collect at its next tick. One request is in flight at a time."""
+loop to collect. The loop may wait for a result within its tick (``wait``), bounded, so a fast
+policy's action runs on the observation it was computed from. One request is in flight at a time."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +19,9 @@ from robot.policy_client import PolicyClient
 @dataclass
 class PolicyResult:
     kind: str  # "infer" | "reset" | "connect"
-    tick: int  # the tick whose observation was sent
+    step: int  # the episode's action step when the observation was taken (robot.chunking)
+    episode: int = -1  # the episode the request belonged to: a reply from an earlier one is dropped
+    capture_time: float = 0.0  # when the observation was captured (monotonic seconds)
     actions: np.ndarray | None = None  # (chunk, dim)
     timing: dict[str, float] | None = None
     error: BaseException | None = None
@@ -26,7 +30,7 @@ class PolicyResult:
 class PolicyWorker:
     def __init__(self, client: PolicyClient) -> None:
         self.client = client
-        self._job: tuple[str, Any, int] | None = None
+        self._job: tuple[str, Any, int, int, float] | None = None
         self._wake = threading.Condition()
         self._results: deque[PolicyResult] = deque()
         self._stopping = False
@@ -46,13 +50,25 @@ class PolicyWorker:
         if self._thread.ident is not None:
             self._thread.join(timeout=self.client.request_timeout_s + 2)
 
-    def submit(self, kind: str, payload: Any = None, tick: int = 0) -> bool:
+    def submit(
+        self, kind: str, payload: Any = None, step: int = 0, episode: int = -1, capture_time: float = 0.0
+    ) -> bool:
         """Hand over a job; False (and nothing done) while another is in flight."""
         with self._wake:
             if self._job is not None:
                 return False
-            self._job = (kind, payload, tick)
-            self._wake.notify()
+            self._job = (kind, payload, step, episode, capture_time)
+            self._wake.notify_all()
+            return True
+
+    def wait(self, deadline: float) -> bool:
+        """Block until a result is ready or the monotonic clock reaches ``deadline``; whether one is."""
+        with self._wake:
+            while not self._results:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._wake.wait(remaining)
             return True
 
     def drain(self) -> list[PolicyResult]:
@@ -67,8 +83,8 @@ class PolicyWorker:
                 self._wake.wait_for(lambda: self._job is not None or self._stopping)
                 if self._stopping:
                     return
-                kind, payload, tick = self._job  # type: ignore[misc]
-            result = PolicyResult(kind, tick)
+                kind, payload, step, episode, capture_time = self._job  # type: ignore[misc]
+            result = PolicyResult(kind, step, episode, capture_time)
             try:
                 if kind == "infer":
                     chunk = self.client.act_chunk(payload)
@@ -79,6 +95,7 @@ class PolicyWorker:
                     self.client.connect()
             except Exception as error:  # reported to the loop, which counts it and lets the watchdog act
                 result.error = error
-            self._results.append(result)
             with self._wake:
+                self._results.append(result)
                 self._job = None
+                self._wake.notify_all()

@@ -108,13 +108,16 @@ def load_magma(model: str | None, spec: PolicySpec, name: str = "magma", statist
 
 
 def load_scripted(model: str | None, spec: PolicySpec) -> ServedPolicy:
-    """The MuJoCo tabletop scripted expert, fed simulator truth through the observation (robot.privileged_state)."""
+    """The MuJoCo tabletop scripted expert, fed simulator truth through the observation (robot.privileged_state);
+    ``spec.chunk_length`` > 1 serves it as a chunking policy, planned ahead for ``spec.control_hz``."""
     from robot.privileged_state import ObservedScriptedExpert
 
     spec.policy, spec.model_id = "scripted", spec.model_id or "tabletop-scripted-expert"
-    spec.action_dim, spec.chunk_length, spec.action_space = 7, 1, "delta_ee"
+    spec.action_dim, spec.action_space = 7, "delta_ee"
+    spec.chunk_length = max(1, int(spec.chunk_length))
     spec.cameras = {}  # the expert reads no image
-    return ServedPolicy(spec=spec, make_session=ObservedScriptedExpert)
+    chunk_length, control_hz = spec.chunk_length, spec.control_hz
+    return ServedPolicy(spec=spec, make_session=lambda: ObservedScriptedExpert(chunk_length, control_hz))
 
 
 def _cuda_available() -> bool:

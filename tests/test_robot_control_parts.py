@@ -43,22 +43,37 @@ def test_wire_round_trips_arrays_and_refuses_inconsistent_ones():
     assert garbage.value.code == "malformed_request"
 
 
-def test_action_queue_ensembles_overlapping_chunks_and_drops_the_past():
-    queue = ActionQueue(ensemble_weight=0.0)
+def test_action_queue_aligns_chunks_to_their_observation_and_never_runs_late_actions():
+    queue = ActionQueue()
     assert queue.pop(0) is None and queue.depth(0) == 0
-    queue.add(np.array([[0.0], [1.0], [2.0], [3.0]]), tick=0)
-    assert queue.pop(0)[0] == 0.0 and queue.depth(1) == 3
-    queue.add(np.array([[10.0], [20.0]]), tick=2)  # overlaps ticks 2 and 3
-    assert queue.pop(2)[0] == pytest.approx((2.0 + 10.0) / 2)
-    weighted = ActionQueue(ensemble_weight=1.0)
-    weighted.add(np.array([[0.0], [0.0]]), tick=5)
-    weighted.add(np.array([[1.0]]), tick=6)
-    expected = (0.0 * 1 + 1.0 * np.exp(-1.0)) / (1 + np.exp(-1.0))  # the older chunk weighs more
-    assert weighted.pop(6)[0] == pytest.approx(expected)
+    # computed at step 0, arrived after 2 steps of an earlier chunk ran: its actions 0 and 1 are late
+    placement = queue.add(np.array([[0.0], [1.0], [2.0], [3.0]]), observation_step=0, now_step=2, capture_time=1.0)
+    assert (placement.skipped, placement.stale) == (2, False) and queue.depth(2) == 2
+    first = queue.pop(2)
+    assert first.action[0] == 2.0 and first.first_of_chunk and first.capture_time == 1.0
+    assert not queue.pop(3).first_of_chunk
+    # a chunk shorter than the steps already run is dropped whole: nothing stale is ever run
+    stale = queue.add(np.array([[9.0], [9.0]]), observation_step=1, now_step=4)
+    assert (stale.skipped, stale.stale) == (2, True) and queue.pop(4) is None
+    # latest merge: the newest chunk runs from its first valid step; planned() is what runs meanwhile
+    queue.add(np.array([[5.0], [6.0], [7.0]]), observation_step=4, now_step=4, capture_time=2.0)
+    queue.add(np.array([[60.0], [70.0], [80.0]]), observation_step=5, now_step=5, capture_time=3.0)
+    assert queue.planned(5, 5)[:, 0].tolist() == [60.0, 70.0, 80.0]  # up to the first step with nothing
+    assert queue.pop(5).action[0] == 60.0
+    assert queue.drop_older_than(capture_time=2.5, step=6) == 0  # the newer chunk still covers 6 and 7
+    assert queue.drop_older_than(capture_time=5.0, step=6) == 2 and queue.pop(6) is None
+    # ensemble merge: ACT's weights, the older chunk weighs more with a positive weight
+    weighted = ActionQueue(merge="ensemble", ensemble_weight=1.0)
+    weighted.add(np.array([[0.0], [0.0]]), observation_step=5, now_step=5)
+    weighted.add(np.array([[1.0]]), observation_step=6, now_step=6)
+    expected = (0.0 * 1 + 1.0 * np.exp(-1.0)) / (1 + np.exp(-1.0))
+    assert weighted.pop(6).action[0] == pytest.approx(expected)
     assert weighted.pop(7) is None  # both chunks are in the past now
     single = ActionQueue()
-    single.add(np.array([0.1, 0.2]), tick=3)  # a single-action policy is a chunk of one
-    assert np.allclose(single.pop(3), [0.1, 0.2]) and single.pop(4) is None
+    single.add(np.array([0.1, 0.2]), observation_step=3, now_step=3)  # a single-action policy: a chunk of one
+    assert np.allclose(single.pop(3).action, [0.1, 0.2]) and single.pop(4) is None
+    with pytest.raises(ValueError, match="merge"):
+        ActionQueue(merge="average")
 
 
 def test_watchdog_holds_then_safe_stops_and_resumes_only_when_told():

@@ -368,3 +368,71 @@ def test_a_used_run_directory_is_refused_and_left_untouched(tmp_path):
     assert rerun.returncode == 2 and "Traceback" not in rerun.stderr and "already holds a run" in rerun.stderr
     assert {path.name: path.read_bytes() for path in (run_dir / "config.yaml", run_dir / "summary.json")} == kept
     assert len(json.loads(kept["summary.json"])["episodes"]) == 1  # the first run's summary, not an empty one
+
+
+class DelayedExpert:
+    """The served scripted expert behind a slow link: each answer takes ``delay_s`` (a loaded GPU server)."""
+
+    def __init__(self, chunk_length: int, delay_s: float) -> None:
+        from robot.privileged_state import ObservedScriptedExpert
+
+        self.expert = ObservedScriptedExpert(chunk_length, control_hz=10)
+        self.delay_s = delay_s
+
+    def reset(self, task: dict) -> None:
+        self.expert.reset(task)
+
+    def act(self, observation: dict) -> np.ndarray:
+        time.sleep(self.delay_s)
+        return self.expert.act(observation)
+
+
+def run_daemon_episodes(tmp_path: Path, name: str, make_session, chunk_length: int, *overrides: str) -> dict:
+    spec = PolicySpec(policy="expert", model_id="expert", chunk_length=chunk_length)
+    server = PolicyServer(ServedPolicy(spec, make_session), ServerConfig(port=0))
+    server.start_in_thread()
+    try:
+        config = daemon_config(tmp_path / name, server.port, "record=false", *overrides)
+        RobotDaemon(config).run()
+    finally:
+        server.stop()
+    return json.loads((tmp_path / name / "run" / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("task", ["pick_place", "stack"])
+def test_the_served_expert_finishes_grasping_tasks_through_the_daemon_with_no_one_tick_lag(tmp_path, task):
+    from robot.privileged_state import ObservedScriptedExpert
+
+    summary = run_daemon_episodes(
+        tmp_path, task, ObservedScriptedExpert, 1, f"robot.args.task={task}", "episode.episodes=2"
+    )
+    assert [episode["success"] for episode in summary["episodes"]] == [True, True], summary
+    assert all(episode["steps"] < 60 for episode in summary["episodes"])  # the expert alone takes ~25
+    assert summary["stale_chunks"] == 0 and summary["skipped_steps"] == 0
+    assert 0 < summary["action_latency_p50_ms"] < 100  # answered within the tick that took the observation
+
+
+def test_a_slow_chunking_policy_runs_aligned_to_its_observations_and_slower_single_actions_are_never_late(tmp_path):
+    # 250 ms per answer at 10 Hz: the chunks arrive 2-3 steps late; those steps are skipped, the rest run
+    summary = run_daemon_episodes(
+        tmp_path,
+        "chunked",
+        lambda: DelayedExpert(chunk_length=10, delay_s=0.25),
+        10,
+        "robot.args.task=pick_place",
+        "watchdog.hold_after_ms=2000",
+    )
+    episode = summary["episodes"][0]
+    assert episode["success"], summary
+    assert summary["skipped_steps"] > 0 and summary["action_latency_p50_ms"] >= 250
+    # a single-action policy slower than the period: it acts every few ticks, on fresh observations
+    slow = run_daemon_episodes(
+        tmp_path,
+        "single",
+        lambda: DelayedExpert(chunk_length=1, delay_s=0.15),
+        1,
+        "robot.args.task=reach",
+        "watchdog.hold_after_ms=2000",
+    )
+    assert slow["episodes"][0]["success"], slow
+    assert slow["stale_chunks"] == 0 and slow["policy_actions"] < slow["episodes"][0]["steps"]
