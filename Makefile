@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test demo bench lint clean example-data train-demo
+.PHONY: install test demo bench interop lint clean example-data train-demo
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ bench: install
 	$(PY) bench/grpo.py
 	$(PY) bench/lapa.py
 	$(PY) bench/android_env.py
+
+# Our wire and dataset contracts against the peers' own packages, each in its own venv (runs/.interop-venvs).
+interop: install
+	$(PY) scripts/interop_lerobot.py
+	$(PY) scripts/interop_openpi.py
 
 # The synthetic three-source corpus the tiny training recipes read (data/example, a few MB).
 example-data: install

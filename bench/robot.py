@@ -3,22 +3,28 @@
 Figures (one JSON line each on stdout; progress on stderr):
 
 * ``robot_round_trip_ms/{action7,chunk10x7}/{p50,p99}``: one observation (224 x 224 RGB + 8-D state)
-  -> one 7-D action / a 10 x 7 chunk through ``PolicyClient`` and ``PolicyServer`` over loopback (the
-  server in its own process, answering zeros at once), against openpi's own client (``openpi-client``
-  from PyPI, installed by this script into ``runs/.bench-venvs/openpi-client``) talking to a websocket
-  + msgpack server of openpi's shape (``bench/robot_openpi_peer.py``), in the same run. ``ratio`` is
-  ours / openpi (below 1: faster). If openpi-client cannot be installed the bench says so.
+  -> one 7-D action / a 10 x 7 chunk over loopback, sent by openpi's own client (``openpi-client``
+  from PyPI, installed by this script into ``runs/.bench-venvs/openpi-client``) to ``PolicyServer``
+  (its own process, serving a policy that answers zeros at once), against the same client talking to a
+  server of openpi's shape (``bench/robot_openpi_peer.py``), in the same run: one client process
+  takes turns between the two servers request by request, so load on the machine hits both alike.
+  ``ratio`` is ours / openpi (below 1: faster). ``.../policy_client/{p50,p99}``: the same with our
+  ``PolicyClient`` against ``PolicyServer``, against the same baseline. If openpi-client cannot be
+  installed the bench says so and reports our client alone.
 * ``robot_loop_jitter_ms/{p50,p99}``: |tick period - 20 ms| of the daemon at 50 Hz driving the
-  simulated robot for 60 s (``--jitter-s``) while the policy takes 200 ms per 10 x 7 chunk, against
+  simulated robot for 60 s (``--jitter-s``) while the policy takes 200 ms per 25 x 7 chunk, against
   the same loop fed by an instant policy (``ratio`` slow / instant); ``slips`` (ticks skipped, for
   both) and the share of ticks that sent a policy action ride along. On a busy 2-core machine the
   simulated arm alone (physics, IK, rendering) takes most of a 20 ms period, so slips there come from
   the simulator; the comparison shows what the slow policy adds.
+* ``robot_task_success/{task}/{hz}hz/{latency}ms``: every task through the daemon with the served
+  scripted expert at 10 and 50 Hz and 0, 50, 200 ms of policy latency, against the expert's own
+  success under ``agent run`` (``bench/robot_tasks.py``; ``--task-states`` evaluation states, 50).
 * ``robot_server_rps/clients{1,4,8}``: requests/s of ``agent serve --policy magma`` (a magma-tiny
   checkpoint written here, 64 px images) with that many clients, batching on, against batching off
   (``ratio`` on / off).
 
-Usage: ``python bench/robot.py [--quick] [--requests 300] [--jitter-s 60] [--throughput-s 5]``
+Usage: ``python bench/robot.py [--quick] [--requests 2000] [--jitter-s 60] [--throughput-s 5]``
 """
 
 from __future__ import annotations
@@ -43,8 +49,10 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout without an inst
 
 import numpy as np  # noqa: E402
 import report  # noqa: E402  (bench/report.py)
+import robot_tasks  # noqa: E402  (bench/robot_tasks.py)
 
 from magma.training.launch import free_port  # noqa: E402
+from magma.training.launch import stop_process as stop  # noqa: E402
 from robot.policy_client import PolicyClient  # noqa: E402
 from robot.policy_protocol import PolicySpec  # noqa: E402
 from robot.policy_server import PolicyServer, ServerConfig  # noqa: E402
@@ -55,6 +63,7 @@ OPENPI_VENV = ROOT / "runs" / ".bench-venvs" / "openpi-client"
 OPENPI_REQUIREMENTS = ["openpi-client>=0.1,<1", "typing-extensions>=4.5,<5"]
 SLOW_POLICY_S = 0.2
 CHUNK = 10
+SLOW_CHUNK = 25  # the 200 ms policy's chunks at 50 Hz: the 10 steps it takes to answer, and as many again
 
 
 def log(message: str) -> None:
@@ -83,14 +92,6 @@ def spawn(command: list[str], port: int, healthz: bool = True) -> subprocess.Pop
     return process
 
 
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
 # ---- the servers this script starts in their own processes --------------------------------------
 class ZeroPolicy:
     def __init__(self, chunk: int) -> None:
@@ -115,9 +116,9 @@ class ChunkPolicy:
 
     def act(self, observation: dict) -> np.ndarray:
         time.sleep(self.delay_s)
-        angles = self.phase + np.arange(CHUNK) * 0.05
-        self.phase += CHUNK * 0.05
-        chunk = np.zeros((CHUNK, 7), np.float32)
+        angles = self.phase + np.arange(SLOW_CHUNK) * 0.05
+        self.phase += SLOW_CHUNK * 0.05
+        chunk = np.zeros((SLOW_CHUNK, 7), np.float32)
         chunk[:, 0], chunk[:, 1], chunk[:, 6] = 0.004 * np.cos(angles), 0.004 * np.sin(angles), -1.0
         return chunk
 
@@ -128,7 +129,9 @@ def serve(kind: str, port: int, chunk: int) -> None:
         served = ServedPolicy(spec, lambda: ZeroPolicy(chunk))
     else:
         delay = SLOW_POLICY_S if kind == "slow" else 0.0
-        spec = PolicySpec(kind, f"{kind}-chunks", chunk_length=CHUNK, control_hz=50, cameras={"image": [64, 64, 3]})
+        spec = PolicySpec(
+            kind, f"{kind}-chunks", chunk_length=SLOW_CHUNK, control_hz=50, cameras={"image": [64, 64, 3]}
+        )
         served = ServedPolicy(spec, lambda: ChunkPolicy(delay))
     PolicyServer(served, ServerConfig(port=port)).run()
 
@@ -139,16 +142,21 @@ def bench_server(kind: str, port: int, chunk: int = 1) -> subprocess.Popen:
 
 
 # ---- round trip ---------------------------------------------------------------------------------
+ROUNDS = 2  # our PolicyClient and openpi's client take turns too
+WARMUP = 20
+
+
 def observation() -> dict:
     image = np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)
     return {"image": image, "state": np.zeros(8, np.float32)}
 
 
 def round_trip_ours(port: int, requests: int) -> list[float]:
+    """Our ``PolicyClient`` against the server on ``port``."""
     sample = observation()
     with PolicyClient(f"ws://127.0.0.1:{port}") as client:
         client.reset({"instruction": "benchmark"})
-        for _ in range(20):
+        for _ in range(WARMUP):
             client.act_chunk(sample)
         times = []
         for _ in range(requests):
@@ -178,49 +186,71 @@ def openpi_python() -> Path | None:
     return python
 
 
-def round_trip_openpi(python: Path, chunk: int, requests: int) -> list[float]:
+def openpi_client_round_trips(python: Path, ports: list[int], requests: int) -> list[list[float]]:
+    """openpi's ``WebsocketClientPolicy`` (in its venv) against each server, taking turns per request."""
+    peer = str(ROOT / "bench" / "robot_openpi_peer.py")
+    command = [str(python), peer, "client", "--requests", str(requests + WARMUP)]
+    for port in ports:
+        command += ["--port", str(port)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
+    return [times[WARMUP:] for times in json.loads(result.stdout)]
+
+
+def openpi_peer_server(python: Path, chunk: int) -> tuple[subprocess.Popen, int]:
     port = free_port()
     peer = str(ROOT / "bench" / "robot_openpi_peer.py")
-    server = spawn([str(python), peer, "server", "--port", str(port), "--chunk", str(chunk)], port, healthz=False)
-    try:
-        result = subprocess.run(
-            [str(python), peer, "client", "--port", str(port), "--requests", str(requests + 20)],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=600,
+    return spawn([str(python), peer, "server", "--port", str(port), "--chunk", str(chunk)], port), port
+
+
+def emit_round_trip(name: str, times: list[float], baseline_times: list[float] | None, requests: int) -> None:
+    for stat, q in (("p50", 50), ("p99", 99)):
+        value = float(np.percentile(times, q))
+        baseline = float(np.percentile(baseline_times, q)) if baseline_times else None
+        report.emit(
+            f"{name}/{stat}",
+            value,
+            "ms",
+            baseline="openpi-client WebsocketClientPolicy + openpi-shaped server" if baseline else None,
+            ratio=value / baseline if baseline else None,
+            baseline_value=baseline,
+            requests=requests,
         )
-        return json.loads(result.stdout)[20:]
-    finally:
-        stop(server)
 
 
 def round_trips(requests: int, skip_openpi: bool) -> None:
     python = None if skip_openpi else openpi_python()
+    per_round = max(1, requests // ROUNDS)
     for name, chunk in (("action7", 1), ("chunk10x7", CHUNK)):
         port = free_port()
         server = bench_server("zero", port, chunk)
+        peer, peer_port = openpi_peer_server(python, chunk) if python is not None else (None, 0)
+        ours_client: list[float] = []
+        openpi_to_ours: list[float] = []
+        openpi_to_openpi: list[float] = []
         try:
-            ours = round_trip_ours(port, requests)
+            for _ in range(ROUNDS):
+                ours_client += round_trip_ours(port, per_round)
+                if python is not None:
+                    to_ours, to_openpi = openpi_client_round_trips(python, [port, peer_port], per_round)
+                    openpi_to_ours += to_ours
+                    openpi_to_openpi += to_openpi
         finally:
             stop(server)
-        theirs = round_trip_openpi(python, chunk, requests) if python is not None else None
-        for stat, q in (("p50", 50), ("p99", 99)):
-            value = float(np.percentile(ours, q))
-            baseline = float(np.percentile(theirs, q)) if theirs else None
-            report.emit(
-                f"robot_round_trip_ms/{name}/{stat}",
-                value,
-                "ms",
-                baseline="openpi-client WebsocketClientPolicy + openpi-shaped server" if theirs else None,
-                ratio=value / baseline if baseline else None,
-                baseline_value=baseline,
-                requests=requests,
-            )
-        log(
-            f"{name}: ours p50 {np.percentile(ours, 50):.2f} ms"
-            + (f", openpi {np.percentile(theirs, 50):.2f} ms" if theirs else "")
+            if peer is not None:
+                stop(peer)
+        if python is not None:
+            emit_round_trip(f"robot_round_trip_ms/{name}", openpi_to_ours, openpi_to_openpi, len(openpi_to_ours))
+        emit_round_trip(
+            f"robot_round_trip_ms/{name}/policy_client", ours_client, openpi_to_openpi or None, len(ours_client)
         )
+        summary = f"{name}: PolicyClient -> ours p50 {np.percentile(ours_client, 50):.3f} ms"
+        if python is not None:
+            summary += (
+                f"; openpi client -> ours p50 {np.percentile(openpi_to_ours, 50):.3f} / p99 "
+                f"{np.percentile(openpi_to_ours, 99):.3f} ms, -> openpi-shaped server p50 "
+                f"{np.percentile(openpi_to_openpi, 50):.3f} / p99 {np.percentile(openpi_to_openpi, 99):.3f} ms"
+            )
+        log(summary)
 
 
 # ---- loop jitter --------------------------------------------------------------------------------
@@ -242,7 +272,6 @@ def daemon_run(kind: str, seconds: float):
         "cameras=[{name: third_person, driver: 'robot.sim:SimCamera', key: image, args: {camera: third_person}}]",
         f"episode.max_steps={int(seconds * 50)}",
         f"policy.url=ws://127.0.0.1:{port}",
-        f"policy.request_threshold={CHUNK}",
         "status.port=0",
         "status.live=false",
         "record=false",
@@ -369,11 +398,12 @@ def throughput(seconds: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer requests, 10 s of loop, 2 s per throughput run")
-    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--quick", action="store_true", help="600 round trips, 10 s of loop, 2 s per throughput run")
+    parser.add_argument("--requests", type=int, default=2000, help="round trips per figure")
     parser.add_argument("--jitter-s", type=float, default=60.0)
     parser.add_argument("--throughput-s", type=float, default=5.0)
     parser.add_argument("--skip-openpi", action="store_true")
+    parser.add_argument("--task-states", type=int, default=50, help="evaluation states per task, rate and latency")
     parser.add_argument("--serve", choices=["zero", "slow", "instant"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--chunk", type=int, default=1, help=argparse.SUPPRESS)
@@ -382,10 +412,11 @@ def main() -> None:
         serve(args.serve, args.port, args.chunk)
         return
     if args.quick:
-        args.requests, args.jitter_s, args.throughput_s = 100, 10.0, 2.0
+        args.requests, args.jitter_s, args.throughput_s, args.task_states = 600, 10.0, 2.0, 2
     round_trips(args.requests, args.skip_openpi)
     throughput(args.throughput_s)
-    loop_jitter(args.jitter_s)  # last: importing triton (through torch) after MuJoCo's EGL context crashes
+    loop_jitter(args.jitter_s)  # MuJoCo last: importing triton (through torch) after MuJoCo's EGL context crashes
+    robot_tasks.run(args.task_states, [10.0, 50.0], [0.0, 50.0, 200.0], list(robot_tasks.TASKS))
 
 
 if __name__ == "__main__":

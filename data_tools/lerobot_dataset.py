@@ -13,14 +13,15 @@ Data and video files roll to the next ``file-NNN`` when the size limit would be 
 holds ``chunks_size`` files. Episode timestamps start at 0; a frame's time in its video file is the
 episode's ``from_timestamp`` plus its ``timestamp``.
 
-Known differences from LeRobot's own writer: videos are encoded by OpenCV as MPEG-4 part 2
-(``mp4v``, info.json says ``video.codec: mpeg4``) where LeRobot uses AV1/H.264 through ffmpeg;
-decord reads it back (tested); PyAV and torchcodec go through ffmpeg's mpeg4 decoder (not tested
-here). Dataset-level q01..q99 of numeric features are exact quantiles over all frames (LeRobot
-merges per-episode quantiles into an envelope); video statistics are merged as LeRobot merges them.
-An episode's camera frames are spooled to disk until ``save_episode``. OpenCV writes an mp4 only
-when it is closed, so a video file's size is estimated (a trial encoding of up to 32 frames of each
-episode) to decide when to roll to the next file. The episodes metadata is one parquet file.
+Videos are encoded by PyAV as LeRobot encodes them (``data_tools.video_encode``): each episode on
+its own (H.264 ``yuv420p`` by default, which browsers play; HEVC or AV1 on request), then appended to
+the camera's current mp4 by stream copy, so every episode starts on a keyframe and can later be copied
+out again (``data_tools.lerobot_merge``); ``video.codec`` and the rest of a video's ``info`` are probed
+from the file. The episodes metadata has every column LeRobot 0.4.4 writes, in its order and types
+(``meta/episodes/chunk_index``/``file_index`` included, which its ``aggregate_datasets`` and resumed
+recordings read). Known differences: dataset-level q01..q99 of numeric features are exact quantiles
+over all frames (LeRobot merges histogram quantiles); the episodes metadata is one parquet file.
+An episode's camera frames are spooled to disk until ``save_episode``.
 
 A recording is written into a hidden sibling folder ``.NAME.partial`` and renamed to ``NAME`` by
 ``finalize``, so a crash never leaves a half dataset that looks complete.
@@ -35,7 +36,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -56,15 +56,26 @@ from data_tools.lerobot_format import (
     arrow_type,
     chunk_file_path,
     dimension_names,
+    episodes_table,
     image_statistics,
     size_in_mb,
     statistics_to_json,
     tasks_table,
-    vector_statistics,
+    typed_statistics,
     write_json_atomically,
 )
 from data_tools.lerobot_reader import Episode, LeRobotDatasetReader
 from data_tools.shards import ShardWriter
+from data_tools.video import VideoWriteError
+from data_tools.video_encode import (
+    DEFAULT_VIDEO_CODEC,
+    VideoFileAppender,
+    VideoSegment,
+    encode_video,
+    read_segment,
+    video_encoder,
+    video_stream_info,
+)
 
 __all__ = [
     "DatasetLayoutError",
@@ -77,8 +88,6 @@ __all__ = [
 ]
 
 MEGABYTE = 1024 * 1024
-TRIAL_FRAMES = 32
-VIDEO_CODEC = "mpeg4"  # what OpenCV's mp4v fourcc writes, as PyAV names it
 
 
 class DatasetWriteError(UserFacingError, ValueError):
@@ -94,8 +103,7 @@ class _RollingFile:
     file_index: int
     path: Path
     frames: int = 0
-    estimated_bytes: float = 0.0  # video files only: their size cannot be read while they are open
-    writer: Any = None  # pq.ParquetWriter or cv2.VideoWriter
+    writer: Any = None  # pq.ParquetWriter or VideoFileAppender
 
 
 def _roll_needed(current: _RollingFile | None, file_bytes: float, episode_bytes: float, limit_mb: float) -> bool:
@@ -106,46 +114,27 @@ def _roll_needed(current: _RollingFile | None, file_bytes: float, episode_bytes:
     return current.frames > 0 and file_bytes + episode_bytes >= limit_mb * MEGABYTE
 
 
-def _open_video_writer(path: Path, fps: int, image_size: tuple[int, int]) -> cv2.VideoWriter:
-    height, width = image_size
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
-        raise DatasetWriteError(f"OpenCV cannot write mp4v video to '{path}'; check the disk and the OpenCV build")
-    return writer
-
-
-def _encoded_bytes_estimate(frames: np.ndarray, fps: int, scratch: Path) -> float:
-    """The mp4 bytes ``frames`` will take, from a trial encoding of up to ``TRIAL_FRAMES`` consecutive
-    frames (OpenCV's muxer writes a file only when released, so an open file cannot be measured)."""
-    trial = frames[:TRIAL_FRAMES]
-    writer = _open_video_writer(scratch, fps, frames.shape[1:3])
-    for frame in trial:
-        writer.write(frame)  # colour order does not matter for the size
-    writer.release()
-    size = scratch.stat().st_size
-    scratch.unlink()
-    return size * len(frames) / len(trial)
-
-
 class LeRobotDatasetWriter:
     """Records episodes frame by frame into a LeRobotDataset v3.0 at ``root`` (which must not exist).
 
     ``features`` declares ``observation.state`` and ``action`` (and any extra numeric per-frame
     features passed through ``add_frame(extra=...)``); ``cameras`` are video keys such as
-    ``observation.images.third_person``, each taking ``image_size`` = (height, width) RGB frames.
+    ``observation.images.third_person``, each taking ``image_size`` = (height, width) RGB frames,
+    encoded as ``video_codec`` ("h264", "hevc" or "av1"; LeRobot's own default is "av1").
     """
 
     def __init__(
         self,
         root: str | Path,
-        robot_type: str,
+        robot_type: str | None,
         fps: int,
         features: Mapping[str, FeatureSpec],
         cameras: Sequence[str] = (),
         image_size: tuple[int, int] = (224, 224),
         chunks_size: int = 1000,
         data_file_size_mb: float = 100,
-        video_file_size_mb: float = 500,
+        video_file_size_mb: float = 200,
+        video_codec: str = DEFAULT_VIDEO_CODEC,
     ) -> None:
         self.root = Path(root)
         if self.root.exists():
@@ -165,6 +154,16 @@ class LeRobotDatasetWriter:
             raise DatasetWriteError("fps and chunks_size must be 1 or more and the file size limits positive")
         if len(image_size) != 2 or min(image_size) < 8:
             raise DatasetWriteError(f"image_size is {image_size}; give (height, width) of at least 8 pixels")
+        if cameras and (image_size[0] % 2 or image_size[1] % 2):
+            raise DatasetWriteError(
+                f"image_size is {tuple(image_size)}; {video_codec} video in yuv420p needs an even height and width "
+                "(resize the camera images by one pixel)"
+            )
+        if cameras:
+            try:
+                video_encoder(video_codec)
+            except VideoWriteError as error:
+                raise DatasetWriteError(str(error)) from None
         self.robot_type = robot_type
         self.fps = int(fps)
         self.features = dict(features)
@@ -173,6 +172,7 @@ class LeRobotDatasetWriter:
         self.chunks_size = chunks_size
         self.data_file_size_mb = data_file_size_mb
         self.video_file_size_mb = video_file_size_mb
+        self.video_codec = video_codec
         self.staging = self.root.with_name(f".{self.root.name}.partial")
         if self.staging.exists():  # left by a recording that crashed; it can never become a dataset
             shutil.rmtree(self.staging)
@@ -181,10 +181,11 @@ class LeRobotDatasetWriter:
         self._spool_dir.mkdir()
         self.tasks: list[str] = []
         self._episodes: list[dict[str, Any]] = []
+        self._episode_stats: list[dict[str, dict[str, np.ndarray]]] = []
         self._columns: dict[str, list[np.ndarray]] = {key: [] for key in (*self.features, *FRAME_INDEX_FEATURES)}
-        self._video_stats: dict[str, list[dict[str, np.ndarray]]] = {camera: [] for camera in self.cameras}
         self._data_file: _RollingFile | None = None
         self._video_files: dict[str, _RollingFile | None] = dict.fromkeys(self.cameras)
+        self._video_info: dict[str, dict[str, Any]] = {}
         self._buffer: dict[str, list[np.ndarray]] = {}
         self._buffer_tasks: list[str] = []
         self._finalized = False
@@ -245,7 +246,7 @@ class LeRobotDatasetWriter:
         """Drop the frames recorded since the last ``save_episode``; nothing of them stays on disk."""
         self._check_open()
         self._buffer, self._buffer_tasks = {}, []
-        for spool in self._spool_dir.glob("*.rgb"):
+        for spool in self._spool_dir.glob("*"):
             spool.unlink()
 
     def save_episode(self) -> int:
@@ -254,39 +255,63 @@ class LeRobotDatasetWriter:
         length = len(self._buffer_tasks)
         if length == 0:
             raise DatasetWriteError("no frames to save; call add_frame for each step of the episode first")
+        columns = {key: np.stack(values) for key, values in self._buffer.items()}
+        segments, camera_stats = {}, {}
+        for camera in self.cameras:
+            frames = np.fromfile(self._spool_dir / f"{camera}.rgb", dtype=np.uint8).reshape(length, *self.image_size, 3)
+            encoded = encode_video(frames, self._spool_dir / f"{camera}.mp4", self.fps, self.video_codec)
+            segments[camera] = read_segment(encoded, fps=self.fps)
+            camera_stats[camera] = image_statistics(frames)
+        index = self.append_episode(columns, self._buffer_tasks, segments, camera_stats)
+        self.discard_episode()
+        return index
+
+    def append_episode(
+        self,
+        columns: Mapping[str, np.ndarray],
+        frame_tasks: Sequence[str],
+        videos: Mapping[str, VideoSegment],
+        camera_stats: Mapping[str, dict[str, np.ndarray]],
+        timestamps: np.ndarray | None = None,
+    ) -> int:
+        """Store one whole episode: its per-frame ``columns`` (the declared features), each frame's task,
+        each camera's encoded video (copied, never re-encoded) and image statistics; ``timestamps`` default
+        to frame_index / fps. ``save_episode`` and the dataset merge both end here; returns its index."""
+        self._check_open()
+        length = len(frame_tasks)
         episode_index = len(self._episodes)
-        for task in dict.fromkeys(self._buffer_tasks):
+        for task in dict.fromkeys(frame_tasks):
             if task not in self.tasks:
                 self.tasks.append(task)
         first_index = self.total_frames
         frame_index = np.arange(length, dtype=np.int64)
-        columns = {key: np.stack(values) for key, values in self._buffer.items()}
+        columns = {key: np.asarray(columns[key]).astype(spec.dtype) for key, spec in self.features.items()}
         columns |= {
-            "timestamp": (frame_index / self.fps).astype(np.float32),
+            "timestamp": (frame_index / self.fps if timestamps is None else timestamps).astype(np.float32),
             "frame_index": frame_index,
             "episode_index": np.full(length, episode_index, dtype=np.int64),
             "index": np.arange(first_index, first_index + length, dtype=np.int64),
-            "task_index": np.array([self.tasks.index(task) for task in self._buffer_tasks], dtype=np.int64),
+            "task_index": np.array([self.tasks.index(task) for task in frame_tasks], dtype=np.int64),
         }
         row: dict[str, Any] = {
             "episode_index": episode_index,
-            "tasks": list(dict.fromkeys(self._buffer_tasks)),
+            "tasks": list(dict.fromkeys(frame_tasks)),
             "length": length,
         }
         row |= self._write_data(columns)
         row |= {"dataset_from_index": first_index, "dataset_to_index": first_index + length}
-        episode_stats = {key: vector_statistics(values) for key, values in columns.items()}
         for camera in self.cameras:
-            frames = np.fromfile(self._spool_dir / f"{camera}.rgb", dtype=np.uint8).reshape(length, *self.image_size, 3)
-            row |= self._write_video(camera, frames)
-            episode_stats[camera] = image_statistics(frames)
-            self._video_stats[camera].append(episode_stats[camera])
-        for key, values in columns.items():
-            self._columns[key].append(values)
-        for feature, stats in episode_stats.items():
-            row |= {f"stats/{feature}/{name}": value.tolist() for name, value in stats.items()}
+            row |= self._write_video(camera, videos[camera])
+        stats = {key: typed_statistics(columns[key]) for key in self.features}
+        stats |= {camera: camera_stats[camera] for camera in self.cameras}
+        stats |= {key: typed_statistics(columns[key]) for key in FRAME_INDEX_FEATURES}
+        for feature, entry in stats.items():
+            row |= {f"stats/{feature}/{name}": value for name, value in entry.items()}
+        row |= {"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0}
         self._episodes.append(row)
-        self.discard_episode()
+        self._episode_stats.append(stats)
+        for key, values in self._columns.items():
+            values.append(columns[key])
         return episode_index
 
     def _write_data(self, columns: dict[str, np.ndarray]) -> dict[str, int]:
@@ -316,34 +341,37 @@ class LeRobotDatasetWriter:
         current.frames += length
         return {"data/chunk_index": current.chunk_index, "data/file_index": current.file_index}
 
-    def _write_video(self, camera: str, frames: np.ndarray) -> dict[str, Any]:
+    def _write_video(self, camera: str, segment: VideoSegment) -> dict[str, Any]:
         current = self._video_files[camera]
-        episode_bytes = _encoded_bytes_estimate(frames, self.fps, self._spool_dir / "trial.mp4")
-        file_bytes = 0.0 if current is None else current.estimated_bytes
-        if _roll_needed(current, file_bytes, episode_bytes, self.video_file_size_mb):
+        episode_bytes = sum(packet.size for packet in segment.packets)
+        file_bytes = 0 if current is None else current.writer.bytes
+        incompatible = current is not None and not current.writer.accepts(segment)
+        if incompatible or _roll_needed(current, file_bytes, episode_bytes, self.video_file_size_mb):
             number = -1 if current is None else current.number
             if current is not None:
-                current.writer.release()
+                current.writer.close()
             chunk, file, relative = chunk_file_path(VIDEO_PATH, number + 1, self.chunks_size, video_key=camera)
-            path = self.staging / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            writer = _open_video_writer(path, self.fps, self.image_size)
-            current = self._video_files[camera] = _RollingFile(number + 1, chunk, file, path, writer=writer)
-        current.estimated_bytes += episode_bytes
-        start = current.frames
-        for frame in frames:
-            current.writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-        current.frames += len(frames)
+            appender = VideoFileAppender(self.staging / relative, segment.source)
+            current = self._video_files[camera] = _RollingFile(number + 1, chunk, file, appender.path, writer=appender)
+            self._video_info.setdefault(camera, video_stream_info(segment.source))
+        start, end = current.writer.append(segment)
+        current.frames += len(segment.packets)
         return {
             f"videos/{camera}/chunk_index": current.chunk_index,
             f"videos/{camera}/file_index": current.file_index,
-            f"videos/{camera}/from_timestamp": start / self.fps,
-            f"videos/{camera}/to_timestamp": current.frames / self.fps,
+            f"videos/{camera}/from_timestamp": start,
+            f"videos/{camera}/to_timestamp": end,
         }
 
     def _close_data_file(self) -> None:
         if self._data_file is not None:
             self._data_file.writer.close()
+
+    def _close_files(self) -> None:
+        self._close_data_file()
+        for current in self._video_files.values():
+            if current is not None:
+                current.writer.close()
 
     def finalize(self) -> Path:
         """Close the files, write meta/ (info.json last) and move the dataset to ``root``; returns ``root``."""
@@ -355,18 +383,18 @@ class LeRobotDatasetWriter:
             )
         if not self._episodes:
             raise DatasetWriteError("no episode was saved; record one and call save_episode() before finalize()")
-        self._close_data_file()
-        for current in self._video_files.values():
-            if current is not None:
-                current.writer.release()
+        self._close_files()
         shutil.rmtree(self._spool_dir)
         meta = self.staging / "meta"
         pq.write_table(tasks_table(self.tasks), meta / "tasks.parquet")
         episodes_path = self.staging / EPISODES_PATH.format(chunk_index=0, file_index=0)
         episodes_path.parent.mkdir(parents=True)
-        pq.write_table(pa.Table.from_pylist(self._episodes), episodes_path)
-        stats = {key: vector_statistics(np.concatenate(parts)) for key, parts in self._columns.items()}
-        stats |= {camera: aggregate_statistics(parts) for camera, parts in self._video_stats.items()}
+        pq.write_table(episodes_table(self._episodes, self.cameras), episodes_path, compression="snappy")
+        stats = {key: typed_statistics(np.concatenate(self._columns[key])) for key in self.features}
+        stats |= {
+            camera: aggregate_statistics([part[camera] for part in self._episode_stats]) for camera in self.cameras
+        }
+        stats |= {key: typed_statistics(np.concatenate(self._columns[key])) for key in FRAME_INDEX_FEATURES}
         write_json_atomically(meta / "stats.json", statistics_to_json(stats))
         write_json_atomically(meta / "info.json", self._info())
         self.staging.rename(self.root)
@@ -381,17 +409,7 @@ class LeRobotDatasetWriter:
                 "dtype": "video",
                 "shape": [height, width, 3],
                 "names": ["height", "width", "channels"],
-                "info": {
-                    "video.height": height,
-                    "video.width": width,
-                    "video.codec": VIDEO_CODEC,
-                    "video.pix_fmt": "yuv420p",
-                    "video.is_depth_map": False,
-                    "video.fps": self.fps,
-                    "video.channels": 3,
-                    "has_audio": False,
-                    "is_depth_map": False,
-                },
+                "info": self._video_info[camera],
             }
         features |= {key: {"dtype": dtype, "shape": [1], "names": None} for key, dtype in FRAME_INDEX_FEATURES.items()}
         return {
@@ -414,12 +432,10 @@ class LeRobotDatasetWriter:
         """Stop recording and delete everything written so far (``root`` is never created)."""
         if self._finalized:
             return
-        if self._data_file is not None:
-            self._data_file.writer.close()
-        for current in self._video_files.values():
-            if current is not None:
-                current.writer.release()
-        shutil.rmtree(self.staging, ignore_errors=True)
+        try:
+            self._close_files()
+        finally:
+            shutil.rmtree(self.staging, ignore_errors=True)
         self._finalized = True
 
     def _check_open(self) -> None:

@@ -182,6 +182,50 @@ def vector_statistics(values: np.ndarray) -> dict[str, np.ndarray]:
     return stats
 
 
+def typed_statistics(values: np.ndarray) -> dict[str, np.ndarray]:
+    """``vector_statistics`` with min and max kept in the values' own kind, as LeRobot stores them (int64
+    for integer features, bool for bool features, float64 otherwise)."""
+    values = np.asarray(values)
+    stats = vector_statistics(values)
+    if values.dtype.kind in "iub":
+        kind = np.bool_ if values.dtype.kind == "b" else np.int64
+        stats["min"], stats["max"] = stats["min"].astype(kind), stats["max"].astype(kind)
+    return stats
+
+
+def _stat_arrow_type(value: np.ndarray) -> pa.DataType:
+    scalar = {"b": pa.bool_(), "i": pa.int64(), "u": pa.int64()}.get(np.asarray(value).dtype.kind, pa.float64())
+    for _ in range(np.asarray(value).ndim):
+        scalar = pa.list_(scalar)
+    return scalar
+
+
+def episodes_table(rows: Sequence[dict[str, Any]], video_keys: Sequence[str]) -> pa.Table:
+    """``meta/episodes`` rows as LeRobot 0.4.4 writes them: its column order and types (int64 indices,
+    list<string> tasks, double timestamps, ``stats/<feature>/<stat>`` lists keeping min/max's kind)."""
+    fields = [
+        pa.field("episode_index", pa.int64()),
+        pa.field("tasks", pa.list_(pa.string())),
+        pa.field("length", pa.int64()),
+        pa.field("data/chunk_index", pa.int64()),
+        pa.field("data/file_index", pa.int64()),
+        pa.field("dataset_from_index", pa.int64()),
+        pa.field("dataset_to_index", pa.int64()),
+    ]
+    for key in video_keys:
+        fields += [pa.field(f"videos/{key}/{name}", pa.int64()) for name in ("chunk_index", "file_index")]
+        fields += [pa.field(f"videos/{key}/{name}", pa.float64()) for name in ("from_timestamp", "to_timestamp")]
+    fields += [pa.field(name, _stat_arrow_type(value)) for name, value in rows[0].items() if name.startswith("stats/")]
+    fields += [pa.field(f"meta/episodes/{name}", pa.int64()) for name in ("chunk_index", "file_index")]
+    schema = pa.schema(fields)
+    columns = {
+        field.name: [np.asarray(row[field.name]).tolist() if field.name.startswith("stats/") else row[field.name]
+                     for row in rows]
+        for field in schema
+    }  # fmt: skip
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
 def sampled_frame_indices(num_frames: int) -> np.ndarray:
     """The frames LeRobot samples from an episode for image statistics (about ``n**0.75``, 100 to 10000)."""
     wanted = max(min(100, num_frames), min(int(num_frames**0.75), 10_000))
@@ -198,9 +242,9 @@ def image_statistics(frames: np.ndarray) -> dict[str, np.ndarray]:
         sampled = sampled[:, ::step, ::step]
     pixels = sampled.reshape(-1, sampled.shape[-1]).astype(np.float32) / 255.0
     stats = vector_statistics(pixels)
-    stats = {key: value.reshape(-1, 1, 1) for key, value in stats.items() if key != "count"}
-    stats["count"] = np.array([len(sampled)])
-    return stats
+    return {
+        key: np.array([len(sampled)]) if key == "count" else value.reshape(-1, 1, 1) for key, value in stats.items()
+    }
 
 
 def aggregate_statistics(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

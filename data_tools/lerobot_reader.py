@@ -1,6 +1,9 @@
 """Reading a LeRobotDataset v3.x: layout checks with one clear message for a folder in another layout
 (LeRobot v2.x, an unfinished recording, another robot), metadata, and episodes with their camera
-frames decoded by decord at the episodes' timestamps (``from_timestamp`` + frame ``timestamp``).
+frames decoded at the episodes' timestamps (``from_timestamp`` + frame ``timestamp``): decord for
+H.264/HEVC/MPEG-4, PyAV for what decord lacks (AV1, LeRobot's default), see ``data_tools.video``.
+Reads what LeRobot writes and what this toolkit wrote before (OpenCV mp4v videos, no
+``meta/episodes/*`` index columns).
 """
 
 from __future__ import annotations
@@ -296,8 +299,8 @@ class LeRobotDatasetReader:
             episode.frames[camera] = self.frames(index, camera, episode.timestamps)
         return episode
 
-    def frames(self, index: int, camera: str, timestamps: np.ndarray) -> np.ndarray:
-        """Frames of ``camera`` at ``timestamps`` (seconds from the start of episode ``index``), (N, H, W, 3) uint8."""
+    def video_span(self, index: int, camera: str) -> tuple[Path, float, float]:
+        """The mp4 holding episode ``index`` of ``camera`` and the episode's (from, to) time in it, seconds."""
         if camera not in self.cameras:
             raise DatasetLayoutError(f"'{self.root}' has no camera {camera!r}; use one of {self.cameras}")
         meta = self.episodes[index]
@@ -312,10 +315,15 @@ class LeRobotDatasetReader:
         )
         if not path.is_file():
             raise DatasetLayoutError(f"'{path}' is missing; the dataset is incomplete: re-download or re-record it")
+        return path, float(meta[f"videos/{camera}/from_timestamp"]), float(meta[f"videos/{camera}/to_timestamp"])
+
+    def frames(self, index: int, camera: str, timestamps: np.ndarray) -> np.ndarray:
+        """Frames of ``camera`` at ``timestamps`` (seconds from the start of episode ``index``), (N, H, W, 3) uint8."""
+        path, from_timestamp, _ = self.video_span(index, camera)
         video = probe_video(path)
         if len(timestamps) == 0:
             return np.zeros((0, video.height, video.width, 3), dtype=np.uint8)
-        times = meta[f"videos/{camera}/from_timestamp"] + np.asarray(timestamps, dtype=np.float64)
+        times = from_timestamp + np.asarray(timestamps, dtype=np.float64)
         indices = np.round(times * video.fps).astype(np.int64)
         if indices.min() < 0 or indices.max() >= video.frames:
             raise VideoReadError(

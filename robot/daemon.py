@@ -50,6 +50,7 @@ class DaemonError(UserFacingError, RuntimeError):
     """The daemon cannot drive this robot with this policy (e.g. their action sizes differ)."""
 
 
+GIL_SWITCH_INTERVAL_S = 0.0005
 RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "status.json", "episodes")  # what a run leaves
 
 
@@ -207,6 +208,10 @@ class RobotDaemon:
             self.status_server.stop()
             raise
         previous_handlers = self._install_signal_handlers()
+        switch_interval = sys.getswitchinterval()
+        # the loop's threads (policy worker, cameras, recorder, status) hold the GIL at most this long before
+        # the control thread gets it back at its deadline (Python's default, 5 ms, is a quarter of a 50 Hz tick)
+        sys.setswitchinterval(min(switch_interval, GIL_SWITCH_INTERVAL_S))
         reporter = StatusReporter(
             self.run_dir / "metrics.jsonl", self.config.status.metrics_every_s, self.config.status.live
         )
@@ -234,6 +239,7 @@ class RobotDaemon:
             self.status_server.stop()
             self.client.close()
             self._restore_signal_handlers(previous_handlers)
+            sys.setswitchinterval(switch_interval)
             if self.episode >= 0:  # a run that never began an episode leaves no (empty) summary
                 self._write_summary()
         return self.summary
@@ -315,7 +321,7 @@ class RobotDaemon:
         self.queue.clear()
         self.action_step = 0
         self.monitor.reset()
-        self.worker.drain()
+        self.stats.stale_replies += sum(result.kind == "infer" for result in self.worker.drain())  # last episode's
         while not self.worker.submit("reset", task, 0, index):
             time.sleep(0.005)  # a request of the previous episode is still in flight
         self.watchdog.start(time.monotonic())
@@ -636,9 +642,10 @@ class RobotDaemon:
         time, and the actions already queued to run while the answer is on its way (``committed_actions``:
         a chunking policy plans on from them, as real-time chunking does)."""
         spec = self.client.spec
-        wanted = spec.cameras.keys() if spec is not None else frames.keys()
+        # an openpi server's metadata names no cameras: it gets every frame, under the configured keys
+        wanted = spec.cameras.keys() if spec is not None and spec.cameras else frames.keys()
         message: dict[str, Any] = {key: frames[key] for key in wanted if key in frames}
-        message["state"] = np.asarray(observation["observation.state"], dtype=np.float32)
+        message[self.config.policy.state_key] = np.asarray(observation["observation.state"], dtype=np.float32)
         message["action_step"] = self.action_step
         message["control_tick"] = self.tick
         message["capture_time_s"] = captured

@@ -48,6 +48,7 @@ class PolicyLinkConfig:
     max_action_age_ms: float = 1000.0  # queued actions from an older observation are dropped, never run
     request_timeout_s: float = 5.0
     forward: list[str] = field(default_factory=lambda: ["instruction"])  # robot observation entries passed on
+    state_key: str = "state"  # the key the state travels under ("observation/state" for an openpi LIBERO policy)
 
 
 @dataclass

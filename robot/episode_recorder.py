@@ -21,7 +21,9 @@ import numpy as np
 from data_tools.lerobot_dataset import FeatureSpec, LeRobotDatasetWriter
 from robot.safety import SAFETY_EVENTS
 
-TIMINGS = ("period_s", "lateness_s", "policy_latency_s", "observation_age_s")
+# Per-tick timings, one float column each (0.0 when a tick's timings lack the key); action_age_s is the
+# age, when it is sent, of the observation the action was computed from.
+TIMINGS = ("period_s", "lateness_s", "policy_latency_s", "observation_age_s", "action_age_s")
 
 
 @dataclass
@@ -33,6 +35,13 @@ class TickRecord:
     task: str
     timings: dict[str, float]
     events: list[str]
+
+
+def dimension_names(names: tuple[str, ...] | None, dim: int, prefix: str) -> list[str]:
+    """The names of a vector's ``dim`` dimensions: ``names`` when they fit, else ``prefix.0``, ``prefix.1``, ..."""
+    if names and len(names) == dim:
+        return [str(name) for name in names]
+    return [f"{prefix}.{index}" for index in range(dim)]
 
 
 class EpisodeRecorder:
@@ -47,7 +56,9 @@ class EpisodeRecorder:
         action_names: tuple[str, ...],
         cameras: list[str],
         image_size: tuple[int, int],
+        state_names: tuple[str, ...] | None = None,
     ) -> None:
+        """``state_names`` name the dimensions of ``observation.state`` (``state.0``, ... when None)."""
         self.root = root
         self.robot_type = robot_type
         self.fps = fps
@@ -55,9 +66,9 @@ class EpisodeRecorder:
         self.image_size = image_size
         dim = len(action_names)
         self.features = {
-            "observation.state": FeatureSpec("float32", (state_dim,)),
-            "action": FeatureSpec("float32", (dim,), list(action_names)),
-            "action.policy": FeatureSpec("float32", (dim,), list(action_names)),
+            "observation.state": FeatureSpec("float32", (state_dim,), dimension_names(state_names, state_dim, "state")),
+            "action": FeatureSpec("float32", (dim,), dimension_names(action_names, dim, "action")),
+            "action.policy": FeatureSpec("float32", (dim,), dimension_names(action_names, dim, "action")),
             "action.from_policy": FeatureSpec("bool", (1,)),
             **{f"timing.{name}": FeatureSpec("float32", (1,)) for name in TIMINGS},
             **{f"safety.{event}": FeatureSpec("bool", (1,)) for event in SAFETY_EVENTS},

@@ -1,16 +1,26 @@
-"""``PolicyClient``: a remote policy (``agent serve``) behind the policy protocol, so ``agent run``, the
-GRPO rollouts and the robot daemon use it exactly like a local one.
+"""``PolicyClient``: a remote policy behind the policy protocol, so ``agent run``, the GRPO rollouts
+and the robot daemon use it exactly like a local one. It talks to ``agent serve`` and to any server of
+openpi's protocol (``robot.policy_protocol``): it sends each observation as openpi's bare map and reads
+``reply["actions"]``, (chunk, dim) or (dim,).
 
 ``act(observation)`` returns the server's actions: a (dim,) action for a single-action policy, a
 (chunk, dim) array for a chunking one (``act_chunk`` always returns the 2-D form with the server's
-timing). A lost connection is re-opened with exponential back-off, and the episode's task is sent
-again after a reconnect; ``retry_for_s`` bounds how long one call keeps trying (0: one attempt, for
-callers such as the daemon that must never block).
+timing). ``reset(task)`` starts an episode: our server gets the task (its ``reset`` message); an openpi
+server has no reset, so the task's ``instruction`` rides in every observation as openpi's ``prompt``.
+What an openpi server's metadata does not say takes :class:`PolicySpec`'s defaults, and ``action_dim``
+and ``chunk_length`` are taken from its first reply.
+
+A lost connection is re-opened with exponential back-off, and the episode's task is sent again after a
+reconnect; ``retry_for_s`` bounds how long one call keeps trying (0: one attempt, for callers such as
+the daemon that must never block). An error reply raises :class:`PolicyServerError`; an openpi server
+closes the connection after one, and the next call reconnects at once. A request that times out drops
+the connection too, so a late reply can never be taken for the next request's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,10 +31,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, W
 from websockets.sync.client import ClientConnection, connect
 
 from data_tools.errors import UserFacingError
-from robot.policy_protocol import PolicySpec
-from robot.wire import pack, unpack
+from robot.policy_protocol import ERROR_CODES, PolicySpec
+from robot.wire import WireError, pack, unpack
 
 TOKEN_ENV = "AGENT_POLICY_TOKEN"
+MAX_REPLY_BYTES = 1 << 30
+OPENPI_TEXT_KEY = "prompt"  # where an openpi server reads the instruction
 
 
 class PolicyServerError(UserFacingError, RuntimeError):
@@ -46,7 +58,7 @@ class ActionChunk:
 
 
 class PolicyClient:
-    """A websocket client of the policy server (see the module docstring)."""
+    """A websocket client of a policy server (see the module docstring)."""
 
     def __init__(
         self,
@@ -69,6 +81,7 @@ class PolicyClient:
         self._next_id = 0
         self._delay = backoff_s[0]
         self._next_attempt = 0.0
+        self._from_first_reply: set[str] = set()  # spec fields the metadata left out, read off the first reply
         self.reconnects = 0
         self.last_timing: dict[str, float] = {}
 
@@ -98,7 +111,8 @@ class PolicyClient:
                 proxy=None,
                 legacy=True,
             )
-            metadata = unpack(connection.recv(timeout=self.connect_timeout_s), max_bytes=1 << 26)
+            first = connection.recv(timeout=self.connect_timeout_s)
+            metadata = unpack(first, max_bytes=1 << 26) if isinstance(first, bytes) else first
         except InvalidStatus as error:
             body = error.response.body.decode("utf-8", "replace")[:300] if error.response.body else ""
             raise PolicyServerError(
@@ -110,27 +124,35 @@ class PolicyClient:
         except (OSError, TimeoutError, WebSocketException) as error:
             self._back_off()
             raise PolicyUnavailableError(f"cannot reach the policy server at {self.url}: {error}") from None
-        if not isinstance(metadata, dict) or metadata.get("type") != "metadata":
+        if not isinstance(metadata, dict):
             connection.close()
-            raise PolicyServerError("malformed_reply", f"{self.url} did not start with a metadata message")
-        if self.spec is not None or self._task is not None:
+            raise PolicyServerError(
+                "malformed_reply", f"{self.url} did not start with a metadata map (got {str(metadata)[:300]!r})"
+            )
+        if self.spec is not None:  # connected before
             self.reconnects += 1
         self._connection, self.spec = connection, PolicySpec.from_metadata(metadata)
+        self._from_first_reply = {"action_dim", "chunk_length"} - metadata.keys()
         self._delay, self._next_attempt = self.backoff_s[0], 0.0
-        if self._task is not None:  # the server keeps one episode per connection: tell the new one
-            self._request({"type": "reset", "task": self._task})
+        if self._task is not None and self._speaks_reset:  # our server keeps one episode per connection
+            self._control({"type": "reset", "task": self._task})
         return self.spec
+
+    @property
+    def _speaks_reset(self) -> bool:
+        return self.spec is not None and self.spec.server_kind == "agent"
 
     def _back_off(self) -> None:
         self._next_attempt = time.monotonic() + self._delay
         self._delay = min(self._delay * 2, self.backoff_s[1])
 
-    def _drop(self) -> None:
+    def _drop(self, back_off: bool = True) -> None:
         if self._connection is not None:
             with contextlib.suppress(Exception):  # the connection is gone either way
                 self._connection.close()
         self._connection = None
-        self._back_off()
+        if back_off:
+            self._back_off()
 
     def close(self) -> None:
         if self._connection is not None:
@@ -144,31 +166,52 @@ class PolicyClient:
         self.close()
 
     # ---- requests -----------------------------------------------------------------------------
-    def _request(self, message: dict[str, Any]) -> dict[str, Any]:
+    def _exchange(self, message: dict[str, Any], request_id: int | None = None) -> dict[str, Any]:
+        """Send one request and read its reply (skipping replies to earlier ids, for control messages)."""
         assert self._connection is not None
-        self._next_id += 1
-        message = {**message, "id": self._next_id}
         try:
             self._connection.send(pack(message))
             while True:
-                reply = unpack(self._connection.recv(timeout=self.request_timeout_s), max_bytes=1 << 30)
-                if not isinstance(reply, dict) or reply.get("id") in (None, self._next_id):
+                frame = self._connection.recv(timeout=self.request_timeout_s)
+                if isinstance(frame, str):
+                    self._raise_text_error(frame)
+                reply = unpack(frame, max_bytes=MAX_REPLY_BYTES)
+                if request_id is None or not isinstance(reply, dict) or reply.get("id") in (None, request_id):
                     break  # a reply to an earlier, abandoned request is skipped
         except (ConnectionClosed, OSError, TimeoutError) as error:
             self._drop()
             raise PolicyUnavailableError(f"lost the policy server at {self.url}: {error}") from None
+        except WireError as error:
+            raise PolicyServerError("malformed_reply", f"the server's reply cannot be decoded: {error}") from None
         if not isinstance(reply, dict):
             raise PolicyServerError("malformed_reply", f"the server answered {type(reply).__name__}, not a map")
         if reply.get("type") == "error":
             raise PolicyServerError(str(reply.get("code")), str(reply.get("message")))
         return reply
 
-    def _with_retries(self, message: dict[str, Any]) -> dict[str, Any]:
+    def _raise_text_error(self, text: str) -> None:
+        """A text frame is an error (openpi's convention). Ours is a typed JSON error and the connection
+        stays; anything else (openpi's traceback) is followed by a close, so reconnect on the next call."""
+        try:
+            error = json.loads(text)
+        except ValueError:
+            error = None
+        if isinstance(error, dict) and error.get("code") in ERROR_CODES:
+            raise PolicyServerError(str(error["code"]), str(error.get("message")))
+        self._drop(back_off=False)
+        raise PolicyServerError("policy_error", f"the server reported an error and closed: {text[-2000:]}")
+
+    def _control(self, message: dict[str, Any]) -> dict[str, Any]:
+        self._next_id += 1
+        return self._exchange({**message, "id": self._next_id}, self._next_id)
+
+    def _with_retries(self, request: Any) -> Any:
+        """``request()`` on an open connection, connecting (with back-off) for up to ``retry_for_s``."""
         give_up = time.monotonic() + self.retry_for_s
         while True:
             try:
                 self.connect()
-                return self._request(message)
+                return request()
             except PolicyUnavailableError:
                 if time.monotonic() >= give_up:
                     raise
@@ -177,18 +220,55 @@ class PolicyClient:
     def reset(self, task: dict[str, Any]) -> None:
         """Start an episode; ``task`` holds wire-friendly values (instruction, task name, indices)."""
         self._task = {key: value for key, value in task.items() if key != "env"}  # a local env never travels
-        self._with_retries({"type": "reset", "task": self._task})
+
+        def send_reset() -> None:
+            if self._speaks_reset:
+                self._control({"type": "reset", "task": self._task})
+
+        self._with_retries(send_reset)
 
     def act_chunk(self, observation: dict[str, Any]) -> ActionChunk:
         sent = time.perf_counter()
-        reply = self._with_retries({"type": "infer", "observation": observation})
-        actions = reply.get("actions")
-        if not isinstance(actions, np.ndarray) or actions.ndim != 2:
-            raise PolicyServerError("malformed_reply", "an actions reply without a (chunk, dim) array")
-        timing = dict(reply.get("timing") or {})
+        reply = self._with_retries(lambda: self._exchange(self._outgoing(observation)))
+        actions = self._actions_of(reply)
+        timing = dict(reply.get("server_timing") or reply.get("timing") or {})
         timing["round_trip_ms"] = (time.perf_counter() - sent) * 1e3
         self.last_timing = timing
         return ActionChunk(actions=actions, timing=timing)
+
+    def _outgoing(self, observation: dict[str, Any]) -> dict[str, Any]:
+        """The observation as the server reads it: unchanged for ours; for an openpi server, the
+        instruction (the observation's own, else the episode's) travels as openpi's ``prompt``."""
+        if self._speaks_reset:
+            return observation
+        message = dict(observation)
+        instruction = message.pop("instruction", None)
+        if instruction is None and self._task is not None:
+            instruction = self._task.get("instruction")
+        if instruction is not None and OPENPI_TEXT_KEY not in message:
+            message[OPENPI_TEXT_KEY] = instruction
+        return message
+
+    def _actions_of(self, reply: dict[str, Any]) -> np.ndarray:
+        """``reply["actions"]`` as (chunk, dim) float32; a (dim,) reply is a chunk of one."""
+        actions = reply.get("actions")
+        if not isinstance(actions, np.ndarray) or actions.ndim not in (1, 2) or actions.size == 0:
+            shown = f"shape {actions.shape}" if isinstance(actions, np.ndarray) else type(actions).__name__
+            raise PolicyServerError(
+                "malformed_reply",
+                f"the reply's 'actions' is {'missing' if actions is None else shown}, not a (chunk, dim) or (dim,) "
+                f"array (the reply has keys {sorted(map(str, reply))[:10]})",
+            )
+        if actions.dtype.kind not in "fiu":
+            raise PolicyServerError("malformed_reply", f"the reply's actions are {actions.dtype}, not numbers")
+        chunk = np.asarray(actions, dtype=np.float32).reshape(-1, actions.shape[-1])
+        if self._from_first_reply and self.spec is not None:  # an openpi server's metadata did not say
+            if "action_dim" in self._from_first_reply:
+                self.spec.action_dim = chunk.shape[1]
+            if "chunk_length" in self._from_first_reply:
+                self.spec.chunk_length = chunk.shape[0]
+            self._from_first_reply = set()
+        return chunk
 
     def act(self, observation: dict[str, Any]) -> np.ndarray:
         chunk = self.act_chunk(observation).actions

@@ -1,19 +1,40 @@
-"""The policy server's protocol over one websocket: what each side sends, and the checks on it.
+"""The policy server's protocol over one websocket: openpi's, extended with optional keys.
 
-1. On connect the server sends ``{"type": "metadata", ...}`` (:class:`PolicySpec`): action space and
-   dimension, chunk length, control rate, camera keys and sizes, state size, model id, action statistics.
-2. The client sends ``{"type": "reset", "id": n, "task": {...}}`` at the start of an episode and
-   ``{"type": "infer", "id": n, "observation": {...}}`` each time it wants actions.
-3. The server answers each in order: ``{"type": "reset", "id": n}``, ``{"type": "actions", "id": n,
-   "actions": (chunk, dim) array, "timing": {...}}``, or ``{"type": "error", "id": n, "code", "message"}``.
+The framing is openpi's (``openpi_client.websocket_client_policy``), so its unmodified client and ours
+are interchangeable, and ours talks to openpi's servers:
+
+1. On connect the server sends one binary frame, the metadata map. Ours is :class:`PolicySpec` plus
+   ``"type": "metadata"`` and ``"protocol"`` (action space and dimension, chunk length, control rate,
+   camera keys and sizes, state size, model id, action statistics); openpi's is whatever its config says.
+2. The client sends one binary frame per request, the **observation map itself**; the server answers
+   ``{"actions": (chunk, dim) array, "server_timing": {"infer_ms", "queue_ms", "server_ms",
+   "batch_size", "prev_total_ms" (not on a connection's first reply)}}``.
+3. A request the server refuses gets one **text** frame holding ``{"type": "error", "code", "message"}``
+   as JSON (openpi's client raises ``RuntimeError`` with that text); our server keeps the connection open,
+   openpi's closes it (1011) after sending a traceback, which our client treats as an error plus a reconnect.
+
+Our extensions ride on it as optional keys, which an openpi peer never sends and never needs:
+
+* a map whose ``"type"`` is ``"reset"`` (with ``"task"``), ``"metadata"`` or ``"infer"`` (with
+  ``"observation"``) is a control message of this toolkit's earlier envelope, answered in kind with
+  binary maps ``{"type": "reset" | "metadata" | "actions" | "error", "id": <the request's id>, ...}``. Our
+  client sends ``reset`` only to servers whose metadata carries ``"protocol"``; to an openpi server a reset
+  stays local, as in openpi's client.
+* openpi's key names are aliases (:func:`canonical_observation`): ``observation/<name>`` is read as
+  ``<name>`` and ``prompt`` as ``instruction`` (LIBERO's ``observation/image``, ``observation/wrist_image``,
+  ``observation/state``, ``prompt``), unless the policy's spec names the key itself.
 
 Observations hold ``state`` (float vector), one uint8 HxWx3 image per camera key of the metadata,
-``instruction`` and anything else the policy reads (``privileged`` for the scripted expert).
+``instruction`` and anything else the policy reads (``privileged`` for the scripted expert; the robot
+daemon's ``control_tick`` and ``capture_time_s``). Keys the spec does not name are handed to the policy
+unchanged (it ignores what it does not read); only the spec's cameras and state are required.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +42,13 @@ import numpy as np
 
 from data_tools.errors import UserFacingError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: openpi's framing (bare observation requests, text-frame errors)
+CONTROL_TYPES = ("reset", "metadata", "infer")  # a request map whose "type" is one of these is a control message
+OPENPI_PREFIX = "observation/"  # openpi's observation keys: "observation/image" is our "image"
+KEY_ALIASES = {"prompt": "instruction"}  # openpi's text key
+CAPTURE_KEYS = {"control_tick": numbers.Integral, "capture_time_s": numbers.Real}  # the robot daemon's
 ERROR_CODES = (
-    "malformed_request",  # not msgpack, not a map, no or unknown "type", missing fields
+    "malformed_request",  # not msgpack, not a map, a bytes map key, a text frame, a control message missing fields
     "message_too_large",  # over the server's size limit; nothing was decoded
     "bad_array",  # an array whose dtype, shape and bytes disagree
     "bad_shape",  # an observation entry of the wrong shape or dtype for this policy
@@ -61,14 +86,31 @@ class PolicySpec:
     cameras: dict[str, list[int]] = field(default_factory=dict)  # observation key -> [height, width, 3]
     action_statistics: dict[str, list] | None = None
     max_message_bytes: int = 16 * 1024 * 1024
+    # "agent": this toolkit's server (reset messages, typed errors); "openpi": a server that speaks only
+    # openpi's protocol, whose metadata need not say what it takes (cameras unknown, state_dim 0)
+    server_kind: str = "agent"
 
     def to_metadata(self) -> dict[str, Any]:
-        return {"type": "metadata", "protocol": PROTOCOL_VERSION, **dataclasses.asdict(self)}
+        fields = dataclasses.asdict(self)
+        del fields["server_kind"]  # what the client learns from the metadata, not something the server says
+        return {"type": "metadata", "protocol": PROTOCOL_VERSION, **fields}
 
     @classmethod
     def from_metadata(cls, message: dict[str, Any]) -> PolicySpec:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in message.items() if key in names})
+        """The spec of our server's metadata, or of an openpi server's (any map: missing or ill-typed
+        entries take the defaults, and ``server_kind`` says which it was)."""
+        if message.get("type") == "metadata" and "protocol" in message:
+            known = {f.name for f in dataclasses.fields(cls)} - {"server_kind"}
+            return cls(**{key: value for key, value in message.items() if key in known})
+        spec = cls(policy="openpi", model_id="", state_dim=0, server_kind="openpi")
+        for name, kind in (("action_dim", int), ("chunk_length", int), ("control_hz", float), ("state_dim", int)):
+            value = message.get(name)
+            if isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value < 1e9:
+                setattr(spec, name, kind(value))
+        for name in ("policy", "model_id", "action_space"):
+            if isinstance(message.get(name), str):
+                setattr(spec, name, message[name])
+        return spec
 
 
 @dataclass
@@ -144,25 +186,73 @@ def error_reply(code: str, message: str, request_id: Any = None) -> dict[str, An
     return {"type": "error", "id": request_id, "code": code, "message": message}
 
 
-def parse_request(message: Any) -> tuple[str, Any, dict[str, Any]]:
-    """(type, id, body) of a decoded client message; ProtocolError ``malformed_request`` otherwise."""
+def error_text(code: str, message: str) -> str:
+    """The text frame a refused observation gets (openpi's client raises RuntimeError with it)."""
+    return json.dumps({"type": "error", "code": code, "message": message})
+
+
+@dataclass
+class Request:
+    """One decoded client message: ``kind`` is "infer", "reset" or "metadata"; ``envelope`` says it came
+    in this toolkit's ``{"type": ..., "id": ...}`` control envelope (answered in kind) rather than as
+    openpi's bare observation."""
+
+    kind: str
+    body: dict[str, Any]
+    envelope: bool = False
+    request_id: Any = None
+
+
+def parse_request(message: Any) -> Request:
+    """The request a decoded client message makes; ProtocolError ``malformed_request`` otherwise."""
     if not isinstance(message, dict):
-        raise ProtocolError("malformed_request", f"a request must be a msgpack map, got {type(message).__name__}")
-    kind, request_id = message.get("type"), message.get("id")
+        raise ProtocolError(
+            "malformed_request", f"a request must be a msgpack map (the observation), got {type(message).__name__}"
+        )
+    kind = message.get("type")
+    if not isinstance(kind, str) or kind not in CONTROL_TYPES:
+        return Request("infer", message)  # openpi's framing: the map is the observation
+    request_id = message.get("id")
     if kind == "infer":
         if not isinstance(message.get("observation"), dict):
-            raise ProtocolError("malformed_request", "an infer request needs an 'observation' map")
-        return kind, request_id, message["observation"]
+            raise ProtocolError("malformed_request", "an infer envelope needs an 'observation' map")
+        return Request(kind, message["observation"], True, request_id)
     if kind == "reset":
         task = message.get("task", {})
         if not isinstance(task, dict):
             raise ProtocolError("malformed_request", "a reset request's 'task' must be a map")
-        return kind, request_id, task
-    if kind == "metadata":
-        return kind, request_id, {}
-    raise ProtocolError(
-        "malformed_request", f"request type {kind!r} is unknown; send 'reset', 'infer' or 'metadata' in 'type'"
-    )
+        return Request(kind, task, True, request_id)
+    return Request(kind, {}, True, request_id)
+
+
+def canonical_observation(observation: dict[str, Any], spec: PolicySpec) -> dict[str, Any]:
+    """The observation under our key names: ``observation/<name>`` -> ``<name>`` and ``prompt`` ->
+    ``instruction`` (openpi's names), unless the spec names the key itself. Two keys meaning the same
+    entry are refused; the robot daemon's ``control_tick`` / ``capture_time_s`` must be numbers."""
+    inputs = spec.cameras.keys() | {"state"}
+    renamed: dict[str, Any] = {}
+    for key, value in observation.items():
+        name = key
+        if key not in inputs:
+            if key.startswith(OPENPI_PREFIX) and len(key) > len(OPENPI_PREFIX):
+                name = key[len(OPENPI_PREFIX) :]
+            name = KEY_ALIASES.get(name, name)
+        if name in renamed:
+            raise ProtocolError(
+                "malformed_request",
+                f"the observation has '{name}' twice (as '{key}' and under another name; openpi's "
+                f"'{OPENPI_PREFIX}<name>' and 'prompt' are read as '<name>' and 'instruction'); send one",
+            )
+        renamed[name] = value
+    for name, kind in CAPTURE_KEYS.items():
+        value = renamed.get(name)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool | np.bool_)):
+            raise ProtocolError(
+                "malformed_request",
+                f"observation '{name}' is a {type(value).__name__}; send it as a "
+                f"{'whole number (the control tick)' if kind is numbers.Integral else 'number of seconds'}",
+            )
+    return renamed
 
 
 def check_observation(observation: dict[str, Any], spec: PolicySpec) -> None:
@@ -175,8 +265,11 @@ def check_observation(observation: dict[str, Any], spec: PolicySpec) -> None:
     for key, (shape, kind) in expected.items():
         value = observation.get(key)
         if not isinstance(value, np.ndarray):
+            got = sorted(observation)[:20]
             raise ProtocolError(
-                "bad_shape", f"observation '{key}' is missing or not an array; this policy needs {kind} {shape}"
+                "bad_shape",
+                f"observation '{key}' (or '{OPENPI_PREFIX}{key}') is missing or not an array; this policy needs "
+                f"{kind} {shape} there (see the server's metadata message); the observation has keys {got}",
             )
         dtype_ok = value.dtype == np.uint8 if kind == "uint8" else value.dtype.kind == "f"
         if value.shape != shape or not dtype_ok:

@@ -1,16 +1,19 @@
 """The policy server (``agent serve``): one process that loads a policy once and answers observations
-with actions over a websocket (msgpack, ``robot.policy_protocol``), plus ``GET /healthz`` and the
+with actions over a websocket in openpi's protocol (``robot.policy_protocol``, ``robot.wire``), so
+openpi's ``WebsocketClientPolicy`` and our ``PolicyClient`` both drive it, plus ``GET /healthz`` and the
 OpenAI chat-completions API (``robot.openai_chat``) on the same port.
 
 Who may call it follows ``robot.endpoint_access``: it binds 127.0.0.1 unless told otherwise and then
-requires a bearer token (``Authorization: Bearer TOKEN``) on every route but ``/healthz``; a request
-from a web page (it carries an ``Origin``) is refused unless that origin is listed with
-``--allowed-origin``, and a ``Host`` that does not name the server (DNS rebinding) is refused.
+requires the token on every route but ``/healthz``, as ``Authorization: Bearer TOKEN`` or as openpi's
+client sends its ``api_key`` (``Authorization: Api-Key TOKEN``); a request from a web page (it carries an
+``Origin``) is refused unless that origin is listed with ``--allowed-origin``, and a ``Host`` that does
+not name the server (DNS rebinding) is refused.
 
 Message size is checked before anything is decoded, array bytes before they are viewed, observation
-shapes, text length and image size before the policy sees them; a bad request gets a typed error reply
-and the connection and the server go on serving. Clients take turns on the inference thread
-(``robot.request_batcher``), so one client cannot hold it.
+shapes, text length and image size before the policy sees them; a bad request gets one typed error
+(a text frame openpi's client raises as RuntimeError, or an error map for our control envelope) and
+the connection and the server go on serving. Clients take turns on the inference thread
+(``robot.request_batcher``), so one client cannot hold it; a fast policy answers on the event loop.
 """
 
 from __future__ import annotations
@@ -33,9 +36,12 @@ from robot.policy_protocol import (
     ERROR_CODES,
     InputLimits,
     ProtocolError,
+    Request,
+    canonical_observation,
     check_observation,
     check_request_values,
     error_reply,
+    error_text,
     parse_request,
 )
 from robot.request_batcher import RequestBatcher
@@ -45,6 +51,7 @@ from robot.wire import WireError, pack, unpack
 MEGABYTE = 1024 * 1024
 MAX_MESSAGE_MB = 1024.0  # the largest --max-message-mb: one request held in memory several times over
 MAX_WAIT_MS = 1000.0  # a batch that waits longer than this for company only delays every client
+MAX_INLINE_MS = 50.0  # holding the event loop longer than this would stall every other connection
 MAX_BATCH = 1024
 MAX_COUNT = 2**40  # the upper bound of the count limits: any sane value, never an overflow
 TRANSPORT_LIMIT_FACTOR = 4  # frames above this many times the limit are cut off by the websocket layer itself
@@ -83,6 +90,7 @@ class ServerConfig:
     max_image_pixels: int = 4096 * 4096  # one image, checked from its header before it is decoded
     max_queued_per_client: int = 64  # requests one client may have waiting
     max_chat_items: int = 512  # messages and content parts of one chat request, counted together
+    inline_max_ms: float = 1.0  # a policy whose inferences take less runs on the event loop (0: never)
 
     def check(self) -> None:
         check_bind(self.host, self.token, "agent serve", "set a bearer token with --token (or AGENT_POLICY_TOKEN)")
@@ -90,6 +98,7 @@ class ServerConfig:
         check_range("port", self.port, 0, 65535, "a TCP port (0: any free port)", integer=True)
         check_range("max_message_mb", self.max_message_mb, 0.001, MAX_MESSAGE_MB, "megabytes")
         check_range("max_wait_ms", self.max_wait_ms, 0, MAX_WAIT_MS, "milliseconds")
+        check_range("inline_max_ms", self.inline_max_ms, 0, MAX_INLINE_MS, "milliseconds")
         check_range("max_batch", self.max_batch, 1, MAX_BATCH, "requests", integer=True)
         for name in (
             "max_prompt_chars",
@@ -138,6 +147,7 @@ class PolicyServer:
             self.config.max_batch if self.config.batching else 1,
             self.config.max_wait_ms / 1e3,
             self.config.max_queued_per_client,
+            self.config.inline_max_ms / 1e3,
         )
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -176,9 +186,13 @@ class PolicyServer:
         )
         if refusal:
             return _json_error("forbidden", f"{refusal} (agent serve --allowed-origin)")
-        if request.path != "/healthz" and not token_accepted(request.headers.get("Authorization"), self.config.token):
+        if request.path != "/healthz" and not token_accepted(
+            _as_bearer(request.headers.get("Authorization")), self.config.token
+        ):
             return _json_error(
-                "unauthorized", "missing or wrong bearer token; send the header 'Authorization: Bearer TOKEN'"
+                "unauthorized",
+                "missing or wrong bearer token; send the header 'Authorization: Bearer TOKEN' (openpi's client: "
+                "api_key=TOKEN)",
             )
         return await handler(request)
 
@@ -223,57 +237,109 @@ class PolicyServer:
         if not ws.can_prepare(request).ok:
             return web.json_response({**self.served.spec.to_metadata(), "hint": "connect with a websocket client"})
         await ws.prepare(request)
-        session = self.served.make_session()
+        connection = _Connection(ws, self.served.make_session())
         await ws.send_bytes(pack(self.served.spec.to_metadata()))
-        replies: asyncio.Queue = asyncio.Queue()
-        writer = asyncio.create_task(self._send_in_order(ws, replies))
+        writer = asyncio.create_task(self._send_in_order(connection))
         self.batcher.active_sessions += 1
         self._websockets.add(ws)
         try:
             async for message in ws:
                 received = time.perf_counter()
                 if message.type == WSMsgType.BINARY:
-                    replies.put_nowait(asyncio.create_task(self._answer(session, message.data, received)))
+                    await self._receive(connection, message.data, received)
                 elif message.type == WSMsgType.TEXT:
-                    reply = error_reply("malformed_request", "send msgpack in binary frames, not text frames")
-                    replies.put_nowait(_done(reply))
+                    refusal = ProtocolError("malformed_request", "send msgpack in binary frames, not text frames")
+                    await self._reply(connection, _done(self._refusal(refusal, None)), received)
         finally:
             self._websockets.discard(ws)
             self.batcher.active_sessions -= 1
-            self.batcher.forget(session)
-            replies.put_nowait(None)
+            self.batcher.forget(connection.session)
+            connection.replies.put_nowait(None)
             await writer
         return ws
 
-    async def _send_in_order(self, ws: web.WebSocketResponse, replies: asyncio.Queue) -> None:
-        while (pending := await replies.get()) is not None:
-            reply = await pending
-            if not ws.closed:
-                with contextlib.suppress(ConnectionError):  # the client left; its remaining replies are dropped
-                    await ws.send_bytes(pack(reply))
-
-    async def _answer(self, session: Any, data: bytes, received: float) -> dict[str, Any]:
-        request_id = None
+    async def _receive(self, connection: _Connection, data: bytes, received: float) -> None:
+        """Decode and check one request at once; answer it at once when that is possible in order (an
+        error, or an observation a fast policy can answer on this thread), else queue its answer."""
+        request: Request | None = None
         try:
-            kind, request_id, body = parse_request(unpack(data, self.max_bytes))
-            if kind == "metadata":
-                return {**self.served.spec.to_metadata(), "id": request_id}
-            if kind == "reset":
-                check_request_values(body, self.limits, "task")
-                await self.batcher.reset(session, body)
-                return {"type": "reset", "id": request_id}
-            check_observation(body, self.served.spec)
-            check_request_values(body, self.limits, "observation")
-            actions, timing = await self.batcher.infer(session, body)
-            timing["server_ms"] = (time.perf_counter() - received) * 1e3
-            return {"type": "actions", "id": request_id, "actions": actions, "timing": timing}
-        except (WireError, ProtocolError) as error:
-            return error_reply(error.code, str(error), request_id)
-        except UserFacingError as error:
-            return error_reply(_error_code(error, "policy_error"), str(error), request_id)
+            request = parse_request(unpack(data, self.max_bytes))
+            self._check(request)
+            if request.kind == "infer" and connection.idle and self.batcher.inline_ready():
+                actions, timing = self.batcher.infer_inline(connection.session, request.body)
+                answer = _done(self._actions(connection, request, actions, timing, received))
+            else:
+                answer = asyncio.ensure_future(self._answer(connection, request, received))
         except Exception as error:
-            log.exception("policy failed")
-            return error_reply("policy_error", f"the policy failed: {type(error).__name__}: {error}", request_id)
+            answer = _done(self._refusal(error, request))
+        await self._reply(connection, answer, received)
+
+    async def _reply(self, connection: _Connection, answer: asyncio.Future, received: float) -> None:
+        if connection.idle and answer.done():  # nothing ahead of it: send from here, skip the writer's hop
+            await self._send(connection, answer.result(), received)
+        else:
+            connection.pending += 1
+            connection.replies.put_nowait((answer, received))
+
+    async def _send_in_order(self, connection: _Connection) -> None:
+        while (item := await connection.replies.get()) is not None:
+            answer, received = item
+            frame = await answer
+            await self._send(connection, frame, received)
+            connection.pending -= 1
+
+    async def _send(self, connection: _Connection, frame: bytes | str, received: float) -> None:
+        ws = connection.ws
+        if ws.closed:
+            return
+        with contextlib.suppress(ConnectionError):  # the client left; its remaining replies are dropped
+            await (ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_str(frame))
+        connection.prev_total_ms = (time.perf_counter() - received) * 1e3
+
+    def _check(self, request: Request) -> None:
+        """Our key names, shapes, text and image bounds, before any model work (in place)."""
+        if request.kind == "infer":
+            request.body = canonical_observation(request.body, self.served.spec)
+            check_observation(request.body, self.served.spec)
+            check_request_values(request.body, self.limits, "observation")
+        elif request.kind == "reset":
+            check_request_values(request.body, self.limits, "task")
+
+    async def _answer(self, connection: _Connection, request: Request, received: float) -> bytes | str:
+        session = connection.session
+        try:
+            if request.kind == "metadata":
+                return pack({**self.served.spec.to_metadata(), "id": request.request_id})
+            if request.kind == "reset":
+                await self.batcher.reset(session, request.body)
+                return pack({"type": "reset", "id": request.request_id})
+            actions, timing = await self.batcher.infer(session, request.body)
+            return self._actions(connection, request, actions, timing, received)
+        except Exception as error:
+            return self._refusal(error, request)
+
+    def _actions(
+        self, connection: _Connection, request: Request, actions: Any, timing: dict[str, Any], received: float
+    ) -> bytes:
+        timing["server_ms"] = (time.perf_counter() - received) * 1e3
+        if connection.prev_total_ms is not None:
+            timing["prev_total_ms"] = connection.prev_total_ms  # as openpi's server: absent on the first reply
+        if request.envelope:
+            return pack({"type": "actions", "id": request.request_id, "actions": actions, "timing": timing})
+        return pack({"actions": actions, "server_timing": timing})
+
+    def _refusal(self, error: BaseException, request: Request | None) -> bytes | str:
+        """One typed error: an error map for a control envelope, else openpi's text frame."""
+        if isinstance(error, WireError | ProtocolError):
+            code, message = error.code, str(error)
+        elif isinstance(error, UserFacingError):
+            code, message = _error_code(error, "policy_error"), str(error)
+        else:
+            log.error("policy failed", exc_info=error)
+            code, message = "policy_error", f"the policy failed: {type(error).__name__}: {error}"
+        if request is not None and request.envelope:
+            return pack(error_reply(code, message, request.request_id))
+        return error_text(code, message)
 
     # ---- running ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -317,6 +383,29 @@ def _error_code(error: BaseException, default: str) -> str:
     """The protocol code a typed error carries (``ProtocolError``, ``PromptTooLongError``...), or ``default``."""
     code = getattr(error, "code", None)
     return code if code in ERROR_CODES else default
+
+
+class _Connection:
+    """One websocket client: its policy session, the replies not yet sent (in request order), and the
+    time its last request took from receipt to reply (openpi's ``prev_total_ms``)."""
+
+    def __init__(self, ws: web.WebSocketResponse, session: Any) -> None:
+        self.ws = ws
+        self.session = session
+        self.replies: asyncio.Queue = asyncio.Queue()
+        self.pending = 0  # replies queued for the writer and not yet sent
+        self.prev_total_ms: float | None = None
+
+    @property
+    def idle(self) -> bool:
+        return self.pending == 0
+
+
+def _as_bearer(authorization: str | None) -> str | None:
+    """openpi's ``Authorization: Api-Key TOKEN`` read as ``Bearer TOKEN`` (the same secret, another word)."""
+    if authorization is not None and authorization.startswith("Api-Key "):
+        return "Bearer " + authorization[len("Api-Key ") :]
+    return authorization
 
 
 def _done(value: Any) -> asyncio.Future:

@@ -175,6 +175,8 @@ class ObservedScriptedExpert:
         self.control_hz = control_hz
         self._env = _ObservedEnv()
         self.expert = ScriptedExpert(self._env)  # type: ignore[arg-type]
+        if chunk_length > 1:  # planned open loop: no step larger than the hand makes in one tick
+            self.expert.max_translation = min(self.expert.max_translation, HAND_SPEED_M_S / control_hz)
         self._planned_phases: dict[int, tuple[str, int]] = {}  # control tick -> expert phase before acting
 
     expert_action_dim = 7

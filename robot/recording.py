@@ -11,6 +11,7 @@ from typing import Any
 
 from data_tools.errors import UserFacingError
 from data_tools.lerobot_dataset import FeatureSpec, LeRobotDatasetWriter
+from robot.episode_recorder import dimension_names
 from robot.interfaces import Robot
 
 
@@ -34,12 +35,13 @@ class RecordingSummary:
 
 
 def dataset_features(robot: Robot) -> tuple[dict[str, FeatureSpec], list[str]]:
-    """The LeRobot features of ``robot``'s state and action, and its camera keys."""
+    """The LeRobot features of ``robot``'s state and action (with dimension names: the robot's, else
+    ``state.0``, ``action.0``, ...), and its camera keys."""
     observed = robot.observation_features
     state, action = observed["observation.state"], robot.action_features["action"]
     features = {
-        "observation.state": FeatureSpec("float32", state.shape, list(state.names or ()) or None),
-        "action": FeatureSpec("float32", action.shape, list(action.names or ()) or None),
+        "observation.state": FeatureSpec("float32", state.shape, dimension_names(state.names, state.shape[0], "state")),
+        "action": FeatureSpec("float32", action.shape, dimension_names(action.names, action.shape[0], "action")),
     }
     cameras = [key for key in observed if key.startswith("observation.images.")]
     return features, cameras

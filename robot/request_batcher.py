@@ -8,6 +8,12 @@ opens with the first waiting request and closes when it is full or after a bound
 own requests run in its order and a reset is never reordered around its inferences, so each client's
 replies come back in the order it asked. A client may have at most ``max_queued_per_client`` requests
 waiting; more are refused (``overloaded``) rather than queued without bound.
+
+A batch waits for company only while other clients are connected. A fast policy skips the thread hop
+altogether: when the inference thread is idle, nothing is queued and the policy's recent inferences took
+under ``inline_max_s`` (a scripted expert, a zero policy), ``infer_inline`` runs it on the event loop,
+where it holds the loop no longer than the hop to the thread and back would (~50 us) cost. Batched and
+slow models (anything that measured slower, and every policy's first request) always run on the thread.
 """
 
 from __future__ import annotations
@@ -38,9 +44,17 @@ class RequestBatcher:
     A websocket session is its own client; other work names its client."""
 
     def __init__(
-        self, served: ServedPolicy, max_batch: int = 8, max_wait_s: float = 0.005, max_queued_per_client: int = 64
+        self,
+        served: ServedPolicy,
+        max_batch: int = 8,
+        max_wait_s: float = 0.005,
+        max_queued_per_client: int = 64,
+        inline_max_s: float = 0.001,
     ) -> None:
         self.served = served
+        self.inline_max_s = inline_max_s
+        self.recent_infer_s: float | None = None  # a smoothed inference time; None until the first one
+        self._busy = False  # the inference thread is running something
         self.max_batch = max(1, max_batch)
         self.max_wait_s = max_wait_s
         self.max_queued_per_client = max(1, max_queued_per_client)
@@ -83,7 +97,32 @@ class RequestBatcher:
         return future
 
     async def infer(self, session: Any, observation: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+        if self.inline_ready():
+            return self.infer_inline(session, observation)
         return await self._submit("infer", session, session, observation)
+
+    def inline_ready(self) -> bool:
+        """Whether ``infer_inline`` may run now: a fast policy, nothing queued, the inference thread idle."""
+        recent = self.recent_infer_s
+        return recent is not None and recent < self.inline_max_s and not self._busy and not self._queues
+
+    def infer_inline(self, session: Any, observation: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+        """Run one request on the calling (event loop) thread; only when ``inline_ready()``."""
+        started = time.perf_counter()
+        (actions,) = self.served.run_batch([session], [observation])
+        elapsed = time.perf_counter() - started
+        self._measured(elapsed)
+        self.batches += 1
+        self.requests += 1
+        if isinstance(actions, Exception):
+            raise actions
+        return actions, {"queue_ms": 0.0, "infer_ms": elapsed * 1e3, "batch_size": 1}
+
+    def _measured(self, elapsed_s: float) -> None:
+        """Smooth the inference time; one slow call sends the next ones back to the thread at once."""
+        recent = self.recent_infer_s
+        slow = elapsed_s >= self.inline_max_s
+        self.recent_infer_s = elapsed_s if recent is None or slow else 0.7 * recent + 0.3 * elapsed_s
 
     async def reset(self, session: Any, task: dict[str, Any]) -> None:
         await self._submit("reset", session, session, task)
@@ -128,18 +167,26 @@ class RequestBatcher:
         while True:
             await self._next(float("inf"))
             first = self._pop()
-            if first.kind != "infer":
-                await self._run_single(loop, first)
-                continue
-            batch = [first]
-            deadline = time.perf_counter() + self.max_wait_s
-            while len(batch) < self.max_batch:
-                if not self._queues and self.active_sessions <= len(batch):
-                    break  # nobody else could add to this batch
-                if not await self._next(deadline) or self._peek().kind != "infer":
-                    break
-                batch.append(self._pop())
-            await self._run_batch(loop, batch)
+            self._busy = True  # from here on: no inline request may overtake this one
+            try:
+                await self._run_popped(loop, first)
+            finally:
+                self._busy = False
+
+    async def _run_popped(self, loop: asyncio.AbstractEventLoop, first: _Request) -> None:
+        """``first`` alone, or with the other clients' requests that join its batch in time."""
+        if first.kind != "infer":
+            await self._run_single(loop, first)
+            return
+        batch = [first]
+        deadline = time.perf_counter() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            if not self._queues and self.active_sessions <= len(batch):
+                break  # nobody else could add to this batch
+            if not await self._next(deadline) or self._peek().kind != "infer":
+                break
+            batch.append(self._pop())
+        await self._run_batch(loop, batch)
 
     async def _run_single(self, loop: asyncio.AbstractEventLoop, request: _Request) -> None:
         try:
@@ -159,16 +206,18 @@ class RequestBatcher:
         sessions = [request.session for request in batch]
         observations = [request.payload for request in batch]
         try:
-            results = await loop.run_in_executor(self.executor, self.served.run_batch, sessions, observations)
+            results, infer_s = await loop.run_in_executor(
+                self.executor, _timed, self.served.run_batch, sessions, observations
+            )
         except Exception as error:  # run_batch catches policy errors; this is the last guard
-            results = [error] * len(batch)
-        finished = time.perf_counter()
+            results, infer_s = [error] * len(batch), time.perf_counter() - started
+        self._measured(infer_s)
         self.batches += 1
         self.requests += len(batch)
         for request, actions in zip(batch, results, strict=True):
             timing = {
                 "queue_ms": (started - request.enqueued) * 1e3,
-                "infer_ms": (finished - started) * 1e3,
+                "infer_ms": infer_s * 1e3,  # the policy's own time, on the inference thread
                 "batch_size": len(batch),
             }
             if request.future.done():
@@ -177,3 +226,10 @@ class RequestBatcher:
                 request.future.set_exception(actions)
             else:
                 request.future.set_result((actions, timing))
+
+
+def _timed(function: Any, *arguments: Any) -> tuple[Any, float]:
+    """``function(*arguments)`` and the seconds it took, measured on the thread that ran it."""
+    started = time.perf_counter()
+    result = function(*arguments)
+    return result, time.perf_counter() - started

@@ -11,6 +11,7 @@ generate call); otherwise each session's ``act`` is called in turn (the per-item
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,21 @@ class ServedPolicy:
         return array.reshape(-1, self.spec.action_dim)
 
 
+class DelayedPolicy:
+    """A policy that answers ``delay_s`` late: rehearses a slow model or a far server against the daemon
+    (``bench/robot_tasks.py``, the latency tests)."""
+
+    def __init__(self, policy: Policy, delay_s: float) -> None:
+        self.policy, self.delay_s = policy, delay_s
+
+    def reset(self, task: dict[str, Any]) -> None:
+        self.policy.reset(task)
+
+    def act(self, observation: dict[str, Any]) -> np.ndarray:
+        time.sleep(self.delay_s)
+        return self.policy.act(observation)
+
+
 class _MagmaSession:
     """One client's episode state over a shared Magma model: its instruction."""
 
@@ -90,6 +106,11 @@ def load_magma(model: str | None, spec: PolicySpec, name: str = "magma", statist
 
     if not model:
         raise PolicyLoadError(f"--policy {name} needs --model DIR (a checkpoint trained on robot actions)")
+    if spec.chunk_length != 1:
+        raise PolicyLoadError(
+            f"--chunk-length {spec.chunk_length}: a {name} checkpoint answers one action per observation; "
+            "leave --chunk-length at 1 (it is for policies that plan ahead, such as --policy scripted)"
+        )
     if not Path(model).is_dir():
         raise PolicyLoadError(f"--model '{model}' is not a checkpoint directory; give the folder with config.json")
     device = "cuda" if _cuda_available() else "cpu"

@@ -95,7 +95,7 @@ def test_layout_and_info_json_follow_lerobot_v3(dataset: Path):
     info = json.loads((dataset / "meta/info.json").read_text())
     assert info["codebase_version"] == "v3.0" and info["robot_type"] == "so100" and info["fps"] == FPS
     assert (info["total_episodes"], info["total_frames"], info["total_tasks"]) == (3, 37, 2)
-    assert (info["chunks_size"], info["data_files_size_in_mb"], info["video_files_size_in_mb"]) == (1000, 100, 500)
+    assert (info["chunks_size"], info["data_files_size_in_mb"], info["video_files_size_in_mb"]) == (1000, 100, 200)
     assert info["splits"] == {"train": "0:3"}
     assert info["data_path"] == "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
     assert info["video_path"] == "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
@@ -105,7 +105,16 @@ def test_layout_and_info_json_follow_lerobot_v3(dataset: Path):
         assert features[key]["shape"] == [1]
     video = features[CAMERAS[0]]
     assert video["dtype"] == "video" and video["shape"] == [HEIGHT, WIDTH, 3]
-    assert video["info"]["video.fps"] == FPS and video["info"]["video.codec"] == "mpeg4"
+    assert video["info"] == {  # probed from the file, the keys and order LeRobot 0.4.4 writes
+        "video.height": HEIGHT,
+        "video.width": WIDTH,
+        "video.codec": "h264",
+        "video.pix_fmt": "yuv420p",
+        "video.is_depth_map": False,
+        "video.fps": FPS,
+        "video.channels": 3,
+        "has_audio": False,
+    }
 
     data = pq.read_table(dataset / "data/chunk-000/file-000.parquet")
     assert data.column_names == ["observation.state", "action", *list(features)[-5:]]
@@ -123,6 +132,36 @@ def test_layout_and_info_json_follow_lerobot_v3(dataset: Path):
     ends = [row[f"videos/{CAMERAS[1]}/to_timestamp"] for row in episodes]
     assert starts == pytest.approx([0.0, 1.2, 2.7]) and ends == pytest.approx([1.2, 2.7, 3.7])
     assert np.asarray(episodes[1]["stats/action/mean"]) == pytest.approx(episode_arrays(1, 15)[1].mean(axis=0))
+    assert [row["meta/episodes/chunk_index"] for row in episodes] == [0, 0, 0]
+
+
+def test_episodes_parquet_has_every_lerobot_column_with_its_type_in_order(dataset: Path):
+    """The columns LeRobot 0.4.4 writes (INTEROP §2): `aggregate_datasets` and a resumed recording read
+    the chunk/file indices of data, videos and the episodes metadata itself from the last row."""
+    schema = pq.read_schema(dataset / "meta/episodes/chunk-000/file-000.parquet")
+    stat_names = ["min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99"]
+    features = ["observation.state", "action", *CAMERAS, "timestamp", "frame_index", "episode_index", "index",
+                "task_index"]  # fmt: skip
+    expected = ["episode_index", "tasks", "length", "data/chunk_index", "data/file_index", "dataset_from_index",
+                "dataset_to_index"]  # fmt: skip
+    for camera in CAMERAS:
+        expected += [
+            f"videos/{camera}/{name}" for name in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")
+        ]
+    expected += [f"stats/{feature}/{name}" for feature in features for name in stat_names]
+    expected += ["meta/episodes/chunk_index", "meta/episodes/file_index"]
+    assert schema.names == expected
+    types = {field.name: field.type for field in schema}
+    assert types["tasks"] == pa.list_(pa.string())
+    for name in ("episode_index", "length", "dataset_to_index", f"videos/{CAMERAS[0]}/file_index",
+                 "meta/episodes/file_index"):  # fmt: skip
+        assert types[name] == pa.int64(), name
+    assert types[f"videos/{CAMERAS[0]}/from_timestamp"] == pa.float64()
+    assert types["stats/action/min"] == pa.list_(pa.float64())
+    assert types["stats/action/count"] == pa.list_(pa.int64())
+    assert types["stats/index/min"] == pa.list_(pa.int64())  # integer features keep integer min/max
+    assert types["stats/index/mean"] == pa.list_(pa.float64())
+    assert types[f"stats/{CAMERAS[0]}/mean"] == pa.list_(pa.list_(pa.list_(pa.float64())))
 
 
 def test_episodes_read_back_exact_rows_and_close_frames(dataset: Path):

@@ -22,16 +22,16 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from local_servers import wait_for
-from test_robot_policy_server import AGENT, REPO, start_server, stop
+from test_robot_policy_server import AGENT, REPO, start_server
 
 from data_tools.lerobot_dataset import LeRobotDatasetReader
-from magma.training.launch import free_port
+from magma.training.launch import free_port, stop_process
 from robot.daemon import DaemonError, RobotDaemon
 from robot.daemon_config import load_daemon_config
 from robot.interfaces import RobotError
 from robot.policy_protocol import PolicySpec
 from robot.policy_server import PolicyServer, ServerConfig
-from robot.served_policy import ServedPolicy
+from robot.served_policy import DelayedPolicy, ServedPolicy
 from robot.sim import SimCamera
 
 FAST = [
@@ -175,7 +175,7 @@ def test_served_scripted_expert_solves_a_task_through_the_daemon_and_signals_sto
         assert LeRobotDatasetReader(episode["dataset"]).num_episodes == 1
         assert not list((run_dir / "episodes").glob(".*partial"))
     finally:
-        stop(server)
+        stop_process(server)
 
 
 def test_killed_server_holds_then_safe_stops_and_a_restarted_one_resumes_when_told(tmp_path):
@@ -214,7 +214,7 @@ def test_killed_server_holds_then_safe_stops_and_a_restarted_one_resumes_when_to
         thread.join(timeout=600)
     finally:
         daemon.stop()
-        stop(server)
+        stop_process(server)
     assert "error" not in outcome, outcome.get("error")
     summary = outcome["summary"]
     assert summary.holds >= 1 and summary.safe_stops >= 1 and summary.counts["policy_error"] >= 1
@@ -370,21 +370,11 @@ def test_a_used_run_directory_is_refused_and_left_untouched(tmp_path):
     assert len(json.loads(kept["summary.json"])["episodes"]) == 1  # the first run's summary, not an empty one
 
 
-class DelayedExpert:
+def delayed_expert(chunk_length: int, delay_s: float) -> DelayedPolicy:
     """The served scripted expert behind a slow link: each answer takes ``delay_s`` (a loaded GPU server)."""
+    from robot.privileged_state import ObservedScriptedExpert
 
-    def __init__(self, chunk_length: int, delay_s: float) -> None:
-        from robot.privileged_state import ObservedScriptedExpert
-
-        self.expert = ObservedScriptedExpert(chunk_length, control_hz=10)
-        self.delay_s = delay_s
-
-    def reset(self, task: dict) -> None:
-        self.expert.reset(task)
-
-    def act(self, observation: dict) -> np.ndarray:
-        time.sleep(self.delay_s)
-        return self.expert.act(observation)
+    return DelayedPolicy(ObservedScriptedExpert(chunk_length, control_hz=10), delay_s)
 
 
 def run_daemon_episodes(tmp_path: Path, name: str, make_session, chunk_length: int, *overrides: str) -> dict:
@@ -417,7 +407,7 @@ def test_a_slow_chunking_policy_runs_aligned_to_its_observations_and_slower_sing
     summary = run_daemon_episodes(
         tmp_path,
         "chunked",
-        lambda: DelayedExpert(chunk_length=10, delay_s=0.25),
+        lambda: delayed_expert(chunk_length=10, delay_s=0.25),
         10,
         "robot.args.task=pick_place",
         "watchdog.hold_after_ms=2000",
@@ -429,10 +419,103 @@ def test_a_slow_chunking_policy_runs_aligned_to_its_observations_and_slower_sing
     slow = run_daemon_episodes(
         tmp_path,
         "single",
-        lambda: DelayedExpert(chunk_length=1, delay_s=0.15),
+        lambda: delayed_expert(chunk_length=1, delay_s=0.15),
         1,
         "robot.args.task=reach",
         "watchdog.hold_after_ms=2000",
     )
     assert slow["episodes"][0]["success"], slow
     assert slow["stale_chunks"] == 0 and slow["policy_actions"] < slow["episodes"][0]["steps"]
+
+
+class StepStampedChunks:
+    """Stamps in x of every action the action step it was planned for (the observation's ``action_step`` +
+    k) and ignores ``committed_actions``. The first answer of an episode is a quick chunk of 20 (or
+    ``first_length``); every
+    later one takes ``delay_s`` and holds ``length`` actions, so it arrives after more steps of the first
+    chunk ran than it holds: stale, to be dropped whole."""
+
+    STAMP = 1e-4
+
+    def __init__(self, length: int, delay_s: float, first_length: int = 20) -> None:
+        self.length, self.delay_s, self.first_length = length, delay_s, first_length
+        self.answers = 0
+
+    def reset(self, task: dict) -> None:
+        self.answers = 0
+
+    def act(self, observation: dict) -> np.ndarray:
+        self.answers += 1
+        length = self.first_length if self.answers == 1 else self.length
+        if self.answers > 1:
+            time.sleep(self.delay_s)
+        step = observation["action_step"]
+        assert isinstance(observation["control_tick"], int) and isinstance(observation["capture_time_s"], float)
+        chunk = np.zeros((length, 7), np.float32)
+        chunk[:, 0] = self.STAMP * (step + np.arange(length))
+        chunk[:, 6] = -1.0
+        return chunk
+
+
+def test_late_chunk_steps_are_skipped_stale_chunks_and_earlier_episode_replies_dropped_never_run(tmp_path):
+    summary = run_daemon_episodes(
+        tmp_path,
+        "stamped",
+        lambda: StepStampedChunks(length=3, delay_s=0.6),
+        20,
+        "robot.args.task=reach",
+        "robot.args.max_steps=100000",
+        "episode.episodes=2",
+        "episode.max_steps=30",
+        "watchdog.hold_after_ms=2000",
+        "record=true",
+    )
+    assert summary["stale_chunks"] >= 1 and summary["skipped_steps"] >= 3, summary
+    for episode in summary["episodes"]:
+        columns = recorded_columns(episode["dataset"], "action.policy", "action.from_policy")
+        ran = columns["action.policy"][columns["action.from_policy"].reshape(-1)]
+        planned_for = np.round(ran[:, 0] / StepStampedChunks.STAMP).astype(int)
+        # every policy action ran at exactly the step it was planned for: none late, none twice
+        assert planned_for.tolist() == list(range(len(ran))) and len(ran) >= 10
+    # episode 0 ends (4 ticks) while a 0.6 s request is in flight: its answer is of another scene, dropped
+    ended = run_daemon_episodes(
+        tmp_path,
+        "ended",
+        lambda: StepStampedChunks(length=3, delay_s=0.6, first_length=2),
+        3,
+        "robot.args.task=reach",
+        "robot.args.max_steps=100000",
+        "episode.episodes=2",
+        "episode.max_steps=4",
+        "watchdog.hold_after_ms=2000",
+    )
+    assert ended["stale_replies"] >= 1, ended
+
+
+def test_the_daemon_drives_the_robot_from_a_server_of_openpis_protocol(tmp_path):
+    from test_openpi_client import OpenpiStyleServer
+
+    from robot.privileged_state import ObservedScriptedExpert
+
+    class OpenpiExpertServer(OpenpiStyleServer):
+        """openpi's server shape (no reset message, no cameras in its metadata) serving the expert."""
+
+        def __init__(self) -> None:
+            self.expert = ObservedScriptedExpert()
+            super().__init__({"action_horizon": 1}, np.zeros((1, 7), np.float32))
+
+        def infer(self, observation: dict) -> dict:
+            self.received.append(observation)
+            return {"actions": self.expert.act(observation)[None]}
+
+    server = OpenpiExpertServer()
+    try:
+        config = daemon_config(tmp_path, server.port, "robot.args.task=pick_place", "record=false")
+        summary = RobotDaemon(config).run()
+    finally:
+        server.stop()
+    assert summary.episodes[0].success, summary.format()
+    sent = server.received[-1]
+    # no cameras in openpi's metadata: every frame goes, under the configured keys, with the prompt
+    assert {"image", "wrist_image", "state", "privileged", "action_step"} <= set(sent)
+    assert sent["image"].shape == (32, 32, 3) and "cube" in sent["prompt"]

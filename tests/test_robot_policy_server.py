@@ -23,7 +23,7 @@ from local_servers import wait_for
 from PIL import Image
 from websockets.sync.client import connect
 
-from magma.training.launch import free_port
+from magma.training.launch import free_port, stop_process
 from robot.policy_client import PolicyClient, PolicyServerError
 from robot.policy_protocol import PolicySpec
 from robot.policy_server import PolicyServer, ServerConfig
@@ -61,14 +61,6 @@ def start_server(args: list[str], port: int) -> subprocess.Popen:
     return process
 
 
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
 def sim_observation() -> dict:
     with SimRobot(task="reach", image_size=32, cameras=("third_person",), state_index=0, privileged=True) as robot:
         observation = robot.get_observation()
@@ -97,57 +89,56 @@ def test_bad_requests_get_typed_errors_and_the_server_goes_on_serving():
             metadata = unpack(ws.recv(timeout=10), 1 << 20)
             assert metadata["type"] == "metadata" and metadata["action_dim"] == 7 and metadata["policy"] == "scripted"
 
-            def ask(raw: bytes | str) -> dict:
+            def ask(raw: bytes | str) -> tuple[str, dict]:
+                """("text", error) for openpi's text-frame errors, ("binary", reply) otherwise."""
                 ws.send(raw)
-                return unpack(ws.recv(timeout=30), 1 << 20)
+                frame = ws.recv(timeout=30)
+                return ("text", json.loads(frame)) if isinstance(frame, str) else ("binary", unpack(frame, 1 << 20))
 
             replies = {
                 "not msgpack": ask(b"\xc1\xc1 not msgpack"),
                 "text frame": ask("hello"),
-                "unknown type": ask(pack({"type": "fly", "id": 1})),
-                "oversized": ask(pack({"type": "infer", "id": 2, "observation": {"pad": np.zeros(80_000, np.uint8)}})),
+                "unknown type": ask(pack({"type": "fly", "id": 1})),  # not a control message: an observation
+                "oversized": ask(pack({"pad": np.zeros(80_000, np.uint8)})),
                 "lying array": ask(
                     msgpack.packb(
-                        {
-                            "type": "infer",
-                            "id": 3,
-                            "observation": {
-                                "state": {"__ndarray__": True, "data": b"\x00" * 10, "dtype": "<f4", "shape": [13]}
-                            },
-                        }
+                        {"state": {b"__ndarray__": True, b"data": b"\x00" * 10, b"dtype": "<f4", b"shape": [13]}}
                     )
                 ),
-                "wrong shape": ask(
+                "wrong shape": ask(pack({**observation, "state": np.zeros(5, np.float32)})),
+                "no privileged": ask(pack({"state": observation["state"]})),
+                "envelope wrong shape": ask(
                     pack({"type": "infer", "id": 4, "observation": {**observation, "state": np.zeros(5, np.float32)}})
                 ),
-                "no privileged": ask(pack({"type": "infer", "id": 5, "observation": {"state": observation["state"]}})),
             }
-            codes = {name: (reply["type"], reply["code"]) for name, reply in replies.items()}
+            codes = {name: (framing, reply["type"], reply["code"]) for name, (framing, reply) in replies.items()}
             assert codes == {
-                "not msgpack": ("error", "malformed_request"),
-                "text frame": ("error", "malformed_request"),
-                "unknown type": ("error", "malformed_request"),
-                "oversized": ("error", "message_too_large"),
-                "lying array": ("error", "bad_array"),
-                "wrong shape": ("error", "bad_shape"),
-                "no privileged": ("error", "policy_error"),
+                "not msgpack": ("text", "error", "malformed_request"),
+                "text frame": ("text", "error", "malformed_request"),
+                "unknown type": ("text", "error", "bad_shape"),
+                "oversized": ("text", "error", "message_too_large"),
+                "lying array": ("text", "error", "bad_array"),
+                "wrong shape": ("text", "error", "bad_shape"),
+                "no privileged": ("text", "error", "policy_error"),
+                "envelope wrong shape": ("binary", "error", "bad_shape"),
             }
-            assert "(13,)" in replies["wrong shape"]["message"] and "privileged" in replies["no privileged"]["message"]
-            assert replies["oversized"]["id"] is None and replies["wrong shape"]["id"] == 4
+            assert "(13,)" in replies["wrong shape"][1]["message"]
+            assert "privileged" in replies["no privileged"][1]["message"]
+            assert replies["envelope wrong shape"][1]["id"] == 4
 
             reset = ask(pack({"type": "reset", "id": 6, "task": {"instruction": observation["instruction"]}}))
-            good = ask(pack({"type": "infer", "id": 7, "observation": observation}))
-            assert reset == {"type": "reset", "id": 6}
-            assert (
-                good["type"] == "actions" and good["actions"].shape == (1, 7) and np.all(np.isfinite(good["actions"]))
-            )
-            assert good["timing"]["server_ms"] >= good["timing"]["infer_ms"] >= 0
+            assert reset == ("binary", {"type": "reset", "id": 6})
+            framing, good = ask(pack(observation))  # openpi's framing: the observation map itself
+            assert framing == "binary" and good["actions"].shape == (1, 7) and np.all(np.isfinite(good["actions"]))
+            assert good["server_timing"]["server_ms"] >= good["server_timing"]["infer_ms"] >= 0
+            framing, legacy = ask(pack({"type": "infer", "id": 7, "observation": observation}))  # the older envelope
+            assert legacy["type"] == "actions" and legacy["id"] == 7 and legacy["actions"].shape == (1, 7)
         client = PolicyClient(f"ws://127.0.0.1:{port}", token="s3cret")
         client.reset({"instruction": observation["instruction"]})
         assert client.act(observation).shape == (7,)  # a fresh connection is served as before
         client.close()
     finally:
-        stop(server)
+        stop_process(server)
 
     public = subprocess.run(
         [*AGENT, "serve", "--host", "0.0.0.0", "--port", str(free_port())],
@@ -348,4 +339,4 @@ def test_openai_chat_completions_and_robot_actions_from_one_magma_checkpoint(
         steps = (tmp_path / "web" / "trajectories" / "classifieds_0" / "steps.jsonl").read_text().splitlines()
         assert json.loads(steps[0])["reply"]  # the served model's text reached the web run
     finally:
-        stop(server)
+        stop_process(server)

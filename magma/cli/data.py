@@ -10,7 +10,8 @@ import typer
 
 data_app = typer.Typer(
     help="Make training data: Trace-of-Mark from videos (tom), Set-of-Mark from screenshots (som), "
-    "simulated robot episodes (record-sim) and LeRobot episodes as shards (lerobot-shards).",
+    "simulated robot episodes (record-sim), LeRobot episodes as shards (lerobot-shards) and merged LeRobot "
+    "datasets (lerobot-merge).",
     no_args_is_help=True,
 )
 
@@ -189,3 +190,26 @@ def lerobot_shards(
         reader, out, samples_per_shard=samples_per_shard, camera=camera, frame_stride=frame_stride
     )
     typer.echo(f"{len(shards)} shards in {out}; action statistics: {statistics}")
+
+
+@data_app.command("lerobot-merge")
+def lerobot_merge(
+    out: Annotated[str, typer.Argument(help="The merged dataset's folder (must not exist).")],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="Datasets to merge: dataset folders, folders of datasets (RUN_DIR/episodes) or globs."),
+    ],
+    video_file_size_mb: Annotated[
+        float, typer.Option("--video-file-size-mb", help="Start a new mp4 past this size (LeRobot's default).")
+    ] = 200,
+    data_file_size_mb: Annotated[
+        float, typer.Option("--data-file-size-mb", help="Start a new data parquet past this size.")
+    ] = 100,
+) -> None:
+    """Merge LeRobotDatasets v3 (e.g. the daemon's one dataset per episode) into one: indices, tasks,
+    statistics and file indices rewritten, videos copied without re-encoding. Datasets that differ in
+    robot, fps or features are refused and nothing is written."""
+    from data_tools.lerobot_merge import merge_datasets
+
+    summary = merge_datasets(out, inputs, data_file_size_mb=data_file_size_mb, video_file_size_mb=video_file_size_mb)
+    typer.echo(summary.format())

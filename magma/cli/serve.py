@@ -1,4 +1,5 @@
-"""``agent serve``: a policy server (websocket + msgpack for robots, OpenAI chat-completions for agents)."""
+"""``agent serve``: a policy server (openpi's websocket + msgpack protocol for robots, OpenAI chat-completions
+for agents)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,12 @@ def serve(
     ),
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8700,
     token: Annotated[
-        str | None, typer.Option("--token", envvar="AGENT_POLICY_TOKEN", help="Bearer token clients must send.")
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="AGENT_POLICY_TOKEN",
+            help="Token clients must send (Authorization: Bearer TOKEN, or openpi's api_key).",
+        ),
     ] = None,
     cameras: Annotated[str, typer.Option("--cameras", help="Observation image keys, comma-separated.")] = "image",
     image_size: Annotated[int, typer.Option("--image-size", help="Camera images, pixels per side.")] = 128,
@@ -30,6 +36,14 @@ def serve(
     batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Batch requests of clients.")] = True,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Most requests in one batch.")] = 8,
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a batch waits for more.")] = 5.0,
+    inline_max_ms: Annotated[
+        float,
+        typer.Option(
+            "--inline-max-ms",
+            help="A policy whose recent inferences took less than this (ms) answers on the server's event loop, "
+            "skipping the hop to the inference thread (0: always use the thread).",
+        ),
+    ] = 1.0,
     allowed_origin: Annotated[
         list[str] | None,
         typer.Option(
@@ -54,9 +68,16 @@ def serve(
         int,
         typer.Option("--max-chat-items", help="Most messages plus content parts in one chat request."),
     ] = 512,
+    chunk_length: Annotated[
+        int,
+        typer.Option(
+            "--chunk-length", help="Actions per answer, for policies that can plan ahead (scripted: 1 to 256)."
+        ),
+    ] = 1,
 ) -> None:
-    """Load a policy once and serve it until SIGINT/SIGTERM: ws://HOST:PORT/ for robots and the daemon,
-    GET /healthz, and POST /v1/chat/completions for OpenAI-compatible agents (magma and lapa)."""
+    """Load a policy once and serve it until SIGINT/SIGTERM: ws://HOST:PORT/ in openpi's websocket protocol
+    (openpi's WebsocketClientPolicy, our PolicyClient and the robot daemon), GET /healthz, and
+    POST /v1/chat/completions for OpenAI-compatible agents (magma and lapa)."""
     from robot.policy_protocol import PolicySpec
     from robot.policy_server import PolicyServer, ServerConfig, check_range
     from robot.served_policy import load_served_policy
@@ -69,6 +90,7 @@ def serve(
         batching=batching,
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
+        inline_max_ms=inline_max_ms,
         allowed_origins=list(allowed_origin or []),
         max_prompt_chars=max_prompt_chars,
         max_prompt_tokens=max_prompt_tokens,
@@ -80,12 +102,14 @@ def serve(
     check_range("image_size", image_size, 1, 65535, "pixels per side", integer=True)
     check_range("state_dim", state_dim, 0, 1_000_000, "an integer", integer=True)
     check_range("control_hz", control_hz, 0.001, 100_000.0, "hertz")
+    check_range("chunk_length", chunk_length, 1, 256, "actions per answer", integer=True)
     keys = [key.strip() for key in cameras.split(",") if key.strip()]
     spec = PolicySpec(
         policy=policy,
         model_id="",
         state_dim=state_dim,
         control_hz=control_hz,
+        chunk_length=chunk_length,
         cameras={key: [image_size, image_size, 3] for key in keys},
     )
     server = PolicyServer(load_served_policy(policy, model, spec, statistics_key), config)

@@ -40,6 +40,12 @@ def request(port: int, method: str, path: str, body: bytes | None = None, header
         connection.close()
 
 
+def reply_of(frame: bytes | str) -> dict:
+    """A binary reply map, or the typed error a text frame carries (what the server answers when it
+    cannot tell which framing the request used: it was too large or not decodable)."""
+    return json.loads(frame) if isinstance(frame, str) else unpack(frame, 1 << 24)
+
+
 def chat(port: int, body: dict | bytes, headers: dict | None = None):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     return request(port, "POST", "/v1/chat/completions", raw, headers)
@@ -99,6 +105,27 @@ def test_web_pages_of_other_origins_and_rebound_hosts_are_refused(echo_server):
         assert client.act({"state": np.zeros(1, np.float32)}).shape == (7,)
 
 
+def test_openpis_api_key_header_is_the_token_and_passes_no_other_guard():
+    gate = threading.Event()
+    gate.set()
+    server = serve(lambda: RecordingPolicy([], gate), token="s3cret")
+    try:
+        port = server.port
+        assert request(port, "GET", "/v1/models", headers={"Authorization": "Api-Key s3cret"})[0] == 200
+        for header in ("Api-Key wrong", "Api-Key s3cretX", "api-key s3cret", "Api-Key", "Bearer wrong"):
+            status, reply = request(port, "GET", "/v1/models", headers={"Authorization": header})
+            assert status == 401 and "api_key" in reply["error"]["message"], header
+        with pytest.raises(InvalidStatus) as refused:  # a page's script with the key is still a foreign page
+            connect(
+                f"ws://127.0.0.1:{port}",
+                additional_headers={"Origin": EVIL, "Authorization": "Api-Key s3cret"},
+                proxy=None,
+            ).close()
+        assert refused.value.response.status_code == 403
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize(
     ("host", "token", "message"),
     [
@@ -126,7 +153,7 @@ def test_long_text_and_huge_images_on_the_websocket_get_typed_errors(echo_server
 
         def ask(message: dict) -> dict:
             ws.send(pack(message))
-            return unpack(ws.recv(timeout=600), 1 << 24)
+            return reply_of(ws.recv(timeout=600))
 
         long_text = "x" * 60_000
         assert ask({"type": "reset", "id": 1, "task": {"client": long_text}})["code"] == "prompt_too_long"
@@ -143,7 +170,7 @@ def test_long_text_and_huge_images_on_the_websocket_get_typed_errors(echo_server
         head = msgpack.packb({"type": "reset", "id": 6})[1:]  # its two entries, without the map header
         deep = b"\x83" + head + msgpack.packb("task") + b"\x81" + msgpack.packb("deep") + b"\x91" * 5000 + b"\x90"
         ws.send(deep)  # 5000 nested lists: decoded within bounds or refused, never a crash
-        assert unpack(ws.recv(timeout=600), 1 << 20)["type"] in ("error", "reset")
+        assert reply_of(ws.recv(timeout=600))["type"] in ("error", "reset")
         assert ask({"type": "reset", "id": 7, "task": {"client": "a"}}) == {"type": "reset", "id": 7}
         reply = ask({"type": "infer", "id": 8, "observation": {"state": np.zeros(1, np.float32)}})
         assert reply["type"] == "actions"  # the connection goes on serving
@@ -361,7 +388,7 @@ def test_non_string_instructions_and_huge_non_text_values_are_refused_up_front(e
 
         def ask(message: dict) -> dict:
             ws.send(pack(message))
-            return unpack(ws.recv(timeout=600), 1 << 24)
+            return reply_of(ws.recv(timeout=600))
 
         for instruction in ([0] * 2_000_000, {"text": "pick"}, 5):  # before: str()-ed into a huge prompt
             refused = ask({"type": "reset", "id": 1, "task": {"client": "a", "instruction": instruction}})
@@ -384,6 +411,9 @@ def test_non_string_instructions_and_huge_non_text_values_are_refused_up_front(e
         ("max_wait_ms", float("inf")),
         ("max_wait_ms", float("nan")),
         ("max_wait_ms", 10_000.0),
+        ("inline_max_ms", float("nan")),
+        ("inline_max_ms", -1.0),
+        ("inline_max_ms", 500.0),  # holding the event loop that long would stall every other connection
         ("max_message_mb", float("nan")),
         ("max_message_mb", float("inf")),
         ("max_message_mb", 0.0),
