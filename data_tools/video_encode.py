@@ -13,7 +13,10 @@ different one must start a new file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -49,6 +52,20 @@ def video_encoder(codec: str) -> str:
     return encoder
 
 
+@contextlib.contextmanager
+def same_scheduling_policy() -> Iterator[None]:
+    """Restore the calling thread's scheduling policy after an encoder ran. SVT-AV1 (``libsvtav1``), run as
+    root, switches the thread that opens it to SCHED_FIFO priority 99 and leaves it so; every thread and
+    process started from it afterwards would inherit real-time priority (a spinning child then starves
+    the whole machine: seen with Playwright's driver in the test suite)."""
+    policy, parameters = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, parameters):
+            os.sched_setscheduler(0, policy, parameters)
+
+
 def encode_video(frames: np.ndarray, path: str | Path, fps: int, codec: str = DEFAULT_VIDEO_CODEC) -> Path:
     """Encode uint8 RGB frames (T, H, W, 3) into a new mp4 at ``path`` (``yuv420p``, constant ``fps``,
     keyframe every ``GOP_FRAMES`` frames, the first frame a keyframe); returns ``path``."""
@@ -64,7 +81,7 @@ def encode_video(frames: np.ndarray, path: str | Path, fps: int, codec: str = DE
         )
     encoder = video_encoder(codec)
     try:
-        with av.open(str(path), "w", format="mp4") as container:
+        with same_scheduling_policy(), av.open(str(path), "w", format="mp4") as container:
             stream = container.add_stream(encoder, rate=int(fps), options=_ENCODER_OPTIONS.get(encoder, {}))
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.codec_context.gop_size = GOP_FRAMES

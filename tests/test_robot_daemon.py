@@ -415,6 +415,8 @@ def test_a_slow_chunking_policy_runs_aligned_to_its_observations_and_slower_sing
     episode = summary["episodes"][0]
     assert episode["success"], summary
     assert summary["skipped_steps"] > 0 and summary["action_latency_p50_ms"] >= 250
+    metrics = json.loads((tmp_path / "chunked" / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert metrics["action_latency_p50_ms"] >= 250 and "skipped_steps" in metrics  # what GET /status shows
     # a single-action policy slower than the period: it acts every few ticks, on fresh observations
     slow = run_daemon_episodes(
         tmp_path,

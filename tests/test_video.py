@@ -5,6 +5,7 @@ from a corrupt file)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import av
@@ -208,3 +209,12 @@ def test_odd_frame_sizes_and_unknown_codecs_are_refused_before_encoding(tmp_path
     with pytest.raises(VideoWriteError, match="'vp8' is not one of"):
         encode_video(np.zeros((2, 8, 10, 3), np.uint8), tmp_path / "vp8.mp4", 10, "vp8")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_encoding_av1_leaves_the_calling_thread_at_its_normal_priority(tmp_path):
+    # SVT-AV1 run as root switches the thread that opens it to SCHED_FIFO; children would inherit it
+    from data_tools.video_encode import encode_video
+
+    before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    encode_video(np.zeros((3, 16, 16, 3), np.uint8), tmp_path / "clip.mp4", fps=10, codec="av1")
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
