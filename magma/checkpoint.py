@@ -300,13 +300,29 @@ def _tensor_shapes(files: dict[str, Path], prefix: str) -> dict[str, tuple[int, 
     return shapes
 
 
+def rope_from_parameters(text: dict[str, Any]) -> dict[str, Any]:
+    """A Llama text config with transformers 5's ``rope_parameters`` (``{"rope_type", "rope_theta",
+    "factor", ...}``) read into the ``rope_theta`` / ``rope_scaling`` fields older configs (Magma-8B's)
+    spell out; a field the config sets at the top level wins."""
+    parameters = text.get("rope_parameters")
+    if not isinstance(parameters, dict):
+        return text
+    text = dict(text)
+    if text.get("rope_theta") is None and parameters.get("rope_theta") is not None:
+        text["rope_theta"] = parameters["rope_theta"]
+    scaling = {key: value for key, value in parameters.items() if key != "rope_theta"}
+    if text.get("rope_scaling") is None and scaling.get("rope_type", "default") != "default":
+        text["rope_scaling"] = scaling
+    return text
+
+
 def magma8b_config(directory: Path, raw: dict[str, Any], files: dict[str, Path]) -> MagmaConfig:
     """Translate a Magma-8B config.json (+ preprocessor and tokenizer files) into a MagmaConfig.
 
     The ConvNeXt dims/depths and the projector depth are read off the weights themselves, so
     variants (ConvNeXt-L, other projector depths) load without a table of known models.
     """
-    text = raw.get("text_config") or raw
+    text = rope_from_parameters(raw.get("text_config") or raw)
     vision = raw.get("vision_config") or {}
     trunk = _tensor_shapes(files, "vision_tower.clip_vision_model.trunk.")
     if not trunk:

@@ -122,6 +122,21 @@ def test_magma8b_layout_import_matches_our_names(tmp_path, tiny_model, tiny_proc
     assert processor.config.image.base_size == tiny_model.config.image.base_size
 
 
+def test_magma8b_layout_reads_rope_from_transformers_5_rope_parameters(tmp_path, tiny_model, tiny_processor):
+    theirs = tmp_path / "magma8b"
+    theirs.mkdir()
+    write_magma8b_layout(tiny_model, theirs, tiny_processor.tokenizer)
+    raw = json.loads((theirs / "config.json").read_text())
+    text = raw["text_config"]
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    text["rope_parameters"] = {"rope_theta": 123456.0, **scaling, "original_max_position_embeddings": 64}
+    del text["rope_theta"]
+    (theirs / "config.json").write_text(json.dumps(raw))
+    config = load_checkpoint_config(theirs)
+    assert config.text.rope_theta == 123456.0
+    assert dict(config.text.rope_scaling) == {**scaling, "original_max_position_embeddings": 64}
+
+
 def test_checkpoint_directory_problems_are_named(tmp_path, tiny_model):
     with pytest.raises(CheckpointError, match="not found"):
         MagmaForCausalLM.from_pretrained(tmp_path / "nowhere")
