@@ -48,6 +48,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout without an inst
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+import openpi_venv  # noqa: E402  (bench/openpi_venv.py)
 import report  # noqa: E402  (bench/report.py)
 import robot_tasks  # noqa: E402  (bench/robot_tasks.py)
 
@@ -58,9 +59,6 @@ from robot.policy_protocol import PolicySpec  # noqa: E402
 from robot.policy_server import PolicyServer, ServerConfig  # noqa: E402
 from robot.served_policy import ServedPolicy  # noqa: E402
 
-OPENPI_VENV = ROOT / "runs" / ".bench-venvs" / "openpi-client"
-# openpi-client imports typing_extensions without declaring it
-OPENPI_REQUIREMENTS = ["openpi-client>=0.1,<1", "typing-extensions>=4.5,<5"]
 SLOW_POLICY_S = 0.2
 CHUNK = 10
 SLOW_CHUNK = 25  # the 200 ms policy's chunks at 50 Hz: the 10 steps it takes to answer, and as many again
@@ -167,23 +165,11 @@ def round_trip_ours(port: int, requests: int) -> list[float]:
 
 
 def openpi_python() -> Path | None:
-    python = OPENPI_VENV / "bin" / "python"
-    probe = [str(python), "-c", "import openpi_client.websocket_client_policy"]
-    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
-        return python
-    log(f"installing {' '.join(OPENPI_REQUIREMENTS)} into {OPENPI_VENV} (the bench's own venv)")
     try:
-        subprocess.run([sys.executable, "-m", "venv", str(OPENPI_VENV)], check=True, capture_output=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", *OPENPI_REQUIREMENTS],
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
+        return openpi_venv.openpi_python(log)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
         log(f"openpi-client cannot be installed ({error}); the openpi comparison is left out")
         return None
-    return python
 
 
 def openpi_client_round_trips(python: Path, ports: list[int], requests: int) -> list[list[float]]:

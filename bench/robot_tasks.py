@@ -38,13 +38,13 @@ from envs.mujoco.env import TabletopEnv  # noqa: E402
 from envs.mujoco.experts import run_expert_episode  # noqa: E402
 from envs.mujoco.tasks import TASKS  # noqa: E402
 from robot.daemon import RobotDaemon  # noqa: E402
-from robot.daemon_config import load_daemon_config  # noqa: E402
+from robot.daemon_config import PolicyLinkConfig, load_daemon_config  # noqa: E402
 from robot.policy_protocol import PolicySpec  # noqa: E402
 from robot.policy_server import PolicyServer, ServerConfig  # noqa: E402
 from robot.privileged_state import ObservedScriptedExpert  # noqa: E402
 from robot.served_policy import DelayedPolicy, ServedPolicy  # noqa: E402
 
-WAIT_IN_TICK = 0.7  # the daemon's default policy.wait_in_tick
+WAIT_IN_TICK = PolicyLinkConfig().wait_in_tick  # how long the daemon waits in a tick for an answer
 # per-tick translation limit: the config's 5 cm at 10 Hz, the same 0.5 m/s...1.25 m/s the arm can follow at 50 Hz
 # (5 cm a tick at 50 Hz is 2.5 m/s, which the measured-speed monitor rightly stops)
 MAX_HAND_SPEED_M_S = 1.25

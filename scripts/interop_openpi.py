@@ -33,9 +33,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-VENV = REPO / "runs" / ".bench-venvs" / "openpi-client"  # shared with bench/robot.py
-# openpi-client imports typing_extensions without declaring it
-REQUIREMENTS = ["openpi-client>=0.1,<1", "typing-extensions>=4.5,<5"]
 PEER = REPO / "bench" / "robot_openpi_peer.py"
 AGENT = [sys.executable, "-m", "magma.cli.app"]
 TOKEN = "interop-secret"
@@ -50,14 +47,10 @@ def report(name: str, passed: bool, detail: str = "") -> None:
 
 
 def openpi_python() -> Path:
-    python = VENV / "bin" / "python"
-    probe = [str(python), "-c", "import openpi_client.websocket_client_policy"]
-    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
-        return python
-    print(f"creating {VENV} with {' '.join(REQUIREMENTS)}", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *REQUIREMENTS], check=True, timeout=900)
-    return python
+    sys.path.append(str(REPO / "bench"))  # last: bench/robot.py and bench/data_tools.py must not shadow the packages
+    from openpi_venv import openpi_python as venv_python  # the venv bench/robot.py uses too
+
+    return venv_python(lambda message: print(message, flush=True))
 
 
 def free_port() -> int:
