@@ -232,12 +232,15 @@ def bench_generate(
         kwargs = inputs.generation_kwargs()
         rates, outputs = {}, {}
         for use_cache in (True, False):
-            # stop_token_ids=[]: no stop tokens, so every row generates exactly gen_tokens tokens.
-            model.generate(**kwargs, max_new_tokens=2, use_cache=use_cache, stop_token_ids=[])  # warm-up
+            # eos_token_id=[]: no stop tokens, so every row generates exactly gen_tokens tokens. Without the
+            # cache transformers' generate recomputes the whole sequence, images included, at every step.
+            settings = {"use_cache": use_cache, "eos_token_id": [], "do_sample": False}
+            model.generate(**kwargs, max_new_tokens=2, **settings)  # warm-up
             times: list[float] = []
             while not times or (sum(times) < plan.gen_min_time_s and len(times) < 5):
                 start = time.perf_counter()
-                out = model.generate(**kwargs, max_new_tokens=plan.gen_tokens, use_cache=use_cache, stop_token_ids=[])
+                out = model.generate(**kwargs, max_new_tokens=plan.gen_tokens, **settings)
+                out = out[:, kwargs["input_ids"].shape[1] :]
                 synchronize()
                 times.append(time.perf_counter() - start)
             if out.shape != (batch, plan.gen_tokens):

@@ -26,7 +26,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from magma.actions import ACTION_STATISTICS_FILENAME, ActionStatistics, load_action_statistics, save_action_statistics
-from magma.config import ConfigError, MagmaConfig
+from magma.config import ConfigError
+from magma.configuration_magma import MagmaConfig
 from magma.errors import UserFacingError
 from magma.model import MagmaForCausalLM, default_dtype
 
@@ -34,6 +35,7 @@ FORMAT_NAME = "magma-agent-toolkit"
 CONFIG_FILE = "config.json"
 SINGLE_WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+PROCESSOR_CONFIG_FILE = "processor_config.json"
 
 
 class CheckpointError(UserFacingError, ValueError):
@@ -67,10 +69,12 @@ def save_pretrained(
 ) -> Path:
     """Write the checkpoint atomically: a temporary directory renamed over ``directory`` when done."""
     with staged_directory(directory) as staging:
-        config = {"format": FORMAT_NAME, **model.config.to_dict()}
+        config = {"format": FORMAT_NAME, "architectures": [type(model).__name__], **model.config.to_dict()}
         if tokenizer is not None:
             config["tokenizer"] = None  # the tokenizer now lives in the checkpoint itself
             tokenizer.save_pretrained(str(staging))
+            # AutoProcessor looks here first, so a broken config is reported, not skipped for the bare tokenizer
+            (staging / PROCESSOR_CONFIG_FILE).write_text(json.dumps({"processor_class": "MagmaProcessor"}) + "\n")
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
         save_torch_state_dict(state, staging, max_shard_size=max_shard_size)
@@ -204,9 +208,13 @@ def load_checkpoint_config(directory: str | Path) -> MagmaConfig:
     if fields.get("tokenizer") is None and (directory / "tokenizer.json").is_file():
         fields["tokenizer"] = str(directory)
     try:
-        return MagmaConfig.from_dict(fields, source=str(directory / CONFIG_FILE))
+        config = MagmaConfig.from_dict(fields, source=str(directory / CONFIG_FILE))
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
+    from magma.magma8b_layout import check_tokenizer_token_ids
+
+    check_tokenizer_token_ids(directory, config.tokens)  # a tokenizer saved beside it must agree with its ids
+    return config
 
 
 @contextmanager

@@ -1,5 +1,9 @@
 """Typed model configuration: dataclasses are the source of truth, YAML files in ``configs/model``
-fill them and ``key=value`` dotted overrides change them (OmegaConf structured configs)."""
+fill them and ``key=value`` dotted overrides change them (OmegaConf structured configs).
+
+Torch-free on purpose (the robot daemon and the LAPA recipes read configs with these helpers);
+``magma.configuration_magma.MagmaConfig`` is the transformers config class that holds a validated
+:class:`MagmaSchema`."""
 
 from __future__ import annotations
 
@@ -8,13 +12,16 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from magma.errors import UserFacingError
+
+if TYPE_CHECKING:
+    from magma.configuration_magma import MagmaConfig
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -118,7 +125,11 @@ class TokenConfig:
 
 
 @dataclass
-class MagmaConfig:
+class MagmaSchema:
+    """The fields of a model config, as OmegaConf checks them: presets in ``configs/model``, ``key=value``
+    overrides and a checkpoint's config.json are merged into this dataclass, then validated, then held by
+    :class:`MagmaConfig`."""
+
     name: str = "magma-8b"
     vision: VisionConfig = field(default_factory=VisionConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
@@ -126,16 +137,6 @@ class MagmaConfig:
     image: ImageConfig = field(default_factory=ImageConfig)
     tokens: TokenConfig = field(default_factory=TokenConfig)
     tokenizer: str | None = None  # a tokenizer directory, or "tiny" for the bundled test tokenizer
-
-    def tokens_per_crop_side(self) -> int:
-        return self.image.base_size // self.image.patch_stride
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> MagmaConfig:
-        return _build(data, [], source)
 
 
 def merge_structured(schema: type[T], data: Any, overrides: list[str], source: str) -> T:
@@ -298,13 +299,13 @@ def read_yaml(path: Path, kind: str) -> Any:
         raise ConfigError(f"{path}: not a readable YAML file ({err})") from None
 
 
-def _build(data: dict[str, Any] | Any, overrides: list[str], source: str) -> MagmaConfig:
-    config = merge_structured(MagmaConfig, data, overrides, source)
-    _validate(config, source)
-    return config
+def build_schema(data: dict[str, Any] | Any, overrides: list[str], source: str) -> MagmaSchema:
+    schema = merge_structured(MagmaSchema, data, overrides, source)
+    _validate(schema, source)
+    return schema
 
 
-def _validate(config: MagmaConfig, source: str) -> None:
+def _validate(config: MagmaSchema, source: str) -> None:
     problems: list[str] = []
     text = config.text
     sizes = {
@@ -428,5 +429,7 @@ def find_config_file(name_or_path: str | Path, directory: Path, kind: str) -> Pa
 
 def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> MagmaConfig:
     """Load a model config from a YAML file or preset name, applying ``key=value`` overrides."""
+    from magma.configuration_magma import MagmaConfig  # transformers (and torch) only when a model is built
+
     path = find_config_file(name_or_path, CONFIG_DIR, "model")
-    return _build(read_yaml(path, "model"), overrides or [], str(path))
+    return MagmaConfig.from_schema(build_schema(read_yaml(path, "model"), overrides or [], str(path)))

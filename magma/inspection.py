@@ -10,7 +10,8 @@ import torch
 
 from magma.actions import ACTION_STATISTICS_FILENAME, load_action_statistics
 from magma.actions.robot import DEFAULT_NUM_BINS
-from magma.config import ConfigError, MagmaConfig, load_config
+from magma.config import ConfigError, load_config
+from magma.configuration_magma import MagmaConfig
 from magma.image_processing import image_token_count, select_grid
 
 UI_GRAMMARS = {
@@ -175,7 +176,8 @@ def run_demo(
     else:
         lines.append("training: none (--fit-steps 0): the answer is noise")
     inputs = processor(prompt, images)
-    new_tokens = model.generate(**inputs.generation_kwargs(), max_new_tokens=max_new_tokens)
+    new_tokens = model.generate(**inputs.generation_kwargs(), max_new_tokens=max_new_tokens, do_sample=False)
+    new_tokens = new_tokens[:, inputs.input_ids.shape[1] :]
     answer = processor.decode(new_tokens[0])
     grid = inputs.image_grids[0].tolist() if inputs.image_grids is not None else None
     grid_text = f" -> grid {grid[0]}x{grid[1]}" if grid else ""

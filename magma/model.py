@@ -1,25 +1,28 @@
 """MagmaForCausalLM: ConvNeXt vision tower -> projector -> Llama-style LM (transformers).
 
 Image features replace the ``<image>`` token embeddings (the processor has already expanded each
-image placeholder into as many ``<image>`` tokens as the image has features), the loss is
-computed only at labelled positions, and ``generate`` does prefill + KV-cache decoding.
+image placeholder into as many ``<image>`` tokens as the image has features), and the loss is
+computed only at labelled positions. The model is a transformers ``PreTrainedModel`` with
+``GenerationMixin``: ``generate`` is transformers' own (greedy, sampling, logits processors, stopping
+criteria, streamers, KV cache), fed by ``prepare_inputs_for_generation`` below, and our constrained
+action decoding is the logits processor ``magma.sampling.AllowedTokensLogitsProcessor``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import GenerationMixin, LlamaForCausalLM, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from magma.config import MagmaConfig
+from magma.auto_registration import register_available
+from magma.configuration_magma import MagmaConfig, llama_config
 from magma.errors import UserFacingError
 from magma.projector import MultimodalProjector
-from magma.sampling import mask_logits, sample_next_token
 from magma.vision_tower import ConvNextVisionTower
 
 if TYPE_CHECKING:
@@ -33,35 +36,13 @@ class ImageTokenMismatchError(UserFacingError, ValueError):
 
 
 @dataclass
-class MagmaOutput:
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None  # None when labels are given: logits are never materialised
-    cache: Cache | None = None
-    num_label_tokens: int = 0
-    label_predictions: torch.Tensor | None = None  # argmax ids at the labelled positions, row-major (evaluation)
+class MagmaOutput(CausalLMOutputWithPast):
+    """transformers' causal-LM output plus what the labelled-rows loss gives: ``logits`` is None when
+    ``labels`` are given (the vocabulary-wide logits are never built), ``num_label_tokens`` counts the
+    labelled positions and ``label_predictions`` holds the argmax ids there, row-major (evaluation)."""
 
-
-def llama_config(config: MagmaConfig) -> LlamaConfig:
-    text = config.text
-    llama = LlamaConfig(
-        vocab_size=text.vocab_size,
-        hidden_size=text.hidden_size,
-        intermediate_size=text.intermediate_size,
-        num_hidden_layers=text.num_hidden_layers,
-        num_attention_heads=text.num_attention_heads,
-        num_key_value_heads=text.num_key_value_heads,
-        head_dim=text.head_dim,
-        max_position_embeddings=text.max_position_embeddings,
-        rms_norm_eps=text.rms_norm_eps,
-        rope_theta=text.rope_theta,
-        rope_scaling=None if text.rope_scaling is None else dict(text.rope_scaling),  # transformers adds to it
-        tie_word_embeddings=text.tie_word_embeddings,
-        pad_token_id=config.tokens.pad_token_id,
-        bos_token_id=config.tokens.bos_token_id,
-        eos_token_id=list(config.tokens.eos_token_ids),
-    )
-    llama._attn_implementation = text.attn_implementation
-    return llama
+    num_label_tokens: int | None = None  # set whenever labels are given
+    label_predictions: torch.Tensor | None = None
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -79,15 +60,46 @@ def left_align(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[t
     return ids, mask
 
 
-class MagmaForCausalLM(nn.Module):
+class MagmaPreTrainedModel(PreTrainedModel):
+    """What transformers needs to know of the model class: its config, what it supports, how to initialise."""
+
+    config_class = MagmaConfig
+    config: MagmaConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+    _no_split_modules: ClassVar[list[str]] = ["LlamaDecoderLayer", "ConvNeXtBlock"]
+
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        """Every part initialises itself when built (timm's ConvNeXt, the projector, the LM's own post_init);
+        nothing is re-initialised on top, so a model built from a config matches the one built before."""
+
+
+class MagmaForCausalLM(MagmaPreTrainedModel, GenerationMixin):
     def __init__(self, config: MagmaConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.vision_tower = ConvNextVisionTower(config.vision)
         self.projector = MultimodalProjector(config.projector, config.vision.feature_dim, config.text.hidden_size)
         self.language_model = LlamaForCausalLM(llama_config(config))
         if config.text.gradient_checkpointing:
             self.language_model.activation_checkpointing_enable()
+        self.post_init()
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: torch.nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: torch.nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
 
     # ---- construction and checkpoints -------------------------------------------------------
     @classmethod
@@ -97,19 +109,44 @@ class MagmaForCausalLM(nn.Module):
         return cls(load_config(name_or_path, overrides))
 
     @classmethod
-    def from_pretrained(
-        cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *model_args: Any,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        **kwargs: Any,
     ) -> MagmaForCausalLM:
-        """Load our own checkpoint or a directory in the public Magma-8B layout."""
-        from magma.checkpoint import load_pretrained
+        """Load our own checkpoint or a directory in the public Magma-8B layout (``AutoModelForCausalLM``
+        comes here too). transformers' ``torch_dtype``/``dtype`` (a dtype, its name or "auto") and a
+        single-device ``device_map`` are honoured; the loader reads one shard at a time and names any
+        tensor that is missing, extra or of the wrong shape."""
+        from magma.checkpoint import CheckpointError, load_pretrained
 
-        return load_pretrained(directory, device=device, dtype=dtype)
+        dtype = dtype if dtype is not None else kwargs.pop("torch_dtype", None)
+        if isinstance(dtype, str):
+            dtype = None if dtype == "auto" else getattr(torch, dtype, None)
+        device_map = kwargs.pop("device_map", None)
+        if isinstance(device_map, dict):
+            raise CheckpointError(
+                "device_map with several devices is not supported for Magma checkpoints; give one device "
+                "(device_map='cuda' or device='cuda') or use accelerate's dispatch on the loaded model"
+            )
+        device = device or (device_map if device_map not in (None, "auto") else None) or "cpu"
+        return load_pretrained(pretrained_model_name_or_path, device=device, dtype=dtype)
 
-    def save_pretrained(self, directory: str | Path, **extras) -> Path:
-        """Write config.json + safetensors (sharded when large); see ``magma.checkpoint.save_pretrained``."""
+    def save_pretrained(  # type: ignore[override]
+        self, save_directory: str | Path, *, is_main_process: bool = True, **extras: Any
+    ) -> Path:
+        """Write config.json + safetensors (sharded when large), atomically; ``extras`` are
+        ``magma.checkpoint.save_pretrained``'s (``tokenizer``, ``action_statistics``, ``max_shard_size``).
+        transformers' ``safe_serialization`` is accepted (always safetensors)."""
         from magma.checkpoint import save_pretrained
 
-        return save_pretrained(self, directory, **extras)
+        extras.pop("safe_serialization", None)
+        if not is_main_process:
+            return Path(save_directory)
+        return save_pretrained(self, save_directory, **extras)
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per module, in the order data flows through them."""
@@ -183,10 +220,13 @@ class MagmaForCausalLM(nn.Module):
         labels: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         cache: Cache | None = None,
-        use_cache: bool = False,
+        use_cache: bool | None = None,
         logits_to_keep: int = 0,
         return_label_predictions: bool = False,
+        **kwargs: Any,
     ) -> MagmaOutput:
+        """Logits (``logits_to_keep``: only the last rows), or with ``labels`` the mean loss over labelled
+        positions. Position ids default to those of the attention mask (left or right padding alike)."""
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("give input_ids or inputs_embeds")
@@ -234,86 +274,66 @@ class MagmaForCausalLM(nn.Module):
         predictions = logits.argmax(dim=-1) if return_predictions else None
         return F.cross_entropy(logits.float(), targets[selected]), count, predictions
 
-    # ---- generation -------------------------------------------------------------------------
+    # ---- generation (transformers' generate) ------------------------------------------------
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
+        """transformers' preparation, with the image grids sent only where the pixel values are (prefill,
+        or every step without a cache): decoding steps never re-encode images."""
+        inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+        if inputs.get("pixel_values") is None:
+            inputs.pop("image_grids", None)
+        return inputs
+
+    def _expand_inputs_for_generation(  # transformers' hook for num_return_sequences and beams
+        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids: torch.Tensor | None = None, **kwargs
+    ) -> tuple[torch.Tensor | None, dict[str, Any]]:
+        """Rows are repeated by transformers; the crops and grids of each row's images are repeated here
+        with their row (they are listed per image, not per row, so a plain repeat would misplace them)."""
+        pixel_values, image_grids = kwargs.pop("pixel_values", None), kwargs.pop("image_grids", None)
+        input_ids, kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **kwargs
+        )
+        if pixel_values is not None and image_grids is not None and expand_size > 1:
+            pixel_values, image_grids = self.repeat_images_per_row(input_ids, pixel_values, image_grids, expand_size)
+        if pixel_values is not None:
+            kwargs["pixel_values"], kwargs["image_grids"] = pixel_values, image_grids
+        return input_ids, kwargs
+
+    def repeat_images_per_row(
+        self, expanded_ids: torch.Tensor, pixel_values: torch.Tensor, image_grids: torch.Tensor, times: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crops and grids listed per image, in row order, repeated ``times`` per row (row r's images are
+        the next ones whose features fill that row's ``<image>`` tokens)."""
+        from magma.image_processing import image_token_count
+
+        grids = [tuple(int(v) for v in grid) for grid in image_grids.tolist()]
+        features = [image_token_count(grid, self.config.image, self.config.projector.row_separator) for grid in grids]
+        crops = [rows * cols for rows, cols in grids]
+        slots_per_row = (expanded_ids[::times] == self.config.tokens.image_token_id).sum(-1).tolist()
+        crop_starts = [sum(crops[:index]) for index in range(len(crops) + 1)]
+        pixel_parts, grid_parts, image = [], [], 0
+        for slots in slots_per_row:
+            first = image
+            while slots > 0 and image < len(grids):
+                slots -= features[image]
+                image += 1
+            row_pixels = pixel_values[crop_starts[first] : crop_starts[image]]
+            pixel_parts += [row_pixels] * times
+            grid_parts += [image_grids[first:image]] * times
+        return torch.cat(pixel_parts), torch.cat(grid_parts)
+
     @torch.inference_mode()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        image_grids: torch.Tensor | None = None,
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        stop_token_ids: list[int] | None = None,
-        use_cache: bool = True,
-        generator: torch.Generator | None = None,
-        allowed: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Prefill once, then decode token by token (KV cache unless ``use_cache=False``).
-        ``allowed`` (vocab,) bool restricts the tokens chosen (``magma.sampling.allowed_tokens``).
-
-        Returns (batch, new tokens); a row that hit a stop token is padded with the pad id after it.
-        """
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        input_ids, attention_mask = left_align(input_ids, attention_mask)
-        stops = torch.tensor(
-            stop_token_ids if stop_token_ids is not None else self.config.tokens.eos_token_ids,
-            dtype=torch.long,
-            device=input_ids.device,
-        )
-        pad_id = self.config.tokens.pad_token_id
-        embed_tokens = self.language_model.get_input_embeddings()
-
-        embeds = self.embed(input_ids, pixel_values, image_grids)
-        position_ids = positions_from_mask(attention_mask)
-        cache = DynamicCache(config=self.language_model.config) if use_cache else None
-        out = self.forward(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=use_cache,
-            logits_to_keep=1,
-        )
-        last_position = position_ids[:, -1:]
-        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        new_tokens = []
-        for _ in range(max_new_tokens):
-            logits = out.logits[:, -1] if allowed is None else mask_logits(out.logits[:, -1], allowed)
-            token = sample_next_token(logits, temperature, top_p, generator)
-            token = torch.where(finished, torch.full_like(token, pad_id), token)
-            new_tokens.append(token)
-            finished |= torch.isin(token, stops)
-            if bool(finished.all()) or len(new_tokens) == max_new_tokens:
-                break
-            attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-            last_position = last_position + 1
-            token_embeds = embed_tokens(token[:, None])
-            if use_cache:
-                out = self.forward(
-                    inputs_embeds=token_embeds,
-                    attention_mask=attention_mask,
-                    position_ids=last_position,
-                    cache=out.cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-            else:  # recompute the whole sequence every step (the baseline the cache is measured against)
-                embeds = torch.cat([embeds, token_embeds], dim=1)
-                position_ids = torch.cat([position_ids, last_position], dim=1)
-                out = self.forward(
-                    inputs_embeds=embeds,
-                    attention_mask=attention_mask,
-                    position_ids=position_ids,
-                    logits_to_keep=1,
-                )
-        if not new_tokens:
-            return input_ids.new_zeros((input_ids.shape[0], 0))
-        return torch.stack(new_tokens, dim=1)
+    def generate(self, input_ids: torch.Tensor | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        """transformers' ``generate``; right-padded prompts are moved to left padding first (every row must
+        end with its last real token), so collated training batches can be passed as they are."""
+        attention_mask = kwargs.get("attention_mask")
+        if input_ids is not None and attention_mask is not None:
+            input_ids, kwargs["attention_mask"] = left_align(input_ids, attention_mask)
+        return super().generate(input_ids, **kwargs)
 
 
 def default_dtype(device: str | torch.device) -> torch.dtype:
     """fp32 on CPU, bf16 on CUDA."""
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+register_available()  # transformers' Auto classes, now that this module is complete (magma.auto_registration)

@@ -16,7 +16,7 @@ whatever it holds) and ``{"type": "image"}`` (an image's place), for text that c
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,11 @@ from typing import Any
 import torch
 from jinja2 import TemplateError
 from tokenizers import Tokenizer
+from transformers import ProcessorMixin
 
 from data_tools.sample_format import ACTION_PLACEHOLDER, IMAGE_PLACEHOLDER
-from magma.config import MagmaConfig
+from magma.auto_registration import register_available
+from magma.configuration_magma import MagmaConfig
 from magma.errors import UserFacingError
 from magma.image_processing import DEFAULT_MAX_IMAGE_PIXELS, ImageInput, image_token_count, process_image
 from magma.model import IGNORE_INDEX, positions_from_mask
@@ -34,6 +36,7 @@ from magma.tokenizer import load_tokenizer
 
 ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 IMAGE_PART = {"type": "image"}
+IMAGE_START, IMAGE_END = "<image_start>", "<image_end>"  # Magma's image markers, as its tokenizer spells them
 NEUTRAL_CHARACTER = "\x00"  # stands in for each character of untrusted text while specials are located
 ContentPart = dict[str, Any]
 Content = str | Sequence[ContentPart]
@@ -90,8 +93,8 @@ class EncodedSample:
     grids: list[tuple[int, int]] = field(default_factory=list)
 
 
-@dataclass
-class ModelInputs:
+@dataclass(eq=False)
+class ModelInputs(Mapping):
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
@@ -108,6 +111,20 @@ class ModelInputs:
     def as_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``MagmaForCausalLM.forward``."""
         return {name: value for name, value in vars(self).items() if value is not None}
+
+    # a read-only mapping of the given fields, as transformers' BatchFeature is: ``model(**inputs)``,
+    # ``model.generate(**inputs)``
+    def __getitem__(self, name: str) -> torch.Tensor:
+        value = vars(self).get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.as_kwargs())
+
+    def __len__(self) -> int:
+        return len(self.as_kwargs())
 
     def generation_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``MagmaForCausalLM.generate`` (it derives positions itself)."""
@@ -132,13 +149,16 @@ def normalise_conversation(conversation: Sequence[dict[str, Any]]) -> list[dict[
     return messages
 
 
-class MagmaProcessor:
+class MagmaProcessor(ProcessorMixin):
     """Conversations + images -> model inputs (see the module docstring). ``max_prompt_tokens`` (None: no
     limit) bounds the text tokens of one prompt and ``max_image_pixels`` the pixels of one image; both are
-    checked before any model work."""
+    checked before any model work.
+
+    A transformers ``ProcessorMixin`` (``AutoProcessor.from_pretrained(DIR)`` gives one) holding the
+    tokenizer; the image settings and token ids come from the model config saved beside it."""
 
     def __init__(self, tokenizer: Any, config: MagmaConfig) -> None:
-        self.tokenizer = tokenizer
+        super().__init__(tokenizer=tokenizer)
         self.config = config
         self.tokens = config.tokens
         self.max_prompt_tokens: int | None = None
@@ -149,6 +169,14 @@ class MagmaProcessor:
                 f"the tokenizer maps {IMAGE_PLACEHOLDER} to {found}, the config says "
                 f"tokens.image_token_id={self.tokens.image_token_id}; use the tokenizer saved with the model"
             )
+        added = tokenizer.get_added_vocab()
+        for token, field_name in ((IMAGE_START, "image_start_token_id"), (IMAGE_END, "image_end_token_id")):
+            # a disagreement would leave the prompt's marker as text and wrap each image in a second pair
+            if token in added and added[token] != getattr(self.tokens, field_name):
+                raise ImagePlaceholderError(
+                    f"the tokenizer maps {token} to {added[token]}, the config says tokens.{field_name}="
+                    f"{getattr(self.tokens, field_name)}; use the tokenizer saved with the model or fix the config"
+                )
         # A private copy of the tokenizer that reads every special-token string as text; specials are
         # placed by id (``_tokenize``), so the shared tokenizer's settings are never toggled.
         self._plain_tokenizer = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -156,8 +184,9 @@ class MagmaProcessor:
         self._special_ids = dict(tokenizer.get_added_vocab())
         structural = sorted({*self._special_ids, ACTION_PLACEHOLDER}, key=len, reverse=True)
         self._structural = re.compile("|".join(re.escape(token) for token in structural))
-        image_start, image_end = tokenizer.convert_ids_to_tokens(
-            [self.tokens.image_start_token_id, self.tokens.image_end_token_id]
+        image_start, image_end = (
+            token if token in added else tokenizer.convert_ids_to_tokens(self.tokens.__dict__[field_name])
+            for token, field_name in ((IMAGE_START, "image_start_token_id"), (IMAGE_END, "image_end_token_id"))
         )
         # the placeholders of the training-sample format (string content): <image> (Magma's own prompts
         # wrap it in <image_start>...<image_end>) and <action>
@@ -174,10 +203,17 @@ class MagmaProcessor:
         return cls(load_tokenizer(source), config)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> MagmaProcessor:
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> MagmaProcessor:  # type: ignore[override]
+        """The processor of a checkpoint directory (ours or Magma-8B's): its tokenizer and config.
+        transformers' loading keywords (``trust_remote_code``, ...) are accepted and have no effect."""
         from magma.checkpoint import load_checkpoint_config
 
+        directory = Path(pretrained_model_name_or_path)
         return cls(load_tokenizer(directory), load_checkpoint_config(directory))
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> list[str]:  # type: ignore[override]
+        """The tokenizer files; ``MagmaForCausalLM.save_pretrained`` writes the config the processor reads."""
+        return list(self.tokenizer.save_pretrained(str(save_directory)))
 
     # ---- one sample -----------------------------------------------------------------------
     def encode(
@@ -386,3 +422,6 @@ class MagmaProcessor:
     def decode(self, token_ids: torch.Tensor | Sequence[int], skip_special_tokens: bool = True) -> str:
         ids = token_ids.tolist() if isinstance(token_ids, torch.Tensor) else list(token_ids)
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+register_available()  # transformers' Auto classes, now that this module is complete (magma.auto_registration)

@@ -4,10 +4,12 @@ mask of the token ids a completion may contain."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+from transformers import LogitsProcessor
 
-from magma.config import MagmaConfig
+from magma.configuration_magma import MagmaConfig
 
 GREEDY_BELOW_TEMPERATURE = 1e-5  # smaller temperatures decode greedily (float32 cannot divide by them safely)
 
@@ -63,3 +65,24 @@ def allowed_tokens(config: MagmaConfig, token_range: tuple[int, int] | None = No
 def mask_logits(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """``logits`` (..., V) as float, -inf where ``allowed`` is False."""
     return logits.float().masked_fill(~allowed.to(logits.device), float("-inf"))
+
+
+class AllowedTokensLogitsProcessor(LogitsProcessor):
+    """Constrained decoding for transformers' ``generate``: every token outside ``allowed`` ((V,) bool, from
+    :func:`allowed_tokens`) gets -inf, before temperature and top-p, as the RL sampler masks them."""
+
+    def __init__(self, allowed: torch.Tensor) -> None:
+        self.allowed = allowed
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return mask_logits(scores, self.allowed).to(scores.dtype)
+
+
+def sampling_settings(temperature: float = 0.0, top_p: float = 1.0) -> dict[str, Any]:
+    """``generate`` keyword arguments for our sampling settings: greedy below a temperature of 1e-5 (as
+    :func:`sample_next_token`), otherwise sampling at ``temperature`` with nucleus ``top_p``."""
+    if not math.isfinite(temperature) or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"temperature must be finite and top_p in (0, 1]; got {temperature} and {top_p}")
+    if temperature < GREEDY_BELOW_TEMPERATURE:
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    return {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": None}

@@ -1,7 +1,9 @@
 """The policy server (``agent serve``): one process that loads a policy once and answers observations
 with actions over a websocket in openpi's protocol (``robot.policy_protocol``, ``robot.wire``), so
 openpi's ``WebsocketClientPolicy`` and our ``PolicyClient`` both drive it, plus ``GET /healthz`` and the
-OpenAI chat-completions API (``robot.openai_chat``) on the same port.
+OpenAI API (``robot.openai_chat``: ``POST /v1/chat/completions``, whole or streamed as server-sent events,
+and ``GET /v1/models``) on the same port. A streamed answer is made on the inference thread in its turn
+like any request; the handler relays its chunks as they come, and a client that leaves stops it.
 
 Who may call it follows ``robot.endpoint_access``: it binds 127.0.0.1 unless told otherwise and then
 requires the token on every route but ``/healthz``, as ``Authorization: Bearer TOKEN`` or as openpi's
@@ -53,6 +55,7 @@ MAX_MESSAGE_MB = 1024.0  # the largest --max-message-mb: one request held in mem
 MAX_WAIT_MS = 1000.0  # a batch that waits longer than this for company only delays every client
 MAX_INLINE_MS = 50.0  # holding the event loop longer than this would stall every other connection
 MAX_BATCH = 1024
+MAX_CHOICES_LIMIT = 128  # the upper bound of --max-choices: each choice is a row of the model's batch
 MAX_COUNT = 2**40  # the upper bound of the count limits: any sane value, never an overflow
 TRANSPORT_LIMIT_FACTOR = 4  # frames above this many times the limit are cut off by the websocket layer itself
 HTTP_STATUS = {
@@ -90,6 +93,7 @@ class ServerConfig:
     max_image_pixels: int = 4096 * 4096  # one image, checked from its header before it is decoded
     max_queued_per_client: int = 64  # requests one client may have waiting
     max_chat_items: int = 512  # messages and content parts of one chat request, counted together
+    max_choices: int = 8  # a chat request's most choices (OpenAI's ``n``), rows of one generate call
     inline_max_ms: float = 1.0  # a policy whose inferences take less runs on the event loop (0: never)
 
     def check(self) -> None:
@@ -100,6 +104,7 @@ class ServerConfig:
         check_range("max_wait_ms", self.max_wait_ms, 0, MAX_WAIT_MS, "milliseconds")
         check_range("inline_max_ms", self.inline_max_ms, 0, MAX_INLINE_MS, "milliseconds")
         check_range("max_batch", self.max_batch, 1, MAX_BATCH, "requests", integer=True)
+        check_range("max_choices", self.max_choices, 1, MAX_CHOICES_LIMIT, "choices per chat request", integer=True)
         for name in (
             "max_prompt_chars",
             "max_prompt_tokens",
@@ -154,6 +159,7 @@ class PolicyServer:
         self._thread: threading.Thread | None = None
         self.port: int | None = None
         self._websockets: set[web.WebSocketResponse] = set()
+        self.started = int(time.time())  # /v1/models' "created": when this server loaded the model
 
     # ---- the app ------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -198,13 +204,20 @@ class PolicyServer:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         spec = self.served.spec
-        return web.json_response({"status": "ok", "policy": spec.policy, "model_id": spec.model_id})
+        return web.json_response(
+            {"status": "ok", "policy": spec.policy, "model_id": spec.model_id, "actions": self.served.serves_actions}
+        )
 
     async def _models(self, request: web.Request) -> web.Response:
-        model = {"id": self.served.spec.model_id, "object": "model", "owned_by": "embodied-agent-toolkit"}
+        model = {
+            "id": self.served.spec.model_id,
+            "object": "model",
+            "created": self.started,
+            "owned_by": "embodied-agent-toolkit",
+        }
         return web.json_response({"object": "list", "data": [model]})
 
-    async def _chat(self, request: web.Request) -> web.Response:
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
         from robot.openai_chat import parse_chat_request
 
         if self.served.chat is None:
@@ -221,16 +234,60 @@ class PolicyServer:
             return _json_error("malformed_request", "the request body must be a JSON object")
         client = ("chat", request.remote, str(body.get("user") or "")[:200])
         try:  # checked and decoded off the inference thread, so a bad request costs it nothing
-            chat_request = await asyncio.to_thread(parse_chat_request, body, self.limits)
+            chat_request = await asyncio.to_thread(parse_chat_request, body, self.limits, self.config.max_choices)
             prepare = getattr(self.served.chat, "prepare", None)
             if prepare is not None:  # encoded and length-checked off the inference thread too
                 chat_request = await asyncio.to_thread(prepare, chat_request)
+            if chat_request.stream:
+                return await self._chat_stream(request, chat_request, client)
             return web.json_response(await self.batcher.call(self.served.chat.complete, chat_request, client))
         except UserFacingError as error:
-            return _json_error(_error_code(error, "malformed_request"), str(error))
+            return _json_error(_error_code(error, "malformed_request"), str(error), getattr(error, "param", None))
         except Exception as error:
             log.exception("chat completion failed")
             return _json_error("policy_error", f"the model failed: {type(error).__name__}: {error}")
+
+    async def _chat_stream(self, request: web.Request, chat_request: Any, client: Any) -> web.StreamResponse:
+        """Server-sent events as OpenAI streams them: each ``chat.completion.chunk`` as ``data: {json}`` the
+        moment the inference thread makes it, then ``data: [DONE]``. The generation runs in the batcher's
+        turn like any request; the handler only relays what it puts on a queue. A client that leaves ends
+        the generation at its next step. An error after the stream began is an ``error`` event (OpenAI's
+        client raises it)."""
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def send(chunk: dict[str, Any]) -> None:  # on the inference thread
+            loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+
+        def complete(argument: Any) -> Any:
+            return self.served.chat.complete(argument, send, cancelled)
+
+        job = asyncio.ensure_future(self.batcher.call(complete, chat_request, client))
+        job.add_done_callback(lambda _: chunks.put_nowait(None))  # after every chunk: sent from the same thread
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        try:
+            await response.prepare(request)
+            while (chunk := await chunks.get()) is not None:
+                await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            error = job.exception()
+            if error is not None:
+                if not isinstance(error, UserFacingError):
+                    log.error("chat completion failed", exc_info=error)
+                code = _error_code(error, "policy_error")
+                event = {"error": {"message": str(error), "type": code, "code": code, "param": None}}
+                await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionError:  # the client left: its generation stops at the next step
+            cancelled.set()
+            with contextlib.suppress(Exception):
+                await job
+        finally:
+            cancelled.set()
+        return response
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=self.max_bytes * TRANSPORT_LIMIT_FACTOR, compress=False)
@@ -414,7 +471,8 @@ def _done(value: Any) -> asyncio.Future:
     return future
 
 
-def _json_error(code: str, message: str) -> web.Response:
-    """An error in the OpenAI error shape, with the HTTP status its code implies."""
-    body = {"error": {"message": message, "type": code, "code": code}}
+def _json_error(code: str, message: str, param: str | None = None) -> web.Response:
+    """An error in the OpenAI error shape (``param``: the request field at fault), with the HTTP status its
+    code implies."""
+    body = {"error": {"message": message, "type": code, "code": code, "param": param}}
     return web.json_response(body, status=HTTP_STATUS.get(code, 400))

@@ -6,6 +6,9 @@ Each websocket client gets its own session (``make_session()``: a Policy with ``
 episodes of several robots never mix. Requests of several clients are run together through
 ``act_batch(sessions, observations)`` when the policy has one (the Magma model: one left-padded
 generate call); otherwise each session's ``act`` is called in turn (the per-item fallback).
+
+A Magma checkpoint without robot action statistics (a UI/web fine-tune) is served for chat only: its
+robot sessions refuse every request, naming the missing file and the fix.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from data_tools.errors import UserFacingError
+from magma.actions.robot import ACTION_STATISTICS_FILENAME
 from magma.policies import Policy
-from robot.policy_protocol import PolicySpec
+from robot.policy_protocol import PolicySpec, ProtocolError
 
 POLICY_NAMES = ("magma", "lapa", "scripted")
 
@@ -37,6 +41,7 @@ class ServedPolicy:
     act_batch: Callable[[list[Any], list[dict[str, Any]]], list[np.ndarray]] | None = None
     chat: Any = None  # a robot.openai_chat.ChatModel when the policy has a language model
     processor: Any = None  # the model's MagmaProcessor, whose token and image limits the server sets
+    serves_actions: bool = True  # False: a chat-only checkpoint, whose sessions refuse robot requests
 
     def run_batch(self, sessions: list[Any], observations: list[dict[str, Any]]) -> list[np.ndarray | Exception]:
         """One (chunk, dim) float32 array per request, or the exception its policy raised. A batch call
@@ -99,13 +104,37 @@ def _magma_batch(policy: Any, sessions: list[_MagmaSession], observations: list[
     return policy.act_batch(observations, [session.instruction for session in sessions])
 
 
+class ChatOnlySession:
+    """A robot client's session on a checkpoint that serves chat only (no action statistics): every reset
+    and observation is refused with the reason and the fix, and the server goes on serving."""
+
+    def __init__(self, checkpoint: str) -> None:
+        self.checkpoint = checkpoint
+
+    def reset(self, task: dict[str, Any]) -> None:
+        self._refuse()
+
+    def act(self, observation: dict[str, Any]) -> np.ndarray:
+        self._refuse()
+
+    def _refuse(self) -> NoReturn:
+        raise ProtocolError(
+            "unsupported",
+            f"checkpoint '{self.checkpoint}' has no {ACTION_STATISTICS_FILENAME} (robot action statistics), so "
+            "this server answers chat only (POST /v1/chat/completions); to serve robot actions, serve a "
+            f"checkpoint fine-tuned on robot actions, or put its dataset's {ACTION_STATISTICS_FILENAME} into "
+            "that folder and restart agent serve",
+        )
+
+
 def load_magma(model: str | None, spec: PolicySpec, name: str = "magma", statistics_key: str | None = None):
-    """A robot-action Magma checkpoint (``magma.policies.robot.MagmaRobotPolicy``) and its chat model."""
-    from magma.policies.robot import MagmaRobotPolicy
+    """A Magma checkpoint: robot actions (``magma.policies.robot.MagmaRobotPolicy``) and its chat model, or
+    chat alone when the checkpoint has no action statistics (a UI/web fine-tune); robot clients are then
+    refused with the reason (:class:`ChatOnlySession`)."""
     from robot.openai_chat import ChatModel
 
     if not model:
-        raise PolicyLoadError(f"--policy {name} needs --model DIR (a checkpoint trained on robot actions)")
+        raise PolicyLoadError(f"--policy {name} needs --model DIR (a Magma checkpoint directory)")
     if spec.chunk_length != 1:
         raise PolicyLoadError(
             f"--chunk-length {spec.chunk_length}: a {name} checkpoint answers one action per observation; "
@@ -114,10 +143,27 @@ def load_magma(model: str | None, spec: PolicySpec, name: str = "magma", statist
     if not Path(model).is_dir():
         raise PolicyLoadError(f"--model '{model}' is not a checkpoint directory; give the folder with config.json")
     device = "cuda" if _cuda_available() else "cpu"
-    policy = MagmaRobotPolicy.from_pretrained(model, statistics_key=statistics_key, device=device)
     spec.policy, spec.model_id = name, spec.model_id or Path(model).resolve().name
-    spec.action_dim = policy.codec.action_dim
     spec.chunk_length = 1
+    if not (Path(model) / ACTION_STATISTICS_FILENAME).is_file():
+        if statistics_key is not None:
+            raise PolicyLoadError(
+                f"--statistics-key {statistics_key}: checkpoint '{model}' has no {ACTION_STATISTICS_FILENAME}; "
+                "leave --statistics-key out to serve it for chat only, or serve a robot-action checkpoint"
+            )
+        chat_model, processor = _load_chat_model(model, device)
+        spec.action_statistics = None
+        return ServedPolicy(
+            spec=spec,
+            make_session=lambda: ChatOnlySession(model),
+            chat=ChatModel(chat_model, processor, spec.model_id),
+            processor=processor,
+            serves_actions=False,
+        )
+    from magma.policies.robot import MagmaRobotPolicy
+
+    policy = MagmaRobotPolicy.from_pretrained(model, statistics_key=statistics_key, device=device)
+    spec.action_dim = policy.codec.action_dim
     spec.action_statistics = policy.codec.stats.to_dict()
     return ServedPolicy(
         spec=spec,
@@ -126,6 +172,15 @@ def load_magma(model: str | None, spec: PolicySpec, name: str = "magma", statist
         chat=ChatModel(policy.model, policy.processor, spec.model_id),
         processor=policy.processor,
     )
+
+
+def _load_chat_model(directory: str, device: str) -> tuple[Any, Any]:
+    """The model and processor of a checkpoint, as ``MagmaRobotPolicy.from_pretrained`` loads them."""
+    from magma.model import MagmaForCausalLM, default_dtype
+    from magma.processor import MagmaProcessor
+
+    model = MagmaForCausalLM.from_pretrained(directory, device=device, dtype=default_dtype(device)).eval()
+    return model, MagmaProcessor.from_pretrained(directory)
 
 
 def load_scripted(model: str | None, spec: PolicySpec) -> ServedPolicy:

@@ -76,12 +76,11 @@ def main() -> None:
     inputs = processor("<image>\nDescribe the scene.", [image]).to(device)
     outputs, rates = {}, {}
     for use_cache in (True, False):
-        model.generate(**inputs.generation_kwargs(), max_new_tokens=2, use_cache=use_cache, stop_token_ids=[])
+        settings = {"use_cache": use_cache, "eos_token_id": [], "do_sample": False}  # exactly new_tokens tokens
+        model.generate(**inputs.generation_kwargs(), max_new_tokens=2, **settings)
         torch.cuda.synchronize()
         start = time.perf_counter()
-        outputs[use_cache] = model.generate(
-            **inputs.generation_kwargs(), max_new_tokens=args.new_tokens, use_cache=use_cache, stop_token_ids=[]
-        )
+        outputs[use_cache] = model.generate(**inputs.generation_kwargs(), max_new_tokens=args.new_tokens, **settings)
         torch.cuda.synchronize()
         rates[use_cache] = args.new_tokens / (time.perf_counter() - start)
     same = int((outputs[True] == outputs[False]).sum())

@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from magma.config import MagmaConfig, load_config
+from magma.config import load_config
+from magma.configuration_magma import MagmaConfig
 from magma.model import MagmaForCausalLM
 from magma.processor import MagmaProcessor
 

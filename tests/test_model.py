@@ -1,8 +1,10 @@
 import pytest
 import torch
+from transformers import TextIteratorStreamer
 
 from magma.config import load_config
 from magma.model import ImageTokenMismatchError, MagmaForCausalLM
+from magma.sampling import AllowedTokensLogitsProcessor, allowed_tokens, sampling_settings
 
 
 def conversation(question: str, answer: str) -> list[dict[str, str]]:
@@ -66,15 +68,34 @@ def test_cached_generation_matches_uncached_greedy(tiny_model, tiny_processor, i
         [[image_files[0]], [], image_files],
     )
     kwargs = inputs.generation_kwargs()
-    cached = tiny_model.generate(**kwargs, max_new_tokens=12, use_cache=True, stop_token_ids=[])
-    uncached = tiny_model.generate(**kwargs, max_new_tokens=12, use_cache=False, stop_token_ids=[])
-    assert cached.shape == (3, 12)
+    prompt = kwargs["input_ids"].shape[1]
+    cached = new_tokens(tiny_model, kwargs, max_new_tokens=12, use_cache=True)
+    uncached = new_tokens(tiny_model, kwargs, max_new_tokens=12, use_cache=False)
+    assert cached.shape == (3, 12) and prompt > 0
     assert torch.equal(cached, uncached)
+    # the same tokens as the plain loop: the whole sequence through forward, argmax of the last position
+    assert torch.equal(cached, greedy_by_forward(tiny_model, kwargs, 12))
     # a left-padded batch gives each row what it gives alone
-    alone = tiny_model.generate(
-        **tiny_processor("Name a colour.").generation_kwargs(), max_new_tokens=12, stop_token_ids=[]
-    )
+    alone = new_tokens(tiny_model, tiny_processor("Name a colour.").generation_kwargs(), max_new_tokens=12)
     assert torch.equal(alone[0], cached[1])
+
+
+def new_tokens(model, kwargs, **settings):
+    """transformers' greedy generate (no stop tokens unless given), the prompt cut off."""
+    out = model.generate(**kwargs, **{"do_sample": False, "eos_token_id": [], **settings})
+    return out[:, kwargs["input_ids"].shape[1] :]
+
+
+def greedy_by_forward(model, kwargs, count):
+    """The reference decoding loop: no cache, no generation machinery, the whole sequence every step."""
+    ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
+    images = {key: kwargs[key] for key in ("pixel_values", "image_grids") if key in kwargs}
+    for _ in range(count):
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask, **images).logits
+        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    return ids[:, -count:]
 
 
 def test_right_padded_prompts_are_realigned_for_generation(tiny_model, tiny_processor):
@@ -84,30 +105,38 @@ def test_right_padded_prompts_are_realigned_for_generation(tiny_model, tiny_proc
     ]
     left = tiny_processor.collate(prompts, "left").generation_kwargs()
     right = tiny_processor.collate(prompts, "right").generation_kwargs()
-    assert torch.equal(tiny_model.generate(**left, max_new_tokens=6), tiny_model.generate(**right, max_new_tokens=6))
+    assert torch.equal(new_tokens(tiny_model, left, max_new_tokens=6), new_tokens(tiny_model, right, max_new_tokens=6))
 
 
-def test_stop_tokens_and_sampling(tiny_model, tiny_processor):
+def test_stop_tokens_sampling_streamers_and_constrained_decoding(tiny_model, tiny_processor):
     kwargs = tiny_processor(["Hello", "Say something long."]).generation_kwargs()
-    greedy = tiny_model.generate(**kwargs, max_new_tokens=8, stop_token_ids=[])
+    greedy = new_tokens(tiny_model, kwargs, max_new_tokens=8)
     stop = int(greedy[0, 2])
-    stopped = tiny_model.generate(**kwargs, max_new_tokens=8, stop_token_ids=[stop])
+    stopped = new_tokens(tiny_model, kwargs, max_new_tokens=8, eos_token_id=[stop])
     first_stop = int((stopped[0] == stop).nonzero()[0])
     assert torch.equal(stopped[0, : first_stop + 1], greedy[0, : first_stop + 1])
     assert (stopped[0, first_stop + 1 :] == tiny_model.config.tokens.pad_token_id).all()
-    draws = [
-        tiny_model.generate(
-            **kwargs,
-            max_new_tokens=8,
-            temperature=1.0,
-            top_p=0.9,
-            stop_token_ids=[],
-            generator=torch.Generator().manual_seed(seed),
-        )
-        for seed in (1, 1, 2)
-    ]
-    assert torch.equal(draws[0], draws[1])
-    assert not torch.equal(draws[0], draws[2])
+
+    def draw(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return tiny_model.generate(**kwargs, max_new_tokens=8, eos_token_id=[], **sampling_settings(1.0, 0.9))
+
+    assert torch.equal(draw(1), draw(1))
+    assert not torch.equal(draw(1), draw(2))
+    assert sampling_settings(0.0)["do_sample"] is False
+
+    # transformers' streamer sees the prompt, then every new token as it is chosen
+    single = tiny_processor("Hello").generation_kwargs()
+    streamer = TextIteratorStreamer(tiny_processor.tokenizer, skip_prompt=True)
+    out = tiny_model.generate(**single, max_new_tokens=6, do_sample=False, eos_token_id=[], streamer=streamer)
+    assert "".join(streamer) == tiny_processor.decode(out[0, single["input_ids"].shape[1] :])
+
+    # our constrained decoding is a logits processor: only the allowed ids come out
+    allowed = allowed_tokens(tiny_model.config, (300, 309))
+    constrained = new_tokens(
+        tiny_model, kwargs, max_new_tokens=7, logits_processor=[AllowedTokensLogitsProcessor(allowed)]
+    )
+    assert ((constrained >= 300) & (constrained <= 309)).all()
 
 
 def test_image_token_mismatch_is_a_clear_error(tiny_model, tiny_processor, image_files):

@@ -68,7 +68,8 @@ def test_sampling_log_probs_match_the_scoring_pass(tiny_model, tiny_processor, i
 
 def test_greedy_sampling_matches_generate(tiny_model, tiny_processor):
     inputs = tiny_processor(["Say hello", "What is two plus two?"])
-    expected = tiny_model.generate(**inputs.generation_kwargs(), max_new_tokens=5, stop_token_ids=[])
+    expected = tiny_model.generate(**inputs.generation_kwargs(), max_new_tokens=5, do_sample=False, eos_token_id=[])
+    expected = expected[:, inputs.input_ids.shape[1] :]
     completions = sample_completions(tiny_model, inputs, 5, temperature=0.0, stop_token_ids=[])
     assert [c.token_ids for c in completions] == expected.tolist()
 

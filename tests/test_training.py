@@ -104,7 +104,8 @@ def test_tiny_model_overfits_a_handful_of_samples_and_exports_a_usable_model(tmp
     raw = read_raw_sample(SampleRef("ui-som", shard, index_shard(shard).samples[0]))
     question = raw.record["conversations"][0]["value"]
     inputs = processor(question, [raw.images[0]])
-    answer = processor.decode(model.generate(**inputs.generation_kwargs(), max_new_tokens=12)[0])
+    tokens = model.generate(**inputs.generation_kwargs(), max_new_tokens=12, do_sample=False)
+    answer = processor.decode(tokens[0, inputs.input_ids.shape[1] :])
     assert answer == raw.record["conversations"][1]["value"]
 
 

@@ -133,7 +133,7 @@ def test_observation_step_and_success(env, site):
     obs, info = env.reset(options={"task": _task(site)})
     assert obs["image"].dtype == np.uint8 and obs["image"].shape == (720, 1280, 3)
     assert obs["screenshot"].shape == obs["image"].shape and not np.array_equal(obs["image"], obs["screenshot"])
-    assert "[BUTTON] [Buy]" in obs["som"] and obs["url"].startswith(site) and obs["tabs"] == [obs["url"]]
+    assert "[BUTTON] [Buy]" in obs["som"] and obs["url"].startswith(site) and obs["tabs"] == (obs["url"],)
     buy = _id_of(obs["som"], "Buy")
     obs, reward, terminated, truncated, info = env.step(f"I will buy. ```click [{buy}]```")
     assert info["action_error"] is None and "[bought]" in obs["som"]
@@ -197,12 +197,12 @@ def test_new_tabs_are_followed_and_tab_actions_work(env, site):
     obs, _ = env.reset(options={"task": _task(site, "/tabs")})
     obs, *_, info = env.step(f"click [{_id_of(obs['som'], 'Open in new tab')}]")
     assert info["action_error"] is None
-    assert obs["url"] == f"{site}/page2" and obs["tabs"] == [f"{site}/tabs", f"{site}/page2"]
+    assert obs["url"] == f"{site}/page2" and obs["tabs"] == (f"{site}/tabs", f"{site}/page2")
     assert "Second page" in obs["som"]
     obs, *_ = env.step("tab_focus [0]")
     assert obs["url"] == f"{site}/tabs" and "Open in new tab" in obs["som"]
     obs, *_ = env.step("close_tab")
-    assert obs["tabs"] == [f"{site}/page2"] and obs["url"] == f"{site}/page2"
+    assert obs["tabs"] == (f"{site}/page2",) and obs["url"] == f"{site}/page2"
     obs, *_ = env.step("new_tab")
     assert len(obs["tabs"]) == 2 and obs["url"] == "about:blank"
     obs, *_, info = env.step("tab_focus [5]")
@@ -217,7 +217,7 @@ def test_multi_tab_start_urls_open_in_order_on_the_first_tab(env, site):
         "eval": {"eval_types": ["url_match"], "reference_url": "__SHOPPING__/page2"},
     }
     obs, _ = env.reset(options={"task": task_from_config(config, {"__SHOPPING__": site})})
-    assert obs["tabs"] == [f"{site}/", f"{site}/page2"] and obs["url"] == f"{site}/"
+    assert obs["tabs"] == (f"{site}/", f"{site}/page2") and obs["url"] == f"{site}/"
     obs, *_ = env.step("tab_focus [1]")
     *_, terminated, _, info = env.step("stop []")
     assert terminated and info["success"] is True

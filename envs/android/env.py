@@ -12,6 +12,14 @@ counted failed step (``info["action_error"]``, ``info["failed_steps"]``) and the
 that goes away raises ``DeviceLostError``. A screen without a hierarchy (FLAG_SECURE) gives no marks and
 ``info["observation_error"]``. The episode ends at ``status`` / ``answer`` (terminated) or ``max_steps``
 (truncated) and is then graded once by the task's checks. ``info["timings"]`` holds seconds per phase.
+
+Spaces (gymnasium's checker passes on ``Android-v0``): text is ``envs.text_space.UnicodeText``, any Unicode,
+bounded by ``MAX_LISTING_CHARS`` (a longer listing is cut at a line, its last line says how many were left
+out), ``MAX_NAME_CHARS`` for ``package``/``activity`` (``url`` is the two joined), ``MAX_INSTRUCTION_CHARS``
+for the goal (a longer one is refused at reset) and ``MAX_ACTION_CHARS`` for actions (a longer one is a counted
+failed step). The image boxes are the screen as shown, so the device is asked for its size the first time
+``observation_space`` is read (``gymnasium.make`` reads it; constructing ``AndroidEnv`` directly does not
+connect); a rotation re-declares them in place with the next observation.
 """
 
 from __future__ import annotations
@@ -31,7 +39,14 @@ from envs.android.actions import DeviceAction, parse_android_action
 from envs.android.device import AndroidDevice, DeviceActionError, connect_device
 from envs.android.hierarchy import BoundMark, HierarchyError, ViewNode, actionable_marks, parse_hierarchy, som_listing
 from envs.android.tasks import AndroidTask, evaluate_checks
+from envs.text_space import UnicodeText, bounded_listing
 from magma.actions import ActionParseError
+
+MAX_LISTING_CHARS = 1_000_000  # a screen's marks with their labels; view text itself is unbounded
+MAX_NAME_CHARS = 1_000  # a package or activity class name
+MAX_INSTRUCTION_CHARS = 100_000
+MAX_ACTION_CHARS = 1_000_000  # any real model reply, its reasoning before the action block included
+RENDER_MODES = ("rgb_array",)
 
 
 @dataclass
@@ -64,13 +79,25 @@ class AndroidEnvConfig:
 class AndroidEnv(gymnasium.Env):
     """Android tasks on a real or simulated device; the same client path for both."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
+    # One frame per step: a step (act, then wait for the screen to settle) takes about a second.
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": list(RENDER_MODES), "render_fps": 1}
 
     def __init__(
-        self, config: AndroidEnvConfig | None = None, task: AndroidTask | None = None, **overrides: Any
+        self,
+        config: AndroidEnvConfig | None = None,
+        task: AndroidTask | None = None,
+        render_mode: str | None = "rgb_array",
+        **overrides: Any,
     ) -> None:
+        if render_mode is not None and render_mode not in RENDER_MODES:
+            raise UserFacingError(
+                f"render_mode={render_mode!r} is not supported by AndroidEnv; use one of {list(RENDER_MODES)} or None"
+            )
+        if task is not None:
+            _check_goal(task)
         self.config = config or AndroidEnvConfig(**overrides)
         self.task = task
+        self.render_mode = render_mode
         self.device: AndroidDevice | None = None
         self.marks: list[BoundMark] = []
         self.nodes: list[ViewNode] | None = None
@@ -80,16 +107,31 @@ class AndroidEnv(gymnasium.Env):
         self._steps = self._failed_steps = 0
         self._done = False
         self.max_steps = self.config.max_steps
-        self.observation_space = gymnasium.spaces.Dict(
+        self._observation_space = gymnasium.spaces.Dict(
             {
-                "som": gymnasium.spaces.Text(max_length=1_000_000),
-                "text": gymnasium.spaces.Text(max_length=1_000_000),
-                "activity": gymnasium.spaces.Text(max_length=1_000),
-                "package": gymnasium.spaces.Text(max_length=1_000),
-                "instruction": gymnasium.spaces.Text(max_length=100_000),
+                "som": UnicodeText(MAX_LISTING_CHARS),
+                "text": UnicodeText(MAX_LISTING_CHARS),
+                "activity": UnicodeText(MAX_NAME_CHARS),
+                "package": UnicodeText(MAX_NAME_CHARS),
+                "url": UnicodeText(2 * MAX_NAME_CHARS + 1),
+                "instruction": UnicodeText(MAX_INSTRUCTION_CHARS),
             }
-        )  # image sizes are the device's, known after connecting
-        self.action_space = gymnasium.spaces.Text(max_length=10_000)
+        )  # + "image" and "screenshot", the device's screen size, declared on connecting
+        self.action_space = UnicodeText(MAX_ACTION_CHARS)
+
+    @property
+    def observation_space(self) -> gymnasium.spaces.Dict:
+        """The observation space; the first read connects to the device for the image size (see the module
+        docstring), later reads (after ``close()`` too) give the space as last declared."""
+        if "image" not in self._observation_space.spaces:
+            self.connect()
+        return self._observation_space
+
+    def _declare_image_size(self, size: tuple[int, int]) -> None:
+        """The image boxes for a ``(width, height)`` screen, in place (wrappers holding the space see it)."""
+        width, height = size
+        for name in ("image", "screenshot"):
+            self._observation_space.spaces[name] = gymnasium.spaces.Box(0, 255, (height, width, 3), np.uint8)
 
     # -- device --------------------------------------------------------------------------------------
 
@@ -106,9 +148,7 @@ class AndroidEnv(gymnasium.Env):
                 config.boot_timeout_s,
                 config.adb_executable,
             )
-            width, height = self.device.screen.size
-            for name in ("image", "screenshot"):
-                self.observation_space.spaces[name] = gymnasium.spaces.Box(0, 255, (height, width, 3), np.uint8)
+            self._declare_image_size(self.device.screen.size)
         return self.device
 
     # -- episode -------------------------------------------------------------------------------------
@@ -118,6 +158,7 @@ class AndroidEnv(gymnasium.Env):
         task = (options or {}).get("task", self.task)
         if task is None:
             raise UserFacingError("AndroidEnv.reset needs a task; pass reset(options={'task': AndroidTask})")
+        _check_goal(task)
         self.task = task
         device = self.connect()
         started = time.perf_counter()
@@ -147,10 +188,13 @@ class AndroidEnv(gymnasium.Env):
         self._steps += 1
         started = time.perf_counter()
         parsed: DeviceAction | None = None
-        try:
-            parsed = parse_android_action(str(action))
-        except ActionParseError as error:
-            info["action_error"] = str(error)
+        if not self.action_space.contains(action):
+            info["action_error"] = _action_outside_space(action)
+        else:
+            try:
+                parsed = parse_android_action(action)
+            except ActionParseError as error:
+                info["action_error"] = str(error)
         timings["parse"] = time.perf_counter() - started
         terminated = parsed is not None and parsed.terminal
         if parsed is not None and not terminated:
@@ -266,6 +310,9 @@ class AndroidEnv(gymnasium.Env):
         info: dict[str, Any] = {"observation_error": None}
         started = time.perf_counter()
         screenshot = np.asarray(Image.open(io.BytesIO(self._png)).convert("RGB"))
+        declared = self._observation_space.spaces.get("screenshot")
+        if declared is None or declared.shape != screenshot.shape:
+            self._declare_image_size((screenshot.shape[1], screenshot.shape[0]))  # rotated since the last one
         timings["decode"] = time.perf_counter() - started
         started = time.perf_counter()
         dump = device.dump_hierarchy()
@@ -275,15 +322,16 @@ class AndroidEnv(gymnasium.Env):
         try:
             self.nodes, _ = parse_hierarchy(dump)
             self.marks = actionable_marks(self.nodes, size)
-            listing = som_listing(self.marks)
+            listing = bounded_listing(som_listing(self.marks), MAX_LISTING_CHARS)
         except HierarchyError as error:
             self.nodes, self.marks = None, []
             info["observation_error"] = f"{error}; a secure screen (FLAG_SECURE) shows no hierarchy"
-            listing = f"(no view hierarchy: {error})"
+            listing = bounded_listing(f"(no view hierarchy: {error})", MAX_LISTING_CHARS)
         image = draw_marks(screenshot, [bound.mark for bound in self.marks]) if self.marks else screenshot.copy()
         timings["som"] = time.perf_counter() - started
         started = time.perf_counter()
-        self.foreground = device.foreground()
+        package, activity = device.foreground()
+        self.foreground = (package[:MAX_NAME_CHARS], activity[:MAX_NAME_CHARS])
         timings["foreground"] = time.perf_counter() - started
         self._last_obs = {
             "image": image,
@@ -298,7 +346,31 @@ class AndroidEnv(gymnasium.Env):
         return self._last_obs, info
 
     def render(self) -> np.ndarray | None:
-        return None if self._last_obs is None else self._last_obs["image"]
+        """The last Set-of-Mark image (a copy) with ``render_mode="rgb_array"``; None without a render mode."""
+        if self.render_mode != "rgb_array" or self._last_obs is None:
+            return None
+        return self._last_obs["image"].copy()
 
     def close(self) -> None:
+        """Forgets the device (each adb request opens its own connection, so nothing stays open); safe to call
+        again, and a later ``reset`` connects anew."""
         self.device = None
+
+
+def _check_goal(task: AndroidTask) -> None:
+    if len(task.goal) > MAX_INSTRUCTION_CHARS:
+        raise UserFacingError(
+            f"task {task.task_id}'s goal is {len(task.goal)} characters; the observation space allows "
+            f"{MAX_INSTRUCTION_CHARS}; shorten the goal in the task file"
+        )
+
+
+def _action_outside_space(action: Any) -> str:
+    if not isinstance(action, str):
+        return f"the action must be a str (an AITW or AndroidWorld JSON action), got {type(action).__name__}"
+    if len(action) > MAX_ACTION_CHARS:
+        return (
+            f"the action is {len(action)} characters, over the {MAX_ACTION_CHARS} the action space allows; "
+            "send a shorter reply (the JSON action is what counts)"
+        )
+    return "the action holds a lone surrogate code point, which is not text; send valid Unicode"

@@ -1,19 +1,29 @@
 """``WebEnv``: a gymnasium environment over the system Chromium, VisualWebArena-compatible.
 
 Observation (a dict): ``image`` (the Set-of-Mark screenshot, HxWx3 uint8), ``screenshot`` (the raw
-one), ``som`` and ``text`` (the ``[id] [TAG] [text]`` listing), ``url``, ``tabs`` (URLs of open tabs),
-``instruction`` (the task intent). The action is VWA text (``click [12]``, ``stop [answer]``, possibly
+one), ``som`` and ``text`` (the ``[id] [TAG] [text]`` listing), ``url``, ``tabs`` (a tuple of the open tabs'
+URLs), ``instruction`` (the task intent). The action is VWA text (``click [12]``, ``stop [answer]``, possibly
 inside a model's ```...``` block). A step whose text does not parse or whose action fails is counted:
 ``info["action_error"]`` says why, ``info["failed_steps"]`` counts them, and the episode goes on.
 The episode ends at ``stop`` (terminated) or at ``max_steps`` (truncated); then the task is graded
 once in a separate page: reward 1.0/0.0, ``info["success"]`` True/False, or None when the grade is
 undecided (``info["eval_status"]`` "needs_judge" or "unsupported"). ``info["timings"]`` holds seconds
 per phase of the step.
+
+Spaces (gymnasium's checker passes on ``VisualWebArena-v0``): text is ``envs.text_space.UnicodeText``, any
+Unicode, with these bounds: listings ``MAX_LISTING_CHARS`` (a longer one is cut at a line, its last line says
+how many were left out), URLs ``MAX_URL_CHARS`` (Chromium's own limit), the intent ``MAX_INSTRUCTION_CHARS``
+(a longer one is refused at reset), actions ``MAX_ACTION_CHARS`` (a longer one is a counted failed step).
+Images are the viewport's size: ``viewport=`` if given (every task is then shown at that size), else the
+task's own (VWA's: 1280x720, and phone sizes for a few), so ``reset`` with a task of another viewport
+re-declares the two image boxes in place. The seed drives nothing (a browser on live sites), so the id is
+registered ``nondeterministic``; ``reset(seed=)`` still seeds ``np_random``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,6 +32,7 @@ import gymnasium
 import numpy as np
 
 from data_tools.errors import UserFacingError
+from envs.text_space import UnicodeText, bounded_listing
 from envs.web.actions import WebActionError, execute_action
 from envs.web.browser import ChromiumBrowser, ContextOptions
 from envs.web.grading import GradingConfig, grade_task
@@ -30,6 +41,44 @@ from envs.web.som_page import draw_page_marks, find_page_elements, screenshot_ar
 from envs.web.tasks import DEFAULT_VIEWPORT, WebTask
 from magma.actions.errors import ActionParseError
 from magma.actions.ui import extract_vwa_action, parse_ui_action
+
+MAX_LISTING_CHARS = 1_000_000  # ~7,000 marked elements of <= 100 characters of text each
+MAX_URL_CHARS = 2 * 1024 * 1024  # Chromium does not navigate to a longer URL (url::kMaxURLChars)
+MAX_INSTRUCTION_CHARS = 100_000
+MAX_ACTION_CHARS = 1_000_000  # any real model reply, its reasoning before the ```action``` block included
+RENDER_MODES = ("rgb_array",)
+
+
+class _SharedBrowser:
+    """The Chromium of the environments of one thread that were given no ``browser=``: Playwright's sync API
+    allows one instance per thread, so a second ``WebEnv`` (a vector env, or gymnasium's checker making one per
+    render mode) shares the first one's browser; each episode still has its own context. The last user to
+    release it closes it."""
+
+    _lock = threading.Lock()
+    _by_thread: ClassVar[dict[int, tuple[ChromiumBrowser, int]]] = {}
+
+    @classmethod
+    def acquire(cls) -> ChromiumBrowser:
+        with cls._lock:
+            browser, users = cls._by_thread.get(threading.get_ident(), (None, 0))
+            if browser is None:
+                browser = ChromiumBrowser()
+            cls._by_thread[threading.get_ident()] = (browser, users + 1)
+            return browser
+
+    @classmethod
+    def release(cls, browser: ChromiumBrowser) -> None:
+        with cls._lock:
+            thread = next((key for key, (held, _) in cls._by_thread.items() if held is browser), None)
+            if thread is None:
+                return
+            users = cls._by_thread[thread][1] - 1
+            if users:
+                cls._by_thread[thread] = (browser, users)
+                return
+            del cls._by_thread[thread]
+        browser.close()
 
 
 class SiteUnreachableError(UserFacingError, ConnectionError):
@@ -43,7 +92,8 @@ class StartUrlBlockedError(SiteUnreachableError):
 class WebEnv(gymnasium.Env):
     """VisualWebArena tasks in a real browser; one browser context per episode."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
+    # One frame per step: steps take about a second, so a recorded episode plays back near real time.
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": list(RENDER_MODES), "render_fps": 1}
 
     def __init__(
         self,
@@ -57,6 +107,12 @@ class WebEnv(gymnasium.Env):
         render_mode: str | None = "rgb_array",
         viewport: tuple[int, int] | None = None,
     ) -> None:
+        if render_mode is not None and render_mode not in RENDER_MODES:
+            raise UserFacingError(
+                f"render_mode={render_mode!r} is not supported by WebEnv; use one of {list(RENDER_MODES)} or None"
+            )
+        if task is not None:
+            _check_instruction(task)
         self.task = task
         self.max_steps = max_steps
         self.timeouts = timeouts or Timeouts()
@@ -72,18 +128,33 @@ class WebEnv(gymnasium.Env):
         self._steps = 0
         self._failed_steps = 0
         self._done = False
-        width, height = viewport or (task.viewport if task is not None else DEFAULT_VIEWPORT)
-        self.observation_space = gymnasium.spaces.Dict(  # images are the viewport's size (VWA's tasks: 1280x720)
+        self.viewport = viewport  # None: each task's own
+        url = UnicodeText(MAX_URL_CHARS)
+        self.observation_space = gymnasium.spaces.Dict(
             {
-                "image": gymnasium.spaces.Box(0, 255, shape=(height, width, 3), dtype=np.uint8),
-                "screenshot": gymnasium.spaces.Box(0, 255, shape=(height, width, 3), dtype=np.uint8),
-                "som": gymnasium.spaces.Text(max_length=1_000_000),
-                "text": gymnasium.spaces.Text(max_length=1_000_000),
-                "url": gymnasium.spaces.Text(max_length=10_000),
-                "instruction": gymnasium.spaces.Text(max_length=100_000),
+                "som": UnicodeText(MAX_LISTING_CHARS),
+                "text": UnicodeText(MAX_LISTING_CHARS),
+                "url": url,
+                "tabs": gymnasium.spaces.Sequence(url),
+                "instruction": UnicodeText(MAX_INSTRUCTION_CHARS),
             }
         )
-        self.action_space = gymnasium.spaces.Text(max_length=10_000)
+        self._declare_image_size(viewport or (task.viewport if task is not None else DEFAULT_VIEWPORT))
+        self.action_space = UnicodeText(MAX_ACTION_CHARS)
+
+    def _declare_image_size(self, viewport: tuple[int, int]) -> None:
+        """The image boxes of the observation space for a ``(width, height)`` viewport (in place: wrappers that
+        hold the space see the change)."""
+        width, height = viewport
+        for name in ("image", "screenshot"):
+            self.observation_space.spaces[name] = gymnasium.spaces.Box(0, 255, (height, width, 3), np.uint8)
+
+    @property
+    def task_viewport(self) -> tuple[int, int]:
+        """The ``(width, height)`` the current task is shown at."""
+        if self.viewport is not None:
+            return self.viewport
+        return self.task.viewport if self.task is not None else DEFAULT_VIEWPORT
 
     # -- episode -----------------------------------------------------------------------------------
 
@@ -94,17 +165,19 @@ class WebEnv(gymnasium.Env):
             raise UserFacingError(
                 "WebEnv.reset needs a task; pass reset(options={'task': WebTask}) or WebEnv(task=...)"
             )
+        _check_instruction(task)
         self.task = task
+        self._declare_image_size(self.task_viewport)
         self._close_context()
         if self._browser is None:
-            self._browser = ChromiumBrowser()
+            self._browser = _SharedBrowser.acquire()
         storage_state = task.storage_state
         if storage_state and self.auth_dir:
             storage_state = str(Path(self.auth_dir) / Path(storage_state).name)
         elif storage_state and not Path(storage_state).exists():
             storage_state = None  # VWA's ./.auth files are made by its login script; run without them
         started = time.perf_counter()
-        self._context = self._browser.new_context(ContextOptions(task.viewport, task.geolocation, storage_state))
+        self._context = self._browser.new_context(ContextOptions(self.task_viewport, task.geolocation, storage_state))
         hosts = self.allowed_hosts if self.allowed_hosts is not None else sorted(task.hosts)
         self.session = PageSession(self._context, self.timeouts, hosts)
         for url in task.start_urls:
@@ -155,10 +228,13 @@ class WebEnv(gymnasium.Env):
         self._steps += 1
         started = time.perf_counter()
         parsed = None
-        try:
-            parsed = parse_ui_action(extract_vwa_action(str(action)), "vwa")
-        except ActionParseError as error:
-            info["action_error"] = str(error)
+        if not self.action_space.contains(action):
+            info["action_error"] = _action_outside_space(action)
+        else:
+            try:
+                parsed = parse_ui_action(extract_vwa_action(action), "vwa")
+            except ActionParseError as error:
+                info["action_error"] = str(error)
         timings["parse"] = time.perf_counter() - started
         terminated = parsed is not None and parsed.kind == "stop"
         if parsed is not None and not terminated:
@@ -206,12 +282,12 @@ class WebEnv(gymnasium.Env):
                 elements = []
         timings["som"] = time.perf_counter() - started
         started = time.perf_counter()
-        width, height = self.task.viewport
+        width, height = self.task_viewport
         raw = screenshot_array(page) if page is not None else np.zeros((height, width, 3), np.uint8)
         timings["screenshot"] = time.perf_counter() - started
         started = time.perf_counter()
         image = draw_page_marks(raw, elements)
-        listing = som_listing(elements)
+        listing = bounded_listing(som_listing(elements), MAX_LISTING_CHARS)
         timings["draw"] = time.perf_counter() - started
         self._last_obs = {
             "image": image,
@@ -219,13 +295,16 @@ class WebEnv(gymnasium.Env):
             "som": listing,
             "text": listing,
             "url": page.url if page is not None else "about:blank",
-            "tabs": session.tab_urls() if session else [],
+            "tabs": tuple(session.tab_urls()) if session else (),
             "instruction": self.task.intent,
         }
         return self._last_obs
 
     def render(self) -> np.ndarray | None:
-        return None if self._last_obs is None else self._last_obs["image"]
+        """The last Set-of-Mark image (a copy) with ``render_mode="rgb_array"``; None without a render mode."""
+        if self.render_mode != "rgb_array" or self._last_obs is None:
+            return None
+        return self._last_obs["image"].copy()
 
     def _close_context(self) -> None:
         if self._context is not None:
@@ -235,7 +314,28 @@ class WebEnv(gymnasium.Env):
         self.session = None
 
     def close(self) -> None:
+        """Closes the episode's context and lets go of the browser (closed when no other environment of this
+        thread uses it; a browser passed in stays open); safe to call again."""
         self._close_context()
         if self._browser is not None and self._owns_browser:
-            self._browser.close()
+            _SharedBrowser.release(self._browser)
             self._browser = None
+
+
+def _check_instruction(task: WebTask) -> None:
+    if len(task.intent) > MAX_INSTRUCTION_CHARS:
+        raise UserFacingError(
+            f"task {task.task_id}'s intent is {len(task.intent)} characters; the observation space allows "
+            f"{MAX_INSTRUCTION_CHARS}; shorten the intent in the task config"
+        )
+
+
+def _action_outside_space(action: Any) -> str:
+    if not isinstance(action, str):
+        return f"the action must be a str (VWA action text such as 'click [12]'), got {type(action).__name__}"
+    if len(action) > MAX_ACTION_CHARS:
+        return (
+            f"the action is {len(action)} characters, over the {MAX_ACTION_CHARS} the action space allows; "
+            "send a shorter reply (the ```action``` block is what counts)"
+        )
+    return "the action holds a lone surrogate code point, which is not text; send valid Unicode"

@@ -1,8 +1,8 @@
-"""VisualWebArena's scoring rules as pure functions: answers, URLs and required page contents.
+"""VisualWebArena's scoring rules as pure functions: answers, URLs, required page contents, image queries.
 
 Two behaviours, chosen per call with ``mode``: ``"fixed"`` (default) and ``"official"`` (VWA's rules,
-bugs included, so scores compare with published numbers; VWA's nltk ``word_tokenize`` is approximated
-by a regex tokenizer here, since nltk is not a dependency).
+bugs included, so scores compare with published numbers). Official mode tokenises as VWA does, with
+nltk's own word tokenizer (see ``official_tokens`` for the one place it can differ from VWA's punkt data).
 
 Differences of ``fixed`` from VWA (numbers refer to the bug list in shared/vwa/EVALUATORS.md):
 
@@ -15,7 +15,10 @@ Differences of ``fixed`` from VWA (numbers refer to the bug list in shared/vwa/E
    must_include and one_of accept a plural ``s``/``es`` after a word (``croc`` matches ``crocs``);
    must_exclude does not (excluding ``Art`` does not hit ``ArtisanVideos``).
    one_of no longer matches inside a word (``round`` does not match ``around``) (bug 5).
-2. Answers are also stripped of surrounding whitespace before comparison.
+2. Surrounding whitespace is stripped from answers, page texts and references before comparing (not in
+   EVALUATORS.md's list, a fix of the same kind): whitespace around a text carries no meaning, and a page
+   text read with ``textContent`` keeps the markup's line breaks and indentation, so VWA fails
+   ``exact_match`` on a correct page for how its HTML is indented, and on an answer with a stray space.
 3. required_contents applies every key it has (their product), not the first of an if/elif chain,
    so must_exclude counts next to must_include (bug 6).
 4. A whole-page locator (``""``) is compared against the HTML with entities unescaped (``&amp;`` -> ``&``)
@@ -29,10 +32,13 @@ Differences of ``fixed`` from VWA (numbers refer to the bug list in shared/vwa/E
    configured, a fuzzy reference that exact matching cannot settle leaves the task "needs_judge"
    rather than failed.
 9. A reference image that cannot be read (reddit 184's hostless ``media/...``) is skipped, not fatal (bug 15).
+
+Bug 14 (the Postmill latest-comment helpers) lives in ``envs.web.site_helpers``.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 import re
@@ -86,16 +92,42 @@ def check_mode(mode: str) -> str:
 
 
 def clean_answer(text: str, mode: str = "fixed") -> str:
-    """Drop one pair of surrounding quotes and lowercase (fixed: also strip whitespace)."""
+    """Drop one pair of surrounding quotes (``'`` first, as VWA) and lowercase (fixed: also strip whitespace)."""
     text = str(text).strip() if mode == "fixed" else str(text)
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        text = text[1:-1]
+    for quote in ("'", '"'):
+        if text.startswith(quote) and text.endswith(quote):
+            text = text[1:-1]
+            break
     return text.strip().lower() if mode == "fixed" else text.lower()
 
 
+@functools.cache
+def _nltk_tokenizers() -> tuple[Any, Any]:
+    """nltk's punkt sentence splitter (no trained parameters) and its Treebank word tokenizer, built once."""
+    from nltk.tokenize import NLTKWordTokenizer
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+    return PunktSentenceTokenizer(), NLTKWordTokenizer()
+
+
 def official_tokens(text: str) -> list[str]:
-    """An approximation of nltk's word_tokenize: words (with inner . , ' kept) and single punctuation."""
-    return re.findall(r"\w+(?:[.,'’]\w+)*\.?|[^\w\s]", text)
+    """The tokens of VWA's ``nltk.word_tokenize(text)``: punkt sentences, each split by nltk's word tokenizer.
+
+    ``word_tokenize`` splits sentences with punkt's trained English model, which is nltk data that is
+    downloaded separately (and never at test time here). Sentences matter because the word tokenizer
+    splits a period off only at a sentence's end (``it is pink. thanks`` -> ``pink``, ``.``). Here punkt's
+    own algorithm runs with no trained parameters instead. On lowercased text (VWA lowercases before it
+    tokenizes) the two differ only where the trained parameters decide. (1) A word the English model lists
+    as an abbreviation (~150: ``mrs``, ``st``, ``bros``, ``ft``, ``u.s``, ``l``, ...), or a hyphenated word
+    whose last part is one (``2x-l``), with text after it: VWA keeps ``st.`` as one token, this gives
+    ``st``, ``.``. (2) After a number, VWA ends a sentence before four rare words (``administrators``,
+    ``b-week``, ``r-revised``, ``z-holiday``) and this does not. Of the 1,102 distinct answer and
+    reference strings in VWA's 910 task configurations, 6 tokenise differently (``st. patrick's day``,
+    ``super smash bros. series``), and no must_include or must_exclude reference changes between one
+    token and several (tests/test_web_evaluators.py pins both).
+    """
+    sentences, words = _nltk_tokenizers()
+    return [token for sentence in sentences.tokenize(text) for token in words.tokenize(sentence)]
 
 
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
@@ -150,13 +182,30 @@ def one_of(prediction: str, references: Sequence[str], mode: str = "fixed") -> b
     return any(clean_answer(ref, mode) in clean_answer(prediction, mode) for ref in references)
 
 
-def fuzzy_match(prediction: str, reference: Any, intent: str, judge: FuzzyJudge | None, mode: str = "fixed") -> Verdict:
-    """``"N/A"`` (an unanswerable task): exact match, else the judge; a list: the judge on every item."""
-    if reference == "N/A" and exact_match(prediction, "N/A", mode):
-        return Verdict(PASS)
-    references = [reference] if isinstance(reference, str) else list(reference)
+def fuzzy_match(
+    prediction: str,
+    reference: Any,
+    intent: str,
+    judge: FuzzyJudge | None,
+    mode: str = "fixed",
+    string_note: str = "",
+) -> Verdict:
+    """``"N/A"`` (an unanswerable task): exact match, else the judge; a list: the judge on every item.
+
+    For ``"N/A"`` the judge compares the prediction with ``string_note``, the task's stated reason why it
+    cannot be done (VWA's ``llm_ua_match`` asks the same), or with ``"N/A"`` when the task has none.
+    """
+    if reference == "N/A":
+        if exact_match(prediction, "N/A", mode):
+            return Verdict(PASS)
+        return _judged(prediction, [string_note or "N/A"], intent, judge)
+    return _judged(prediction, [reference] if isinstance(reference, str) else list(reference), intent, judge)
+
+
+def _judged(prediction: str, references: Sequence[str], intent: str, judge: FuzzyJudge | None) -> Verdict:
+    """The judge's verdict on every reference (their product); undecided when no judge is configured."""
     if judge is None:
-        return Verdict(NEEDS_JUDGE, [f"fuzzy_match {references!r} needs a judge; pass fuzzy_judge= to score it"])
+        return Verdict(NEEDS_JUDGE, [f"fuzzy_match {list(references)!r} needs a judge; pass fuzzy_judge= to score it"])
     result = Verdict(PASS)
     for item in references:
         result = result.combine(verdict(judge(prediction, item, intent), f"judge rejected {item!r}"))
@@ -164,26 +213,41 @@ def fuzzy_match(prediction: str, reference: Any, intent: str, judge: FuzzyJudge 
 
 
 def string_match(
-    answer: str, references: Mapping[str, Any], intent: str = "", judge: FuzzyJudge | None = None, mode: str = "fixed"
+    answer: str,
+    references: Mapping[str, Any],
+    intent: str = "",
+    judge: FuzzyJudge | None = None,
+    mode: str = "fixed",
+    string_note: str = "",
 ) -> Verdict:
-    """The product over VWA's reference_answers keys (exact_match, must_include, must_exclude, one_of, fuzzy_match)."""
+    """The product over VWA's reference_answers keys (exact_match, must_include, must_exclude, one_of, fuzzy_match).
+
+    ``string_note`` is the task's ``eval.string_note``: for a ``"N/A"`` fuzzy_match, the reason the task
+    cannot be done, which the judge compares the prediction with.
+    """
     check_mode(mode)
+    # as VWA: the answer is cleaned once up front, and exact_match/must_include/must_exclude clean it
+    # again (so a second pair of quotes goes too); one_of and the judge see it cleaned once
+    cleaned = clean_answer(answer, mode)
     result = Verdict(PASS)
     for key, value in references.items():
         if key == "exact_match":
-            result = result.combine(verdict(exact_match(answer, value, mode), f"answer is not exactly {value!r}"))
+            result = result.combine(verdict(exact_match(cleaned, value, mode), f"answer is not exactly {value!r}"))
         elif key == "must_include":
             for item in value:
-                result = result.combine(verdict(must_include(answer, item, mode), f"answer lacks {item!r}"))
+                result = result.combine(verdict(must_include(cleaned, item, mode), f"answer lacks {item!r}"))
         elif key == "must_exclude":
             for item in value:
-                result = result.combine(verdict(must_exclude(answer, item, mode), f"answer contains {item!r}"))
+                result = result.combine(verdict(must_exclude(cleaned, item, mode), f"answer contains {item!r}"))
         elif key == "one_of":
             result = result.combine(verdict(one_of(answer, value, mode), f"answer has none of {value!r}"))
+        elif key == "fuzzy_match" and mode == "official" and value == "N/A":
+            # VWA bug 13: the product so far survives only when it is 1 and the answer is exactly N/A;
+            # otherwise the judge's verdict replaces it
+            if not (result.status == PASS and exact_match(cleaned, "N/A", mode)):
+                result = _judged(cleaned, [string_note or "N/A"], intent, judge)
         elif key == "fuzzy_match":
-            fuzzy = fuzzy_match(answer, value, intent, judge, mode)
-            # VWA bug 13 (official): the N/A branch overwrites the product
-            result = fuzzy if mode == "official" and value == "N/A" else result.combine(fuzzy)
+            result = result.combine(fuzzy_match(cleaned, value, intent, judge, mode, string_note))
         else:
             raise EvaluationConfigError(
                 f"unknown reference_answers key {key!r}; "
@@ -290,3 +354,26 @@ def required_contents(
 def unescape_page_html(page_html: str, mode: str = "fixed") -> str:
     """The whole-page text a ``""`` locator compares against (fixed: entities unescaped)."""
     return html.unescape(page_html) if mode == "fixed" else page_html
+
+
+def lambda_locator_script(locator: str, mode: str = "fixed") -> str:
+    """The script of a ``lambda:`` locator (official: ``str.lstrip("lambda:")``, which eats a character set, bug 8)."""
+    if mode == "official":
+        return locator.lstrip("lambda:")  # noqa: B005  (VWA bug 8, reproduced)
+    return locator.removeprefix("lambda:")
+
+
+# -------------------------------------------------------------------------------------- page images
+
+
+def vqa_answer_found(outputs: Sequence[str], answer: str, mode: str = "fixed") -> bool:
+    """Whether any VQA output gives ``answer`` (official: as a substring, so ``no`` is in "i don't know", bug 11)."""
+    answer = str(answer).lower()
+    if mode == "official":
+        return any(answer in output.lower() for output in outputs)
+    return any(contains_phrase(output.lower(), answer) for output in outputs)
+
+
+def image_queries_product(so_far: Verdict, query: Verdict, mode: str = "fixed") -> Verdict:
+    """page_image_query's score after one more query (official: the last query's alone, bug 10)."""
+    return query if mode == "official" else so_far.combine(query)

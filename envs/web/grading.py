@@ -111,7 +111,7 @@ def locate_content(page: Any, locator: str, config: GradingConfig) -> str | None
             return ""
         return "None" if value is None else str(value)
     if locator.startswith("lambda:"):
-        script = locator.removeprefix("lambda:") if config.mode == "fixed" else locator.lstrip("lambda:")  # noqa: B005  (VWA bug 8, reproduced)
+        script = ev.lambda_locator_script(locator, config.mode)
         try:
             value = page.evaluate(script)
         except Exception:
@@ -176,6 +176,25 @@ def _fetch_image(page: Any, source: str) -> Image.Image:
     return Image.open(Path(source)).convert("RGB")
 
 
+def load_reference_images(page: Any, sources: str, mode: str = "fixed") -> list[Image.Image]:
+    """The ``|OR|`` reference images of ``eval_fuzzy_image_match``: URLs (fetched through ``page``) or paths.
+
+    One that cannot be read is skipped in fixed mode; in official mode it ends grading with an error, as it
+    does in VWA (bug 15: reddit 184's hostless ``media/...``), which leaves the task out of the scores.
+    """
+    images = []
+    for source in sources.split(ev.OR_SEPARATOR):
+        try:
+            images.append(_fetch_image(page, source.strip()))
+        except Exception as error:
+            if mode == "official":
+                raise ev.EvaluationConfigError(
+                    f"eval_fuzzy_image_match reference {source.strip()!r} cannot be read ({error}); VWA's "
+                    "evaluator stops here too (bug 15): grade with mode 'fixed' to skip unreadable references"
+                ) from error
+    return images
+
+
 _IMAGE_SOURCES = """
 (cls) => {
   const found = [];
@@ -210,24 +229,14 @@ def grade_page_images(page: Any, queries: Sequence[Mapping[str, Any]], config: G
                 score = score.combine(ev.Verdict(ev.NEEDS_JUDGE, ["eval_vqa needs a VQA model; pass vqa_model="]))
                 continue
             outputs = config.vqa_model(images, [f"Q: {item['question']} A:"] * len(images))
-            answer = str(item["answer"]).lower()
-            found = any(
-                ev.contains_phrase(output.lower(), answer) if config.mode == "fixed" else answer in output.lower()
-                for output in outputs
-            )
-            score = score.combine(ev.verdict(found, f"no VQA output contains {answer!r}"))
+            found = ev.vqa_answer_found(outputs, item["answer"], config.mode)
+            score = score.combine(ev.verdict(found, f"no VQA output contains {str(item['answer']).lower()!r}"))
         if query.get("eval_fuzzy_image_match"):
-            references = []
-            for source in str(query["eval_fuzzy_image_match"]).split(ev.OR_SEPARATOR):
-                try:
-                    references.append(_fetch_image(page, source.strip()))
-                except Exception:
-                    if config.mode == "official":
-                        raise
+            references = load_reference_images(page, str(query["eval_fuzzy_image_match"]), config.mode)
             threshold = float(query.get("ssim_threshold", 0.8))
             similar = any(ssim(image, ref) > threshold for image in images for ref in references)
             score = score.combine(ev.verdict(similar, f"no page image is similar (SSIM > {threshold}) to a reference"))
-        result = score if config.mode == "official" else result.combine(score)
+        result = ev.image_queries_product(result, score, config.mode)
     return result
 
 
@@ -253,7 +262,12 @@ def grade_task(
         for eval_type in task.eval_types:
             if eval_type == "string_match":
                 part = ev.string_match(
-                    answer, spec.get("reference_answers") or {}, task.intent, config.fuzzy_judge, config.mode
+                    answer,
+                    spec.get("reference_answers") or {},
+                    task.intent,
+                    config.fuzzy_judge,
+                    config.mode,
+                    str(spec.get("string_note") or ""),
                 )
             elif eval_type == "url_match":
                 part = ev.url_match(last_url, spec.get("reference_url") or "", spec.get("url_note"), config.mode)

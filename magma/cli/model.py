@@ -1,14 +1,19 @@
-"""``agent model``: inspect a model config or checkpoint, and run the tiny model demo."""
+"""``agent model``: inspect a model config or checkpoint, export a checkpoint to another layout, and run the tiny
+model demo."""
 
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-model_app = typer.Typer(help="Inspect Magma model configs and checkpoints; run the model demo.", no_args_is_help=True)
+model_app = typer.Typer(
+    help="Inspect Magma model configs and checkpoints, export them to the public Magma-8B layout; run the model demo.",
+    no_args_is_help=True,
+)
 
 DEFAULT_IMAGE_SIZES = ["512x512", "640x480", "1920x1080"]
 
@@ -65,3 +70,31 @@ def demo(
     from magma.inspection import run_demo
 
     typer.echo(run_demo(config, image, prompt, max_new_tokens, seed, fit_steps, fit_answer))
+
+
+class ExportLayout(StrEnum):
+    magma_hf = "magma-hf"  # microsoft/Magma-8B's names and config, for their published modeling code
+
+
+@model_app.command("export")
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint directory (ours or the Magma-8B layout).")],
+    out: Annotated[Path, typer.Argument(help="The directory to write (replaced if it holds an earlier export).")],
+    layout: Annotated[
+        ExportLayout, typer.Option("--layout", help="magma-hf: the layout of microsoft/Magma-8B on the hub.")
+    ] = ExportLayout.magma_hf,
+    vision_backbone: Annotated[
+        str | None,
+        typer.Option(
+            "--vision-backbone",
+            help="convnextxxlarge | convnextlarge: the vision model Microsoft's code builds (found from the trunk's "
+            "sizes when omitted).",
+        ),
+    ] = None,
+    max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="Largest safetensors shard.")] = "4GB",
+) -> None:
+    """Write a checkpoint in the public Magma-8B layout, which Microsoft's published Magma code loads."""
+    from magma.magma8b_layout import export_checkpoint_magma8b
+
+    written = export_checkpoint_magma8b(checkpoint, out, vision_backbone, max_shard_size)
+    typer.echo(f"wrote {written} ({layout.value} layout)")

@@ -68,6 +68,10 @@ def serve(
         int,
         typer.Option("--max-chat-items", help="Most messages plus content parts in one chat request."),
     ] = 512,
+    max_choices: Annotated[
+        int,
+        typer.Option("--max-choices", help="Most choices (OpenAI's n) one chat request may ask for."),
+    ] = 8,
     chunk_length: Annotated[
         int,
         typer.Option(
@@ -76,8 +80,9 @@ def serve(
     ] = 1,
 ) -> None:
     """Load a policy once and serve it until SIGINT/SIGTERM: ws://HOST:PORT/ in openpi's websocket protocol
-    (openpi's WebsocketClientPolicy, our PolicyClient and the robot daemon), GET /healthz, and
-    POST /v1/chat/completions for OpenAI-compatible agents (magma and lapa)."""
+    (openpi's WebsocketClientPolicy, our PolicyClient and the robot daemon), GET /healthz, and the OpenAI
+    API for agents (magma and lapa): POST /v1/chat/completions (streamed or not) and GET /v1/models. A
+    checkpoint without dataset_statistics.json (a UI/web fine-tune) serves chat only."""
     from robot.policy_protocol import PolicySpec
     from robot.policy_server import PolicyServer, ServerConfig, check_range
     from robot.served_policy import load_served_policy
@@ -97,6 +102,7 @@ def serve(
         max_image_pixels=max_image_pixels,
         max_queued_per_client=max_queued_per_client,
         max_chat_items=max_chat_items,
+        max_choices=max_choices,
     )
     config.check()  # before a model is loaded
     check_range("image_size", image_size, 1, 65535, "pixels per side", integer=True)
@@ -112,10 +118,11 @@ def serve(
         chunk_length=chunk_length,
         cameras={key: [image_size, image_size, 3] for key in keys},
     )
-    server = PolicyServer(load_served_policy(policy, model, spec, statistics_key), config)
+    served = load_served_policy(policy, model, spec, statistics_key)
+    server = PolicyServer(served, config)
+    routes = "GET /healthz" + (", POST /v1/chat/completions, GET /v1/models" if served.chat is not None else "")
+    chat_only = "" if served.serves_actions else "; chat only: the checkpoint has no robot action statistics"
     typer.echo(
-        f"serving {spec.policy} ({spec.model_id}) on ws://{host}:{port} (GET /healthz, POST /v1/chat/completions); "
-        "Ctrl-C stops",
-        err=True,
+        f"serving {spec.policy} ({spec.model_id}) on ws://{host}:{port} ({routes}){chat_only}; Ctrl-C stops", err=True
     )
     server.run()

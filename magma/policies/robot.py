@@ -14,7 +14,7 @@ from magma.checkpoint import load_checkpoint_action_statistics
 from magma.errors import UserFacingError
 from magma.model import MagmaForCausalLM, default_dtype
 from magma.processor import MagmaProcessor, prompt_content
-from magma.sampling import allowed_tokens
+from magma.sampling import AllowedTokensLogitsProcessor, allowed_tokens
 
 DEFAULT_PROMPT = "<image>\nWhat action should the robot take to {instruction}?"
 
@@ -92,9 +92,10 @@ class MagmaRobotPolicy:
         tokens = self.model.generate(
             **inputs.generation_kwargs(),
             max_new_tokens=self.codec.action_dim,
-            stop_token_ids=[],
-            allowed=self.allowed,
-        )
+            eos_token_id=[],  # an action is exactly action_dim tokens
+            do_sample=False,
+            logits_processor=[] if self.allowed is None else [AllowedTokensLogitsProcessor(self.allowed)],
+        )[:, inputs.input_ids.shape[1] :]
         actions = []
         for row in tokens:
             try:

@@ -134,10 +134,10 @@ class MagmaWebPolicy:
             turn = self.prompt(observation, self.history.task, self.history.actions)
             content, images = turn.magma_content(), turn.images
         with self.generation_lock, torch.inference_mode():
-            inputs = self.processor(content, images)
+            inputs = self.processor(content, images).to(self.model.device)
             tokens = self.model.generate(
-                **inputs.to(self.model.device).generation_kwargs(), max_new_tokens=self.max_new_tokens
-            )[0]
+                **inputs.generation_kwargs(), max_new_tokens=self.max_new_tokens, do_sample=False
+            )[0, inputs.input_ids.shape[1] :]
         reply = self.processor.decode(tokens)
         self.history.record(reply)
         return reply

@@ -12,7 +12,8 @@ import pytest
 from agent_cli import agent, assert_one_clear_error
 
 from magma.checkpoint import CheckpointError, load_checkpoint_config
-from magma.config import ConfigError, MagmaConfig, load_config
+from magma.config import ConfigError, load_config
+from magma.configuration_magma import MagmaConfig
 from robot.daemon_config import load_daemon_config
 
 SECRET = "SECRET-12345"
