@@ -35,9 +35,13 @@ bench: install
 	$(PY) bench/android_env.py
 
 # Our wire and dataset contracts against the peers' own packages, each in its own venv (runs/.interop-venvs).
+# The Magma-8B export against Microsoft's own modeling code: MAGMA_CODE=DIR, the magma/ folder of
+# github.com/microsoft/Magma or a download of the hub repo (their code is never copied into this repo).
 interop: install
 	$(PY) scripts/interop_lerobot.py
 	$(PY) scripts/interop_openpi.py
+	@if [ -n "$(MAGMA_CODE)" ]; then $(PY) scripts/interop_magma.py --magma-code "$(MAGMA_CODE)"; \
+	else echo "interop_magma: skipped; give MAGMA_CODE=DIR (Microsoft's Magma modeling files) to run it"; fi
 
 # The synthetic three-source corpus the tiny training recipes read (data/example, a few MB).
 example-data: install

@@ -142,3 +142,28 @@ def bounded_listing(listing: str, max_length: int) -> str:
         kept.append(line)
         used += len(line) + 1
     return listing[:max_length]  # not reached: the whole listing would have fitted
+
+
+def refuse_long_instruction(task_id: str, field: str, text: str, limit: int, where: str) -> None:
+    """UserFacingError when a task's instruction (``field``: intent, goal) is longer than the observation
+    space allows; ``where`` names the file to shorten it in."""
+    if len(text) > limit:
+        from data_tools.errors import UserFacingError
+
+        raise UserFacingError(
+            f"task {task_id}'s {field} is {len(text)} characters; the observation space allows {limit}; "
+            f"shorten the {field} in the {where}"
+        )
+
+
+def action_space_problem(action: Any, limit: int, expected: str, what_counts: str) -> str:
+    """Why ``action`` lies outside a ``UnicodeText(limit)`` action space, in words for ``info["action_error"]``
+    (``expected`` describes a good action, ``what_counts`` the part of a reply the env reads)."""
+    if not isinstance(action, str):
+        return f"the action must be a str ({expected}), got {type(action).__name__}"
+    if len(action) > limit:
+        return (
+            f"the action is {len(action)} characters, over the {limit} the action space allows; "
+            f"send a shorter reply ({what_counts} is what counts)"
+        )
+    return "the action holds a lone surrogate code point, which is not text; send valid Unicode"

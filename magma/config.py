@@ -379,15 +379,45 @@ def _validate(config: MagmaSchema, source: str) -> None:
         raise ConfigError(f"{source}: " + "; ".join(problems))
 
 
+def llama_text_config(text: TextConfig, tokens: TokenConfig | None = None) -> Any:
+    """The ``transformers.LlamaConfig`` of the language model (imported here: this module stays torch-free)."""
+    from transformers import LlamaConfig
+
+    llama = LlamaConfig(
+        vocab_size=text.vocab_size,
+        hidden_size=text.hidden_size,
+        intermediate_size=text.intermediate_size,
+        num_hidden_layers=text.num_hidden_layers,
+        num_attention_heads=text.num_attention_heads,
+        num_key_value_heads=text.num_key_value_heads,
+        head_dim=text.head_dim,
+        max_position_embeddings=text.max_position_embeddings,
+        rms_norm_eps=text.rms_norm_eps,
+        rope_theta=text.rope_theta,
+        rope_scaling=copy.deepcopy(text.rope_scaling),  # LlamaConfig adds keys to the dict it is given
+        tie_word_embeddings=text.tie_word_embeddings,
+        **(
+            {}
+            if tokens is None
+            else {
+                "pad_token_id": tokens.pad_token_id,
+                "bos_token_id": tokens.bos_token_id,
+                "eos_token_id": list(tokens.eos_token_ids),
+            }
+        ),
+    )
+    llama._attn_implementation = text.attn_implementation
+    return llama
+
+
 def rope_scaling_problems(text: TextConfig) -> list[str]:
     """The problems of ``text.rope_scaling``: a RoPE type transformers knows, a finite positive factor, and the
     keys that type needs (the inverse frequencies are computed once, as the model will)."""
     if text.rope_scaling is None:
         return []
-    from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    scaling = copy.deepcopy(dict(text.rope_scaling))  # LlamaConfig adds keys to the dict it is given
+    scaling = dict(text.rope_scaling)
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     known = ["default", *ROPE_INIT_FUNCTIONS]
     if kind not in known:
@@ -398,15 +428,7 @@ def rope_scaling_problems(text: TextConfig) -> list[str]:
     ):
         return [f"text.rope_scaling.factor={factor!r} must be a finite number > 0, e.g. 8.0"]
     try:
-        llama = LlamaConfig(
-            hidden_size=text.hidden_size,
-            num_attention_heads=text.num_attention_heads,
-            num_key_value_heads=text.num_key_value_heads,
-            head_dim=text.head_dim,
-            max_position_embeddings=text.max_position_embeddings,
-            rope_theta=text.rope_theta,
-            rope_scaling=scaling,
-        )
+        llama = llama_text_config(text)
         if kind != "default":
             ROPE_INIT_FUNCTIONS[kind](llama, "cpu")
     except (KeyError, ValueError, TypeError, ArithmeticError, RuntimeError) as err:

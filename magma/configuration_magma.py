@@ -14,7 +14,7 @@ from typing import Any
 from transformers import LlamaConfig, PreTrainedConfig
 
 from magma.auto_registration import register_available
-from magma.config import MagmaSchema, build_schema
+from magma.config import MagmaSchema, build_schema, llama_text_config
 
 SCHEMA_FIELDS = tuple(item.name for item in dataclasses.fields(MagmaSchema))
 # keys a config.json may hold besides the schema: written by transformers or by save_pretrained
@@ -125,27 +125,8 @@ class MagmaConfig(PreTrainedConfig):
 
 
 def llama_config(config: MagmaConfig) -> LlamaConfig:
-    """The ``transformers.LlamaConfig`` of the language model."""
-    text = config.text
-    llama = LlamaConfig(
-        vocab_size=text.vocab_size,
-        hidden_size=text.hidden_size,
-        intermediate_size=text.intermediate_size,
-        num_hidden_layers=text.num_hidden_layers,
-        num_attention_heads=text.num_attention_heads,
-        num_key_value_heads=text.num_key_value_heads,
-        head_dim=text.head_dim,
-        max_position_embeddings=text.max_position_embeddings,
-        rms_norm_eps=text.rms_norm_eps,
-        rope_theta=text.rope_theta,
-        rope_scaling=None if text.rope_scaling is None else dict(text.rope_scaling),  # transformers adds to it
-        tie_word_embeddings=text.tie_word_embeddings,
-        pad_token_id=config.tokens.pad_token_id,
-        bos_token_id=config.tokens.bos_token_id,
-        eos_token_id=list(config.tokens.eos_token_ids),
-    )
-    llama._attn_implementation = text.attn_implementation
-    return llama
+    """The ``transformers.LlamaConfig`` of the language model, with the special ids generation reads."""
+    return llama_text_config(config.text, config.tokens)
 
 
 register_available()  # transformers' Auto classes, now that this module is complete (magma.auto_registration)

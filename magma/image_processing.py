@@ -21,6 +21,9 @@ from magma.errors import UserFacingError
 
 ImageInput = str | Path | Image.Image | np.ndarray | bytes
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096  # far above what the model sees (a few 512-pixel crops)
+# Images up to this size are resized as Magma's processor does (in float, after normalising): exact values,
+# for a transient float copy of at most 4 MP x 3 x 4 bytes (48 MB) twice.
+EXACT_RESIZE_MAX_PIXELS = 4 * 1024 * 1024
 
 
 class ImageLoadError(UserFacingError, ValueError):
@@ -140,18 +143,25 @@ def process_image(
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """One image -> (crops of shape (rows*cols, 3, base, base), (rows, cols)).
 
-    The image is stretched to its grid while still uint8 and only then converted to float, so a large
-    image never exists as float32 (four times its decoded size, twice over with normalisation)."""
+    Up to ``EXACT_RESIZE_MAX_PIXELS`` the steps are Magma's own (to float in [0, 1], normalise, then
+    bilinear resize), so pixel values equal its processor's. A larger image is stretched while still
+    uint8 and only then converted to float, so it never exists as float32 (four times its decoded size,
+    twice over with normalisation); its values then differ from Magma's by at most one 8-bit level."""
     rgb = load_image(image, max_pixels)
     rows, cols = select_grid(rgb.width, rgb.height, config.num_crops, config.base_size)
     size = (rows * config.base_size, cols * config.base_size)
+    exact = rgb.width * rgb.height <= EXACT_RESIZE_MAX_PIXELS
     pixels = torch.from_numpy(rgb_array(rgb)).permute(2, 0, 1)
     del rgb
-    stretched = F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
-    del pixels
     mean = torch.tensor(config.mean).view(3, 1, 1)
     std = torch.tensor(config.std).view(3, 1, 1)
-    stretched = (stretched.float() / 255.0 - mean) / std
+    if exact:
+        normalised = (pixels.float() / 255.0 - mean) / std
+        stretched = F.interpolate(normalised[None], size=size, mode="bilinear", align_corners=False)[0]
+    else:
+        stretched = F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
+        stretched = (stretched.float() / 255.0 - mean) / std
+    del pixels
     base = config.base_size
     crops = stretched.unfold(1, base, base).unfold(2, base, base)  # (3, rows, cols, base, base)
     crops = crops.permute(1, 2, 0, 3, 4).reshape(rows * cols, 3, base, base)

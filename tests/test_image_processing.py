@@ -57,3 +57,30 @@ def test_not_an_image_is_a_clear_error(tmp_path):
         load_image(tmp_path / "missing.jpg")
     with pytest.raises(ImageLoadError, match="HxWx3 uint8"):
         load_image(np.zeros((4, 4), dtype=np.float32))
+
+
+def test_pixel_values_follow_magmas_own_steps_up_to_the_exact_size_and_one_level_above():
+    """Magma's processor turns the image into floats in [0, 1], normalises, then resizes bilinearly; ours does
+    the same up to EXACT_RESIZE_MAX_PIXELS (equal values) and resizes in uint8 above it (memory-bound)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from magma.image_processing import EXACT_RESIZE_MAX_PIXELS, process_image
+
+    config = load_config("magma-tiny").image
+    mean, std = torch.tensor(config.mean).view(3, 1, 1), torch.tensor(config.std).view(3, 1, 1)
+    rng = np.random.default_rng(0)
+    for height, width in ((90, 300), (2100, 2100)):
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        crops, (rows, cols) = process_image(image, config)
+        size = (rows * config.base_size, cols * config.base_size)
+        theirs = (torch.from_numpy(image).permute(2, 0, 1).float() / 255.0 - mean) / std
+        theirs = F.interpolate(theirs[None], size=size, mode="bilinear")[0]
+        base = config.base_size
+        theirs = theirs.unfold(1, base, base).unfold(2, base, base).permute(1, 2, 0, 3, 4).reshape(-1, 3, base, base)
+        difference = float((crops - theirs).abs().max())
+        if height * width <= EXACT_RESIZE_MAX_PIXELS:
+            assert difference == 0.0
+        else:
+            assert difference <= 1 / (255 * min(config.std)) + 1e-6

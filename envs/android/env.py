@@ -39,7 +39,7 @@ from envs.android.actions import DeviceAction, parse_android_action
 from envs.android.device import AndroidDevice, DeviceActionError, connect_device
 from envs.android.hierarchy import BoundMark, HierarchyError, ViewNode, actionable_marks, parse_hierarchy, som_listing
 from envs.android.tasks import AndroidTask, evaluate_checks
-from envs.text_space import UnicodeText, bounded_listing
+from envs.text_space import UnicodeText, action_space_problem, bounded_listing, refuse_long_instruction
 from magma.actions import ActionParseError
 
 MAX_LISTING_CHARS = 1_000_000  # a screen's marks with their labels; view text itself is unbounded
@@ -358,19 +358,8 @@ class AndroidEnv(gymnasium.Env):
 
 
 def _check_goal(task: AndroidTask) -> None:
-    if len(task.goal) > MAX_INSTRUCTION_CHARS:
-        raise UserFacingError(
-            f"task {task.task_id}'s goal is {len(task.goal)} characters; the observation space allows "
-            f"{MAX_INSTRUCTION_CHARS}; shorten the goal in the task file"
-        )
+    refuse_long_instruction(task.task_id, "goal", task.goal, MAX_INSTRUCTION_CHARS, "task file")
 
 
 def _action_outside_space(action: Any) -> str:
-    if not isinstance(action, str):
-        return f"the action must be a str (an AITW or AndroidWorld JSON action), got {type(action).__name__}"
-    if len(action) > MAX_ACTION_CHARS:
-        return (
-            f"the action is {len(action)} characters, over the {MAX_ACTION_CHARS} the action space allows; "
-            "send a shorter reply (the JSON action is what counts)"
-        )
-    return "the action holds a lone surrogate code point, which is not text; send valid Unicode"
+    return action_space_problem(action, MAX_ACTION_CHARS, "an AITW or AndroidWorld JSON action", "the JSON action")

@@ -32,7 +32,7 @@ import gymnasium
 import numpy as np
 
 from data_tools.errors import UserFacingError
-from envs.text_space import UnicodeText, bounded_listing
+from envs.text_space import UnicodeText, action_space_problem, bounded_listing, refuse_long_instruction
 from envs.web.actions import WebActionError, execute_action
 from envs.web.browser import ChromiumBrowser, ContextOptions
 from envs.web.grading import GradingConfig, grade_task
@@ -323,19 +323,10 @@ class WebEnv(gymnasium.Env):
 
 
 def _check_instruction(task: WebTask) -> None:
-    if len(task.intent) > MAX_INSTRUCTION_CHARS:
-        raise UserFacingError(
-            f"task {task.task_id}'s intent is {len(task.intent)} characters; the observation space allows "
-            f"{MAX_INSTRUCTION_CHARS}; shorten the intent in the task config"
-        )
+    refuse_long_instruction(task.task_id, "intent", task.intent, MAX_INSTRUCTION_CHARS, "task config")
 
 
 def _action_outside_space(action: Any) -> str:
-    if not isinstance(action, str):
-        return f"the action must be a str (VWA action text such as 'click [12]'), got {type(action).__name__}"
-    if len(action) > MAX_ACTION_CHARS:
-        return (
-            f"the action is {len(action)} characters, over the {MAX_ACTION_CHARS} the action space allows; "
-            "send a shorter reply (the ```action``` block is what counts)"
-        )
-    return "the action holds a lone surrogate code point, which is not text; send valid Unicode"
+    return action_space_problem(
+        action, MAX_ACTION_CHARS, "VWA action text such as 'click [12]'", "the ```action``` block"
+    )
