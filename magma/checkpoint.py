@@ -73,14 +73,21 @@ def save_pretrained(
         if tokenizer is not None:
             config["tokenizer"] = None  # the tokenizer now lives in the checkpoint itself
             tokenizer.save_pretrained(str(staging))
-            # AutoProcessor looks here first, so a broken config is reported, not skipped for the bare tokenizer
-            (staging / PROCESSOR_CONFIG_FILE).write_text(json.dumps({"processor_class": "MagmaProcessor"}) + "\n")
+            write_processor_config(staging)
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
         save_torch_state_dict(state, staging, max_shard_size=max_shard_size)
         if action_statistics:
             save_action_statistics(staging / ACTION_STATISTICS_FILENAME, action_statistics)
     return Path(directory)
+
+
+def write_processor_config(directory: Path) -> Path:
+    """``processor_config.json`` naming MagmaProcessor: AutoProcessor looks there first, so a broken config
+    is reported instead of being skipped for the bare tokenizer."""
+    path = directory / PROCESSOR_CONFIG_FILE
+    path.write_text(json.dumps({"processor_class": "MagmaProcessor"}) + "\n")
+    return path
 
 
 # ---- reading ------------------------------------------------------------------------------------

@@ -212,8 +212,13 @@ class MagmaProcessor(ProcessorMixin):
         return cls(load_tokenizer(directory), load_checkpoint_config(directory))
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> list[str]:  # type: ignore[override]
-        """The tokenizer files; ``MagmaForCausalLM.save_pretrained`` writes the config the processor reads."""
-        return list(self.tokenizer.save_pretrained(str(save_directory)))
+        """The tokenizer files and ``processor_config.json`` naming this class (``push_to_hub`` comes here
+        too); ``MagmaForCausalLM.save_pretrained`` writes the model config the processor reads."""
+        from magma.checkpoint import write_processor_config
+
+        directory = Path(save_directory)
+        saved = list(self.tokenizer.save_pretrained(str(directory)))
+        return [*saved, str(write_processor_config(directory))]
 
     # ---- one sample -----------------------------------------------------------------------
     def encode(

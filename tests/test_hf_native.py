@@ -157,3 +157,12 @@ def test_a_tokenizer_whose_image_markers_disagree_with_the_config_is_named(tmp_p
     wrong = load_config("magma-tiny", [f"tokens.image_start_token_id={marker - 2}"])
     with pytest.raises(ImagePlaceholderError, match="<image_start>"):
         MagmaProcessor(tiny_processor.tokenizer, wrong)
+
+
+def test_the_processor_saves_what_auto_processor_reads(tmp_path, checkpoint, tiny_processor):
+    tiny_processor.save_pretrained(tmp_path / "processor")
+    assert json.loads((tmp_path / "processor" / "processor_config.json").read_text())["processor_class"] == (
+        "MagmaProcessor"
+    )
+    reloaded = AutoProcessor.from_pretrained(checkpoint)
+    assert reloaded("Hello").input_ids.tolist() == tiny_processor("Hello").input_ids.tolist()
