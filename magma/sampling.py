@@ -1,5 +1,5 @@
-"""Next-token selection for generation: greedy, temperature and nucleus (top-p) sampling, and the
-mask of the token ids a completion may contain."""
+"""Sampling settings for transformers' ``generate`` (greedy below a tiny temperature, else temperature and
+nucleus sampling), and the mask of the token ids a completion may contain, applied as a logits processor."""
 
 from __future__ import annotations
 
@@ -12,39 +12,6 @@ from transformers import LogitsProcessor
 from magma.configuration_magma import MagmaConfig
 
 GREEDY_BELOW_TEMPERATURE = 1e-5  # smaller temperatures decode greedily (float32 cannot divide by them safely)
-
-
-def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Zero the tail of each distribution beyond cumulative mass ``top_p`` (always keeps the top token)."""
-    if top_p >= 1.0:
-        return probs
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    beyond = mass_before >= top_p
-    beyond[..., 0] = False  # the most likely token stays, whatever top_p is
-    sorted_probs = sorted_probs.masked_fill(beyond, 0.0)
-    filtered = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return filtered / filtered.sum(dim=-1, keepdim=True)
-
-
-def sample_next_token(
-    logits: torch.Tensor,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """(batch, vocab) logits -> (batch,) token ids; ``temperature`` below 1e-5 (0 too) is greedy."""
-    if not math.isfinite(temperature) or not 0.0 < top_p <= 1.0:
-        raise ValueError(f"temperature must be finite and top_p in (0, 1]; got {temperature} and {top_p}")
-    if temperature < GREEDY_BELOW_TEMPERATURE:  # the limit of sampling as temperature -> 0 is the argmax
-        return logits.argmax(dim=-1)
-    # shifted so the largest logit is 0 before dividing: a tiny temperature sends the others to -inf, never
-    # to +inf (inf - inf would make the probabilities NaN); at any temperature the top token keeps mass
-    logits = logits.float()
-    shifted = logits - logits.max(dim=-1, keepdim=True).values
-    probs = torch.softmax(torch.nan_to_num(shifted, nan=float("-inf")) / temperature, dim=-1)
-    probs = top_p_filter(probs, top_p)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
 def allowed_tokens(config: MagmaConfig, token_range: tuple[int, int] | None = None) -> torch.Tensor:

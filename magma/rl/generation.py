@@ -1,20 +1,51 @@
 """Rollout sampling: completions drawn at a temperature, with the log-probability of every drawn token
 under the distribution it was drawn from (what importance sampling and the clipped ratio need).
 
-The decoding loop is ``MagmaForCausalLM.generate``'s (prefill, then KV-cache steps with positions from
-the attention mask); it differs only in keeping each token's log-prob and each row's length.
+The decoding is ``MagmaForCausalLM.generate`` itself (transformers' generate: prefill, KV-cache steps,
+stop tokens); the sampling distribution is built by logits processors we pass (allowed tokens, then
+temperature and top-p), and a last processor, :class:`DrawnTokenLogProbs`, keeps the log-prob of the
+token each step draws, so no (steps x batch x vocab) scores are kept.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
+from transformers import LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
 
-from magma.model import MagmaForCausalLM, left_align, positions_from_mask
+from magma.model import MagmaForCausalLM
 from magma.processor import ModelInputs
-from magma.sampling import allowed_tokens, mask_logits, top_p_filter
+from magma.sampling import AllowedTokensLogitsProcessor, allowed_tokens
+
+MIN_LOG_PROB = math.log(1e-30)  # a floor, so a log-prob is always finite
+
+
+class DrawnTokenLogProbs(LogitsProcessor):
+    """The last logits processor of a rollout: it leaves the scores as they are and keeps, step by step,
+    the log-prob (under those final scores) of the token the step then draws. The drawn token is known
+    only at the next call (the last column of ``input_ids``) or, for the last step, from the returned
+    sequences (:meth:`finish`)."""
+
+    def __init__(self) -> None:
+        self.pending: torch.Tensor | None = None
+        self.log_probs: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.settle(input_ids[:, -1])
+        self.pending = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def settle(self, drawn: torch.Tensor) -> None:
+        if self.pending is not None:
+            self.log_probs.append(self.pending.gather(-1, drawn[:, None]).squeeze(-1).clamp(min=MIN_LOG_PROB))
+            self.pending = None
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        """(batch, steps) log-probs of the drawn tokens."""
+        self.settle(sequences[:, -1])
+        return torch.stack(self.log_probs, dim=1)
 
 
 @dataclass
@@ -25,12 +56,6 @@ class Completion:
     token_ids: list[int]
     log_probs: list[float]
     stopped: bool  # ended with a stop token (False: cut at max_new_tokens)
-
-
-def sampling_distribution(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """(B, V) logits -> the probabilities tokens are drawn from (temperature, then nucleus filter)."""
-    probs = torch.softmax(logits.float() / max(temperature, 1e-6), dim=-1)
-    return top_p_filter(probs, top_p)
 
 
 @torch.no_grad()
@@ -48,63 +73,46 @@ def sample_completions(
 
     ``temperature <= 0`` decodes greedily (log-probs are then those of the temperature-1 softmax).
     ``stop_token_ids`` defaults to the model's end-of-sequence ids; ``[]`` never stops early.
-    ``allowed`` (V,) bool restricts the tokens drawn (default :func:`allowed_tokens`).
+    ``allowed`` (V,) bool restricts the tokens drawn (default :func:`allowed_tokens`). ``generator``
+    seeds the draws (transformers samples from the global generator, so it runs in a forked RNG state
+    seeded from ``generator``: the same generator state gives the same completions, and the caller's
+    global RNG is left as it was).
     """
-    device = model.device
-    input_ids, attention_mask = left_align(inputs.input_ids.to(device), inputs.attention_mask.to(device))
-    pixel_values = None if inputs.pixel_values is None else inputs.pixel_values.to(device, model.dtype)
-    image_grids = None if inputs.image_grids is None else inputs.image_grids.to(device)
-    stops = torch.tensor(
-        model.config.tokens.eos_token_ids if stop_token_ids is None else stop_token_ids, dtype=torch.long, device=device
-    )
-    batch = input_ids.shape[0]
-    embeds = model.embed(input_ids, pixel_values, image_grids)
-    position_ids = positions_from_mask(attention_mask)
-    cache = DynamicCache(config=model.language_model.config)
-    out = model(
-        inputs_embeds=embeds,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        cache=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    last_position = position_ids[:, -1:]
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    lengths = torch.zeros(batch, dtype=torch.long, device=device)
-    tokens, log_probs = [], []
-    allowed = allowed_tokens(model.config) if allowed is None else allowed
-    for step in range(max_new_tokens):
-        logits = mask_logits(out.logits[:, -1], allowed)
-        if temperature > 0:
-            probs = sampling_distribution(logits, temperature, top_p)
-            token = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
-        else:
-            probs = torch.softmax(logits.float(), dim=-1)
-            token = logits.argmax(dim=-1)
-        tokens.append(token)
-        log_probs.append(probs.gather(-1, token[:, None]).squeeze(-1).clamp(min=1e-30).log())
-        lengths = torch.where(finished, lengths, lengths + 1)
-        finished |= torch.isin(token, stops)
-        if bool(finished.all()) or step + 1 == max_new_tokens:
-            break
-        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-        last_position = last_position + 1
-        out = model(
-            inputs_embeds=model.language_model.get_input_embeddings()(token[:, None]),
-            attention_mask=attention_mask,
-            position_ids=last_position,
-            cache=out.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-    if not tokens:
+    batch = inputs.input_ids.shape[0]
+    if max_new_tokens <= 0:
         return [Completion([], [], False) for _ in range(batch)]
-    token_matrix = torch.stack(tokens, dim=1).tolist()
-    log_prob_matrix = torch.stack(log_probs, dim=1).tolist()
+    device = model.device
+    stops = list(model.config.tokens.eos_token_ids if stop_token_ids is None else stop_token_ids)
+    allowed = allowed_tokens(model.config) if allowed is None else allowed
+    recorder = DrawnTokenLogProbs()
+    processors: list[LogitsProcessor] = [AllowedTokensLogitsProcessor(allowed)]
+    if temperature > 0:  # the warpers are ours, so that the recorder runs after them
+        processors.append(TemperatureLogitsWarper(max(float(temperature), 1e-6)))  # finite at any temperature
+        if top_p < 1.0:
+            processors.append(TopPLogitsWarper(float(top_p)))
+    processors.append(recorder)
+    given = inputs.to(device, pixel_dtype=model.dtype).generation_kwargs()
+    seed = None if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        sequences = model.generate(
+            **given,
+            max_new_tokens=max_new_tokens,
+            do_sample=temperature > 0,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            eos_token_id=stops,
+            pad_token_id=model.config.tokens.pad_token_id,
+            logits_processor=processors,
+        )
+    new_tokens = sequences[:, inputs.input_ids.shape[1] :]
+    log_probs = recorder.finish(sequences).tolist()
     completions = []
-    for row in range(batch):
-        length = int(lengths[row])
-        ids = token_matrix[row][:length]
-        completions.append(Completion(ids, log_prob_matrix[row][:length], bool(ids) and ids[-1] in stops.tolist()))
+    for row, ids in enumerate(new_tokens.tolist()):
+        stop_at = next((index for index, token in enumerate(ids) if token in stops), None)
+        length = len(ids) if stop_at is None else stop_at + 1
+        completions.append(Completion(ids[:length], log_probs[row][:length], stop_at is not None))
     return completions

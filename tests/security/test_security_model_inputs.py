@@ -4,6 +4,7 @@ float conversion."""
 
 from __future__ import annotations
 
+import math
 import struct
 import subprocess
 import sys
@@ -197,15 +198,28 @@ def test_an_assistant_first_conversation_is_a_typed_error(tiny_processor):
     assert tiny_processor.encode([{"role": "system", "content": "s"}, {"role": "assistant", "content": "x"}]).labels
 
 
-def test_tiny_temperatures_sample_finite_probabilities():
+def test_tiny_temperatures_sample_finite_probabilities(tiny_model, tiny_processor):
     import torch
 
-    from magma.sampling import sample_next_token
+    from magma.rl.generation import sample_completions
+    from magma.sampling import sampling_settings
 
-    logits = torch.randn(3, 64) * 30
-    logits[0, 5] = float("-inf")
-    for temperature in (1e-300, 5e-324, 1e-40, 1e-6, 1e-3):  # before: inf/NaN probabilities, a RuntimeError
-        assert sample_next_token(logits, temperature).tolist() == logits.argmax(dim=-1).tolist()
+    inputs = tiny_processor(["Hello", "Count to three."])
+    greedy = tiny_model.generate(**inputs, max_new_tokens=4, do_sample=False, eos_token_id=[])
+    for temperature in (1e-300, 5e-324, 1e-40, 1e-6):  # before: inf/NaN probabilities, a RuntimeError
+        assert sampling_settings(temperature)["do_sample"] is False
+        assert torch.equal(
+            tiny_model.generate(**inputs, max_new_tokens=4, eos_token_id=[], **sampling_settings(temperature)), greedy
+        )
+        completions = sample_completions(
+            tiny_model,
+            inputs,
+            4,
+            temperature=temperature,
+            stop_token_ids=[],
+            generator=torch.Generator().manual_seed(0),
+        )
+        assert all(len(c.log_probs) == 4 and all(map(math.isfinite, c.log_probs)) for c in completions)
 
 
 def test_robot_policy_instructions_must_be_text():
