@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_tools.atomic_files import write_json_atomically
 from data_tools.errors import UserFacingError
 from data_tools.lerobot_format import (
     ACTION_KEY,
@@ -62,7 +63,6 @@ from data_tools.lerobot_format import (
     statistics_to_json,
     tasks_table,
     typed_statistics,
-    write_json_atomically,
 )
 from data_tools.lerobot_reader import Episode, LeRobotDatasetReader
 from data_tools.shards import ShardWriter

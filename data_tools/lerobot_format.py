@@ -15,7 +15,6 @@ import os
 import re
 import stat
 import string
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -317,20 +316,6 @@ def tasks_from_table(table: pa.Table, path: Path) -> list[str]:
     if sorted(by_index) != list(range(len(by_index))):
         raise DatasetLayoutError(f"'{path}' task indices are not 0..{len(by_index) - 1}; renumber the tasks")
     return [str(by_index[index]) for index in range(len(by_index))]
-
-
-def write_json_atomically(path: Path, payload: Any) -> None:
-    """Write JSON under a temporary name in the same folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(payload, file, indent=4, allow_nan=False)
-            file.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def size_in_mb(limit_mb: float) -> int | float:

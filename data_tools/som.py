@@ -76,8 +76,9 @@ class UIElement:
 
 
 @dataclass(frozen=True)
-class Mark:
-    """A numbered element; ``label`` is 1-based, ``label_box`` is where the number is drawn (None until placed)."""
+class ElementMark:
+    """A Set-of-Mark mark: a UI element with its number (``label``, 1-based) and where the number is drawn
+    (``label_box``, None until placed). Not Trace-of-Mark's ``data_tools.tom.TrackedMark``, a point in a video."""
 
     label: int
     element: UIElement
@@ -326,7 +327,7 @@ def sample_elements(
     return [elements[index] for index in sorted(chosen)]
 
 
-def number_marks(elements: Sequence[UIElement], row_tolerance: float | None = None) -> list[Mark]:
+def number_marks(elements: Sequence[UIElement], row_tolerance: float | None = None) -> list[ElementMark]:
     """Marks numbered 1..N in reading order (see the module docstring for the rule)."""
     if not elements:
         return []
@@ -340,7 +341,7 @@ def number_marks(elements: Sequence[UIElement], row_tolerance: float | None = No
         else:
             rows.append([element])
     ordered = [element for row in rows for element in sorted(row, key=lambda item: (item.box[0], item.box[1]))]
-    return [Mark(label, element) for label, element in enumerate(ordered, start=1)]
+    return [ElementMark(label, element) for label, element in enumerate(ordered, start=1)]
 
 
 # ------------------------------------------------------------------------------------------------- drawing
@@ -456,11 +457,11 @@ def _place_label(
 
 
 def place_mark_labels(
-    marks: Sequence[Mark],
+    marks: Sequence[ElementMark],
     image_size: tuple[int, int],
     style: MarkStyle | None = None,
     cover_own_box: bool = True,
-) -> list[Mark]:
+) -> list[ElementMark]:
     """``marks`` with their ``label_box`` set by the placement rule (module docstring), in label order.
     With ``cover_own_box`` False (point marks) a label also avoids its own element, so it never hides the point."""
     style = style or MarkStyle()
@@ -487,7 +488,7 @@ def _as_rgb_image(image: Image.Image | np.ndarray) -> Image.Image:
     return Image.fromarray(array).convert("RGB")
 
 
-def _draw_label(draw: ImageDraw.ImageDraw, mark: Mark, font_size: int) -> None:
+def _draw_label(draw: ImageDraw.ImageDraw, mark: ElementMark, font_size: int) -> None:
     assert mark.label_box is not None
     x0, y0, x1, y1 = mark.label_box
     colour = mark_colour(mark.label)
@@ -501,7 +502,9 @@ def _draw_label(draw: ImageDraw.ImageDraw, mark: Mark, font_size: int) -> None:
     draw.text((text_x, text_y), text, fill=_text_colour(colour), font=font)
 
 
-def draw_marks(image: Image.Image | np.ndarray, marks: Sequence[Mark], style: MarkStyle | None = None) -> np.ndarray:
+def draw_marks(
+    image: Image.Image | np.ndarray, marks: Sequence[ElementMark], style: MarkStyle | None = None
+) -> np.ndarray:
     """A copy of ``image`` (PIL or uint8 array) as an HxWx3 uint8 array with each mark's box outlined in its
     colour and its number in a filled label; labels not yet placed are placed by ``place_mark_labels``."""
     style = style or MarkStyle()
@@ -527,7 +530,7 @@ def point_marks(
     image_size: tuple[int, int],
     labels: Sequence[int] | None = None,
     style: MarkStyle | None = None,
-) -> list[Mark]:
+) -> list[ElementMark]:
     """Marks for pixel points (x, y): each a small square element of the point radius, labelled 1..N unless
     ``labels`` are given, with label boxes placed by the same rule as box marks."""
     style = style or MarkStyle()
@@ -536,7 +539,7 @@ def point_marks(
     if len(labels) != len(points):
         raise ValueError(f"got {len(points)} points and {len(labels)} labels; give one label per point")
     marks = [
-        Mark(int(label), UIElement((x - radius, y - radius, x + radius, y + radius), "point"))
+        ElementMark(int(label), UIElement((x - radius, y - radius, x + radius, y + radius), "point"))
         for (x, y), label in zip(points, labels, strict=True)
     ]
     return place_mark_labels(marks, image_size, style, cover_own_box=False)

@@ -41,7 +41,7 @@ from data_tools.jsonl_lines import JsonLineError, read_json_line
 from data_tools.sample_format import ACTION_PLACEHOLDER, IMAGE_PLACEHOLDER
 from data_tools.som import (
     Box,
-    Mark,
+    ElementMark,
     MarkStyle,
     SomInputError,
     UIElement,
@@ -162,7 +162,7 @@ def normalised_center(box: Box, image_size: tuple[int, int]) -> tuple[float, flo
 
 def som_marks(
     elements: Sequence[UIElement], image_size: tuple[int, int], config: SomConfig, rng: np.random.Generator
-) -> list[Mark]:
+) -> list[ElementMark]:
     """Elements filtered, sampled by kind (at most ``config.max_marks``) and numbered by the reading-order rule."""
     kept = filter_elements(elements, image_size, config.max_area_fraction, config.min_side_px, config.iou_duplicate)
     return number_marks(sample_elements(kept, config.max_marks, config.kind_weights, rng))
@@ -184,13 +184,13 @@ def _caption(element: UIElement) -> str:
     return f'{article} {element.kind} labelled "{element.text}".'
 
 
-def _smallest_mark_at(point: tuple[float, float], marks: Sequence[Mark]) -> Mark | None:
+def _smallest_mark_at(point: tuple[float, float], marks: Sequence[ElementMark]) -> ElementMark | None:
     inside = [mark for mark in marks if mark.element.box[0] <= point[0] < mark.element.box[2]]
     inside = [mark for mark in inside if mark.element.box[1] <= point[1] < mark.element.box[3]]
     return min(inside, key=lambda mark: mark.element.area, default=None)
 
 
-def _eligible_targets(task: str, marks: Sequence[Mark], config: SomConfig) -> list[Mark]:
+def _eligible_targets(task: str, marks: Sequence[ElementMark], config: SomConfig) -> list[ElementMark]:
     """Marks a question of ``task`` can name without ambiguity."""
     if task == "som_action":
         descriptions = Counter(_describe(mark.element, config) for mark in marks)
@@ -203,7 +203,7 @@ def _eligible_targets(task: str, marks: Sequence[Mark], config: SomConfig) -> li
 
 
 def _question_and_answer(
-    task: str, target: Mark, image_size: tuple[int, int], config: SomConfig, rng: np.random.Generator
+    task: str, target: ElementMark, image_size: tuple[int, int], config: SomConfig, rng: np.random.Generator
 ) -> tuple[str, str]:
     element = target.element
     point, box = normalised_center(element.box, image_size), normalised_box(element.box, image_size)
@@ -239,7 +239,7 @@ class _Screen:
         self.image = np.asarray(pil.convert("RGB"))
         self.size = (self.image.shape[1], self.image.shape[0])
         self.style = style
-        self.marks: list[Mark] = []
+        self.marks: list[ElementMark] = []
         self._marked: np.ndarray | None = None
 
     def marked(self) -> np.ndarray:

@@ -96,10 +96,11 @@ class TomConfig:
 
 
 @dataclass
-class Mark:
-    """One mark: its 1-based ``label``, start position in frame pixels (``pixel_xy``) and on the
-    coordinate grid (``start``), its future positions on the grid (``trace``, (num_steps, 2) int, in
-    start-frame coordinates after camera compensation) and whether it moves (``foreground``)."""
+class TrackedMark:
+    """One Trace-of-Mark point followed through a clip: its 1-based ``label``, start position in frame
+    pixels (``pixel_xy``) and on the coordinate grid (``start``), its future positions on the grid
+    (``trace``, (num_steps, 2) int, in start-frame coordinates after camera compensation) and whether it
+    moves (``foreground``)."""
 
     label: int
     pixel_xy: tuple[float, float]
@@ -113,7 +114,7 @@ class TraceOfMark:
     """The marks of one clip and what was measured on the way; ``has_motion`` is False when nothing in
     the scene moves (the sample then asks to locate the marks)."""
 
-    marks: list[Mark]
+    marks: list[TrackedMark]
     has_motion: bool
     camera_moving: bool
     camera_residual_px: float
@@ -124,7 +125,7 @@ class TraceOfMark:
     query_points: int = 0
 
     @property
-    def foreground(self) -> list[Mark]:
+    def foreground(self) -> list[TrackedMark]:
         return [mark for mark in self.marks if mark.foreground]
 
 
@@ -255,7 +256,7 @@ def extract_trace_of_mark(
     for (index, is_foreground), label in zip(chosen, labels, strict=True):
         cells = to_grid(in_start_frame[:, index], width, height, config.coordinate_grid)
         marks.append(
-            Mark(
+            TrackedMark(
                 label=int(label),
                 pixel_xy=(float(tracks[0, index, 0]), float(tracks[0, index, 1])),
                 start=(int(cells[0, 0]), int(cells[0, 1])),
@@ -290,7 +291,7 @@ def trace_question(labels: list[int], num_steps: int, grid: int, task: str | Non
     )
 
 
-def trace_answer(marks: list[Mark]) -> str:
+def trace_answer(marks: list[TrackedMark]) -> str:
     """The gpt turn of a Trace-of-Mark sample, in Magma's ToM answer format: the moving marks with their
     start cells, then per mark its future cells as ``"Mark k": "[[x,y],...]"`` blocks."""
     moving = [mark for mark in marks if mark.foreground]
@@ -307,7 +308,7 @@ def locate_question(grid: int) -> str:
     )
 
 
-def locate_answer(marks: list[Mark]) -> str:
+def locate_answer(marks: list[TrackedMark]) -> str:
     """The gpt turn of the fallback sample, in Magma's format: ``Mark k at [x,y]`` joined by '. '."""
     return ". ".join(f"Mark {mark.label} at {_format_xy(mark.start)}" for mark in marks)
 

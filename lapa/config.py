@@ -11,23 +11,15 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-from omegaconf import OmegaConf
-
-from magma.config import (
-    ConfigError,
-    check_number,
-    count_problems,
-    find_config_file,
-    merge_structured,
-    optimizer_problems,
-    read_yaml,
-    seed_problems,
-)
+from data_tools.config_files import ConfigError, check_number, config_from, count_problems, load_config_file
+from magma.config import optimizer_problems
+from magma.training.run_config import LoggingConfig, RunConfig, run_problems
 
 LAPA_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "lapa"
-ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "naive")
+AttentionImplementation = Literal["auto", "sdpa", "naive"]
+ATTENTION_IMPLEMENTATIONS = get_args(AttentionImplementation)
 
 
 class CodebookGridError(ConfigError):
@@ -54,7 +46,7 @@ class QuantizerConfig:
     num_codes: int = 4  # k tokens per frame pair: a sqrt(k) x sqrt(k) grid pooled from the patch grid
     # "auto": SDPA, but the math written out for short sequences on CPU (lapa/attention.py) |
     # "sdpa" (torch scaled_dot_product_attention everywhere) | "naive" (the benchmark baseline)
-    attention: str = "auto"
+    attention: AttentionImplementation = "auto"
 
     @property
     def grid_side(self) -> int:
@@ -162,44 +154,32 @@ class CodebookUpkeepConfig:
 
 
 @dataclass
-class CheckpointConfig:
-    every: int = 0  # steps between checkpoints; 0: only at the end
-    keep: int = 2
+class QuantizerTrainConfig(RunConfig):
+    """A quantizer training run (``agent lapa train``): the ``quantizer:`` section is the model."""
 
-
-@dataclass
-class LoggingConfig:
-    every: int = 10
-    progress: bool = True
-
-
-@dataclass
-class QuantizerTrainConfig:
     name: str = "lapa"
-    run_dir: str = "runs/${name}"
-    seed: int = 0
     max_steps: int = 1000
     batch_size: int = 32  # frame pairs per process per step
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     data: FramePairsConfig = field(default_factory=FramePairsConfig)
     optim: QuantizerOptimConfig = field(default_factory=QuantizerOptimConfig)
     codebook: CodebookUpkeepConfig = field(default_factory=CodebookUpkeepConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(every=10))
 
 
 def load_quantizer_train_config(name_or_path: str | Path, overrides: list[str] | None = None) -> QuantizerTrainConfig:
     """A recipe name (``configs/lapa/NAME.yaml``) or YAML path, with ``key=value`` overrides."""
-    path = find_config_file(name_or_path, LAPA_CONFIG_DIR, "lapa")
-    return quantizer_train_config_from(read_yaml(path, "lapa"), overrides or [], str(path))
+    return load_config_file(
+        QuantizerTrainConfig, name_or_path, LAPA_CONFIG_DIR, "lapa", overrides, validate_quantizer_train_config
+    )
 
 
 def quantizer_train_config_from(data: Any, overrides: list[str], source: str) -> QuantizerTrainConfig:
-    tree = OmegaConf.create(data) if isinstance(data, dict) else data
-    config = merge_structured(QuantizerTrainConfig, tree, overrides, source)
+    return config_from(QuantizerTrainConfig, data, overrides, source, validate_quantizer_train_config)
+
+
+def validate_quantizer_train_config(config: QuantizerTrainConfig, source: str) -> None:
+    """Every problem of the run and of its quantizer in one ConfigError, each with its key and the fix."""
     optim, data, codebook = config.optim, config.data, config.codebook
     problems = optimizer_problems(
         "optim",
@@ -209,22 +189,8 @@ def quantizer_train_config_from(data: Any, overrides: list[str], source: str) ->
         warmup_steps=optim.warmup_steps,
         max_grad_norm=optim.max_grad_norm,
     )
-    count_problems(
-        problems,
-        1,
-        {
-            "max_steps": config.max_steps,
-            "batch_size": config.batch_size,
-            "codebook.every": codebook.every,
-            "logging.every": config.logging.every,
-        },
-    )
-    count_problems(
-        problems,
-        0,
-        {"checkpoint.every": config.checkpoint.every, "checkpoint.keep": config.checkpoint.keep},
-    )
-    seed_problems(problems, {"seed": config.seed})
+    problems += run_problems(config)
+    count_problems(problems, 1, {"batch_size": config.batch_size, "codebook.every": codebook.every})
     check_number(problems, "data.window_s", data.window_s, low=0, low_open=True, hint="seconds between the frames")
     check_number(problems, "data.stride_s", data.stride_s, low=0, low_open=True, optional=True, hint="null: all")
     check_number(problems, "data.memory_gib", data.memory_gib, low=0, low_open=True, hint="e.g. 8")
@@ -235,4 +201,3 @@ def quantizer_train_config_from(data: Any, overrides: list[str], source: str) ->
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
     validate_quantizer_config(config.quantizer, source)
-    return config

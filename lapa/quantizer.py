@@ -24,12 +24,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from data_tools.config_files import ConfigError, merge_structured
+from data_tools.errors import UserFacingError
 from lapa.attention import TransformerBlock
 from lapa.config import QuantizerConfig, validate_quantizer_config
 from lapa.nsvq import NoiseSubstitutionVQ
 from magma.checkpoint import read_safetensors, staged_directory, unreadable_file_message
-from magma.config import ConfigError, merge_structured
-from magma.errors import UserFacingError
 
 FORMAT_NAME = "lapa-latent-action-quantizer"
 CONFIG_FILE = "config.json"

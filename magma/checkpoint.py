@@ -25,10 +25,10 @@ from huggingface_hub import save_torch_state_dict
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from data_tools.config_files import ConfigError
+from data_tools.errors import UserFacingError
 from magma.actions import ACTION_STATISTICS_FILENAME, ActionStatistics, load_action_statistics, save_action_statistics
-from magma.config import ConfigError
 from magma.configuration_magma import MagmaConfig
-from magma.errors import UserFacingError
 from magma.model import MagmaForCausalLM, default_dtype
 
 FORMAT_NAME = "magma-agent-toolkit"

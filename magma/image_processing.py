@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from data_tools.errors import UserFacingError
 from magma.config import ImageConfig
-from magma.errors import UserFacingError
 
 ImageInput = str | Path | Image.Image | np.ndarray | bytes
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096  # far above what the model sees (a few 512-pixel crops)

@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 
+from data_tools.config_files import ConfigError
 from magma.actions import ACTION_STATISTICS_FILENAME, load_action_statistics
 from magma.actions.robot import DEFAULT_NUM_BINS
-from magma.config import ConfigError, load_config
+from magma.config import load_config
 from magma.configuration_magma import MagmaConfig
 from magma.image_processing import image_token_count, select_grid
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from data_tools.config_files import ConfigError
+from data_tools.errors import UserFacingError
 from magma.checkpoint import (
     CONFIG_FILE,
     CheckpointError,
@@ -26,9 +28,8 @@ from magma.checkpoint import (
     staged_directory,
     weight_files,
 )
-from magma.config import ConfigError, TokenConfig
+from magma.config import TokenConfig
 from magma.configuration_magma import HF_SETTINGS, MagmaConfig
-from magma.errors import UserFacingError
 
 if TYPE_CHECKING:
     from magma.model import MagmaForCausalLM

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from transformers import GenerationMixin, LlamaForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from data_tools.errors import UserFacingError
 from magma.auto_registration import register_available
 from magma.configuration_magma import MagmaConfig, llama_config
-from magma.errors import UserFacingError
 from magma.projector import MultimodalProjector
 from magma.vision_tower import ConvNextVisionTower
 

@@ -26,10 +26,10 @@ from jinja2 import TemplateError
 from tokenizers import Tokenizer
 from transformers import ProcessorMixin
 
+from data_tools.errors import UserFacingError
 from data_tools.sample_format import ACTION_PLACEHOLDER, IMAGE_PLACEHOLDER
 from magma.auto_registration import register_available
 from magma.configuration_magma import MagmaConfig
-from magma.errors import UserFacingError
 from magma.image_processing import DEFAULT_MAX_IMAGE_PIXELS, ImageInput, image_token_count, process_image
 from magma.model import IGNORE_INDEX, positions_from_mask
 from magma.tokenizer import load_tokenizer

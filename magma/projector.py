@@ -8,7 +8,8 @@ import re
 import torch
 from torch import nn
 
-from magma.config import ConfigError, ProjectorConfig
+from data_tools.config_files import ConfigError
+from magma.config import ProjectorConfig
 
 
 def mlp_depth(projector_type: str) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from magma.errors import UserFacingError
+from data_tools.errors import UserFacingError
 
 TINY_TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "tiny-tokenizer"
 TINY_BASE_VOCAB_SIZE = 1024

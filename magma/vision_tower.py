@@ -10,8 +10,8 @@ from safetensors import SafetensorError
 from timm.models.convnext import ConvNeXt
 from torch import nn
 
+from data_tools.errors import UserFacingError
 from magma.config import VisionConfig
-from magma.errors import UserFacingError
 
 # Prefixes under which ConvNeXt trunk weights appear in the files we accept as `pretrained=`.
 PRETRAINED_TRUNK_PREFIXES = (

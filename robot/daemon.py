@@ -17,7 +17,6 @@ file) latches at the next tick. SIGTERM / SIGINT / ``POST /stop`` end the episod
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -26,7 +25,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +35,11 @@ from omegaconf import OmegaConf
 from data_tools.errors import UserFacingError
 from robot.chunking import ActionQueue
 from robot.daemon_config import DaemonConfig, construct_driver, load_driver_class, status_token
-from robot.daemon_status import DaemonSummary, EpisodeSummary, LoopStats, StatusReporter, StatusServer
+from robot.daemon_status import DaemonSummary, EpisodeSummary, StatusReporter, StatusServer
 from robot.episode_recorder import EpisodeRecorder, TickRecord
+from robot.estop import EstopLatch
 from robot.interfaces import Camera, Robot, RobotError
+from robot.loop_stats import LoopStats
 from robot.policy_client import PolicyClient, PolicyServerError, PolicyUnavailableError
 from robot.policy_protocol import PolicySpec
 from robot.policy_worker import PolicyWorker
@@ -91,19 +92,24 @@ def claim_run_dir(run_dir: Path, config_yaml: str) -> None:
 def build_camera(config: Any, robot: Robot) -> Camera:
     factory = load_driver_class(config.driver, "camera driver", Camera)
     args = dict(config.args)
-    if "robot" in inspect.signature(factory).parameters:  # a camera that belongs to its robot (the simulator's)
+    if factory.rendered_by_robot:  # the simulator's cameras show what their robot renders
         args["robot"] = robot
     return construct_driver(factory, args, config.driver, "camera driver")
 
 
 class RobotDaemon:
-    """Runs ``config.episode.episodes`` episodes; ``estop()``, ``resume()``, ``stop()`` are thread-safe."""
+    """Runs ``config.episode.episodes`` episodes; ``estop()``, ``resume()``, ``stop()`` are thread-safe.
+
+    The loop is here; its parts are objects of their own: the ``Watchdog`` (what the robot may do now),
+    the ``SafetyFilter`` and ``MeasuredStateMonitor`` (what may be sent), the ``ActionQueue`` (which action
+    runs at which step), the ``PolicyWorker`` (requests off the control thread), the ``EstopLatch`` (the
+    operator's e-stop, from request to resume) and ``LoopStats`` (the timings and counters it reports)."""
 
     def __init__(self, config: DaemonConfig, client: PolicyClient | None = None) -> None:
         self.config = config
         self.period_s = 1.0 / config.control_hz
         self.run_dir = Path(config.run_dir) if config.run_dir else fresh_run_dir(config.name)
-        self.estop_file = Path(config.estop_file) if config.estop_file else self.run_dir / "ESTOP"
+        self.estop_latch = EstopLatch(Path(config.estop_file) if config.estop_file else self.run_dir / "ESTOP")
         self.client = client or PolicyClient(
             config.policy.url,
             token=os.environ.get(config.policy.token_env) or None,
@@ -119,44 +125,41 @@ class RobotDaemon:
         self.monitor = MeasuredStateMonitor(config.safety, self.period_s)
         self.watchdog = Watchdog(config.watchdog.hold_after_ms / 1e3, config.watchdog.safe_stop_after_ms / 1e3)
         self.queue = ActionQueue(config.policy.merge, config.policy.ensemble_weight)
-        self.stats = LoopStats(self.period_s)
+        self.stats = LoopStats(self.period_s)  # timings and action counters: status, metrics, summary
         self.worker = PolicyWorker(self.client)
         self.status_server: StatusServer | None = None
         self.summary = DaemonSummary(run_dir=str(self.run_dir))
         self.tick = 0  # ticks since start, over all episodes
         self.action_step = 0  # policy actions run in this episode: the clock chunks are aligned to
         self.episode = -1
-        self.dropped = 0
-        self.policy_actions = 0
         self.events: Counter[str] = Counter()  # incidents (stale camera, lost camera, policy errors...)
-        self.estop_log: list[dict[str, Any]] = []
         self.messages: list[str] = []
-        self._lock = threading.Lock()
-        self._estop_request: str | None = None
-        self._estop_requested_tick: int | None = None
-        self._resume_request = False
-        self._stop_request = False
-        self._estopped_since: int | None = None
-        self._sent_after_estop = 0
+        self._stop_requested = threading.Event()
         self._camera_problem: dict[str, str] = {}
         self._last_error = ""
         self._told_slow_policy = False
 
+    @property
+    def estop_file(self) -> Path:
+        """The file whose existence is an e-stop (``estop_file``, or ESTOP in the run directory)."""
+        return self.estop_latch.estop_file
+
+    @property
+    def estop_log(self) -> list[dict[str, Any]]:
+        """Every e-stop latched so far: its source, the tick it was asked for and the tick it took effect."""
+        return self.estop_latch.log
+
     # ---- operator controls (any thread) -------------------------------------------------------
     def estop(self, source: str = "api") -> str:
-        with self._lock:
-            if self._estop_request is None:
-                self._estop_request, self._estop_requested_tick = source, self.tick
+        self.estop_latch.request(source, self.tick)
         return "e-stop requested"
 
     def resume(self) -> str:
-        with self._lock:
-            self._resume_request = True
+        self.estop_latch.request_resume()
         return "resume requested"
 
     def stop(self) -> str:
-        with self._lock:
-            self._stop_request = True
+        self._stop_requested.set()
         return "stop requested: the episode ends at the next tick"
 
     def say(self, message: str) -> None:
@@ -181,8 +184,8 @@ class RobotDaemon:
             **self.stats.snapshot(),
             "queue_depth": self.queue.depth(self.action_step),
             "counts": counts,
-            "dropped": self.dropped,
-            "policy_actions": self.policy_actions,
+            "dropped": self.stats.dropped,
+            "policy_actions": self.stats.policy_actions,
             "holds": self.watchdog.holds,
             "safe_stops": self.watchdog.safe_stops,
             "policy_connected": self.client.connected,
@@ -225,7 +228,7 @@ class RobotDaemon:
             (self.run_dir / "status.json").write_text(json.dumps(status_file))
             self.worker.start()
             for index in range(self.config.episode.episodes):
-                if self._stop_request:
+                if self._stop_requested.is_set():
                     break
                 self.summary.episodes.append(self._run_episode(index, reporter))
         finally:
@@ -292,17 +295,14 @@ class RobotDaemon:
             signal.signal(number, handler)
 
     def _write_summary(self) -> None:
-        summary = self.summary
-        summary.counts = self.counts()
-        summary.safe_stop_reasons = list(self.watchdog.safe_stop_reasons)
-        summary.dropped, summary.slips, summary.policy_actions = self.dropped, self.stats.slips, self.policy_actions
-        summary.holds, summary.safe_stops = self.watchdog.holds, self.watchdog.safe_stops
-        summary.jitter_p50_ms, summary.jitter_p99_ms = LoopStats.jitter_ms(self.stats.periods, self.period_s)
-        summary.action_latency_p50_ms, summary.action_latency_p99_ms = LoopStats.percentiles_ms(
-            self.stats.all_action_latency_ms
+        self.summary = summary = replace(
+            self.summary,
+            counts=self.counts(),
+            safe_stop_reasons=list(self.watchdog.safe_stop_reasons),
+            holds=self.watchdog.holds,
+            safe_stops=self.watchdog.safe_stops,
+            **self.stats.totals(),
         )
-        summary.skipped_steps, summary.stale_chunks = self.stats.skipped_steps, self.stats.stale_chunks
-        summary.stale_replies = self.stats.stale_replies
         payload = {**asdict(summary), "estops": self.estop_log}
         temporary = self.run_dir / ".summary.json.tmp"
         temporary.write_text(json.dumps(payload, indent=2))
@@ -334,13 +334,11 @@ class RobotDaemon:
                     self.stats.add_period(now - last_start)
                 timings = {"period_s": now - last_start if steps else self.period_s, "lateness_s": now - next_tick}
                 last_start = now
-                with self._lock:
-                    stop = self._stop_request
-                if stop:
+                if self._stop_requested.is_set():
                     break
                 if self._tick(now, task, timings, recorder):
                     steps += 1
-                info = getattr(robot, "last_info", {}) or {}
+                info = robot.last_info
                 self.tick += 1
                 reporter.maybe_report(self.status, now)
                 if info.get("terminated") or info.get("truncated"):
@@ -357,7 +355,7 @@ class RobotDaemon:
                     next_tick += skipped * self.period_s
         finally:
             dataset = recorder.finish(keep=True) if recorder is not None else None
-        success = bool((getattr(robot, "last_info", {}) or {}).get("success", False))
+        success = bool(robot.last_info.get("success", False))
         return EpisodeSummary(index, steps, success, ended_by, str(dataset) if dataset else None)
 
     def _recorder(self, robot: Robot) -> EpisodeRecorder:
@@ -438,12 +436,12 @@ class RobotDaemon:
                 filtered = safety.filter(raw, end_effector if end_effector is not None else np.zeros(3))
                 events += filtered.events
                 if filtered.action is None:
-                    self.dropped += 1
+                    self.stats.dropped += 1
                     if (reason := safety.too_many_invalid()) is not None:
                         self._safe_stop(reason)
                 else:
                     command = filtered.action
-                    self.policy_actions += 1
+                    self.stats.policy_actions += 1
         sent = None
         if command is not None:
             if queued is not None and raw is not None:
@@ -455,13 +453,11 @@ class RobotDaemon:
                 sent = robot.send_action(command)
             except RobotError as error:
                 self._safe_stop(f"the robot refused an action: {error}")
-            if self._estop_request is not None and sent is not None:
-                self._sent_after_estop += 1
         if recorder is not None and sent is not None:
             images = {f"observation.images.{c.name}": frames.get(c.key) for c in self.config.cameras}
             if all(image is not None for image in images.values()):
                 policy_action = None if raw is None else np.asarray(raw, dtype=np.float64)
-                timings["policy_latency_s"] = self.stats.latency_ms[-1] / 1e3 if self.stats.latency_ms else 0.0
+                timings["policy_latency_s"] = self.stats.last_round_trip_s()
                 recorder.add(
                     TickRecord(
                         observation["observation.state"],
@@ -476,33 +472,24 @@ class RobotDaemon:
         return sent is not None
 
     def _operator_requests(self, now: float, robot: Robot) -> None:
-        if self._estop_request is None and self.estop_file.exists():
-            self.estop(f"file {self.estop_file}")
-        with self._lock:
-            estop, resume = self._estop_request, self._resume_request
-            self._resume_request = False
-        if estop is not None and self._estopped_since is None:
-            self.watchdog.estop(f"e-stop ({estop}); clear it and POST /resume")
+        """Latch a pending e-stop (the robot stops now), then act on the operator's resume, if any."""
+        source = self.estop_latch.latch_pending(self.tick)
+        if source is not None:
+            self.watchdog.estop(f"e-stop ({source}); clear it and POST /resume")
             robot.stop()
-            self._estopped_since = self.tick
-            self.estop_log.append(
-                {"source": estop, "requested_tick": self._estop_requested_tick, "effective_tick": self.tick}
-            )
-            self.say(f"E-STOP from {estop}: nothing is sent to the robot until the operator resumes")
-        if resume:
-            if self.estop_file.exists():
-                self.say(f"resume refused: remove the e-stop file {self.estop_file} first")
-                return
-            if self.watchdog.resume(now):
-                self.queue.clear()
-                self.monitor.reset()
-                if self.safety is not None:
-                    self.safety.forget_invalid()
-                with self._lock:
-                    self._estop_request, self._estop_requested_tick = None, None
-                self._estopped_since = None
-                self._sent_after_estop = 0
-                self.say("resumed by the operator")
+            self.say(f"E-STOP from {source}: nothing is sent to the robot until the operator resumes")
+        if not self.estop_latch.take_resume_request():
+            return
+        if (refusal := self.estop_latch.resume_refusal()) is not None:
+            self.say(refusal)
+            return
+        if self.watchdog.resume(now):  # leaves an e-stop or a safe stop alike
+            self.queue.clear()
+            self.monitor.reset()
+            if self.safety is not None:
+                self.safety.forget_invalid()
+            self.estop_latch.clear()
+            self.say("resumed by the operator")
 
     def _safe_stop(self, reason: str) -> None:
         """Safe-stop for a safety fault; the operator hears why (once per stop)."""
@@ -587,7 +574,7 @@ class RobotDaemon:
                 self._safe_stop(f"the policy sent {result.actions.shape[-1]}-D actions; the robot takes {action_dim}-D")
                 continue
             if result.timing:
-                self.stats.latency_ms.append(result.timing.get("round_trip_ms", 0.0))
+                self.stats.add_round_trip(result.timing.get("round_trip_ms", 0.0))
             placement = self.queue.add(result.actions, result.step, self.action_step, result.capture_time)
             self.stats.skipped_steps += placement.skipped
             if placement.stale:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from magma.config import ConfigError, find_config_file, merge_structured, read_yaml
+from data_tools.config_files import ConfigError, find_config_file, merge_structured, read_yaml
 from robot.chunking import MERGE_MODES
 from robot.endpoint_access import EndpointAccessError, check_allowed_origins, check_bind
 from robot.safety import SafetyLimits, safety_config_problems

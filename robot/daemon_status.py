@@ -1,6 +1,6 @@
-"""What the daemon shows and takes from the operator: loop statistics (rate, jitter, slips), a local
-HTTP endpoint (``GET /status``; ``POST /estop``, ``/resume``, ``/stop``; loopback, token and origin
-checked), the one-line live display and the metrics JSON lines."""
+"""What the daemon shows and takes from the operator: its run summary, a local HTTP endpoint
+(``GET /status``; ``POST /estop``, ``/resume``, ``/stop``; loopback, token and origin checked), the
+one-line live display and the metrics JSON lines. The numbers they show come from ``robot.loop_stats``."""
 
 from __future__ import annotations
 
@@ -10,15 +10,12 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from data_tools.errors import UserFacingError
 from robot.endpoint_access import check_allowed_origins, check_bind, host_refusal, origin_refusal, token_accepted
@@ -74,68 +71,6 @@ class DaemonSummary:
 
 class StatusEndpointError(UserFacingError, OSError):
     """The control endpoint cannot listen where it was told (a port in use, an address not on this machine)."""
-
-
-class LoopStats:
-    """Tick periods and lateness of the control loop (a rolling window for the display, all for the summary)."""
-
-    def __init__(self, period_s: float, window: int = 500) -> None:
-        self.period_s = period_s
-        self.periods: list[float] = []
-        self.recent: deque[float] = deque(maxlen=window)
-        self.latency_ms: deque[float] = deque(maxlen=window)  # policy round trips
-        self.action_latency_ms: deque[float] = deque(maxlen=window)  # observation captured -> first action sent
-        self.all_action_latency_ms: list[float] = []  # the same over the whole run, for the summary
-        self.slips = 0  # ticks skipped because the loop fell more than a period behind
-        self.skipped_steps = 0
-        self.stale_chunks = 0
-        self.stale_replies = 0
-
-    def add_period(self, seconds: float) -> None:
-        self.periods.append(seconds)
-        self.recent.append(seconds)
-
-    def add_action_latency(self, seconds: float) -> None:
-        self.action_latency_ms.append(seconds * 1e3)
-        self.all_action_latency_ms.append(seconds * 1e3)
-
-    def expected_latency_s(self, recent: int = 20) -> float:
-        """The median of the last ``recent`` policy round trips (0 before the first)."""
-        if not self.latency_ms:
-            return 0.0
-        return float(np.median(list(self.latency_ms)[-recent:])) / 1e3
-
-    @staticmethod
-    def percentiles_ms(values: Any) -> tuple[float, float]:
-        if len(values) == 0:
-            return 0.0, 0.0
-        return float(np.percentile(values, 50)), float(np.percentile(values, 99))
-
-    @staticmethod
-    def jitter_ms(periods: Any, period_s: float) -> tuple[float, float]:
-        """p50 and p99 of |period - nominal| in milliseconds."""
-        if len(periods) == 0:
-            return 0.0, 0.0
-        deviation = np.abs(np.asarray(periods) - period_s) * 1e3
-        return float(np.percentile(deviation, 50)), float(np.percentile(deviation, 99))
-
-    def snapshot(self) -> dict[str, float]:
-        p50, p99 = self.jitter_ms(self.recent, self.period_s)
-        rate = 1.0 / float(np.mean(self.recent)) if self.recent else 0.0
-        latency = float(np.median(self.latency_ms)) if self.latency_ms else 0.0
-        action_p50, action_p99 = self.percentiles_ms(self.action_latency_ms)
-        return {
-            "rate_hz": rate,
-            "jitter_p50_ms": p50,
-            "jitter_p99_ms": p99,
-            "policy_latency_ms": latency,
-            "action_latency_p50_ms": action_p50,
-            "action_latency_p99_ms": action_p99,
-            "skipped_steps": self.skipped_steps,
-            "stale_chunks": self.stale_chunks,
-            "stale_replies": self.stale_replies,
-            "slips": self.slips,
-        }
 
 
 def live_line(status: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -44,7 +44,9 @@ class Robot(ABC):
 
     The control daemon also uses the hooks below the abstract methods; a hardware driver overrides
     those that apply to it (``joint_names`` and ``measured_pose`` for the joint and workspace checks,
-    ``hold_action`` for what "hold still" means for its action space, ``stop`` for its brake)."""
+    ``hold_action`` for what "hold still" means for its action space, ``stop`` for its brake,
+    ``last_info`` when it can tell that a task ended). Each has a default, so the daemon asks every robot
+    the same way and never probes for what a driver offers."""
 
     name: str = "robot"
     joint_names: tuple[str, ...] = ()  # the joints the safety config must give limits for
@@ -73,6 +75,13 @@ class Robot(ABC):
     @abstractmethod
     def send_action(self, action: np.ndarray) -> np.ndarray:
         """Send ``action`` after safety clipping; return what was actually sent."""
+
+    @property
+    def last_info(self) -> dict[str, Any]:
+        """What the robot knows of the episode after its latest step: ``terminated`` / ``truncated`` when
+        the task ended it, ``success`` whether it was solved. The default knows nothing ({}): episodes of
+        such a robot end at ``episode.max_steps`` or by the operator."""
+        return {}
 
     def start_episode(self, index: int) -> dict[str, Any]:
         """Prepare episode ``index`` (a simulator resets; hardware may move to a start pose) and return
@@ -122,6 +131,10 @@ class Robot(ABC):
 class Camera(ABC):
     """A camera read in a background thread: ``read()`` waits for a new frame, ``async_read()``
     returns the latest one at once (the control loop never waits on the camera)."""
+
+    # True for a camera whose frames its robot makes (the simulator renders them): the daemon then passes
+    # the robot to its constructor as ``robot=``, next to the configured args
+    rendered_by_robot: ClassVar[bool] = False
 
     def __init__(self, fps: float) -> None:
         self.fps = fps

@@ -24,7 +24,7 @@ import numpy as np
 
 from data_tools.errors import UserFacingError
 from magma.actions.robot import ACTION_STATISTICS_FILENAME
-from magma.policies import Policy
+from magma.policies.protocol import Policy
 from robot.policy_protocol import PolicySpec, ProtocolError
 
 POLICY_NAMES = ("magma", "lapa", "scripted")

@@ -48,7 +48,7 @@ class SimRobot(Robot):
         self.env: Any = None
         self._gripper = -1.0  # the last gripper command, kept while holding
         self.current_state_index: int | None = state_index
-        self.last_info: dict[str, Any] = {}
+        self._last_info: dict[str, Any] = {}
         self._observation: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
@@ -87,10 +87,15 @@ class SimRobot(Robot):
 
     def _reset(self, seed: int | None, state_index: int | None) -> None:
         options = {} if state_index is None else {"state_index": state_index}
-        observation, self.last_info = self.env.reset(seed=seed, options=options)
+        observation, self._last_info = self.env.reset(seed=seed, options=options)
         self._gripper = -1.0
         self.current_state_index = state_index
         self._store(observation)
+
+    @property
+    def last_info(self) -> dict[str, Any]:
+        """The simulator's info of the latest reset or step, with ``terminated`` / ``truncated`` after a step."""
+        return self._last_info
 
     def start_episode(self, index: int) -> dict[str, Any]:
         """Episode ``index``: evaluation state ``state_index + index`` (or the state drawn from ``seed + index``)."""
@@ -144,9 +149,9 @@ class SimRobot(Robot):
         requested = self.check_action(action)
         end_effector = np.asarray(self.get_observation()["observation.state"][:3], dtype=np.float64)
         sent = clip_delta_action(requested, end_effector, self.limits).action
-        observation, _, terminated, truncated, self.last_info = self.env.step(sent)
+        observation, _, terminated, truncated, info = self.env.step(sent)
         self._gripper = float(sent[6])
-        self.last_info = {**self.last_info, "terminated": terminated, "truncated": truncated}
+        self._last_info = {**info, "terminated": terminated, "truncated": truncated}
         self._store(observation)
         return sent.astype(np.float32)
 
@@ -154,6 +159,8 @@ class SimRobot(Robot):
 class SimCamera(Camera):
     """One camera of a ``SimRobot``: publishes the robot's latest rendered frame at ``fps`` from a
     background thread (rendering itself stays on the thread that steps the simulation)."""
+
+    rendered_by_robot = True
 
     def __init__(self, robot: SimRobot, camera: str = "third_person", fps: float = 30.0) -> None:
         super().__init__(fps)

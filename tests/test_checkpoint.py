@@ -7,9 +7,10 @@ import pytest
 import torch
 from huggingface_hub import save_torch_state_dict
 
+from data_tools.config_files import ConfigError
 from magma.actions import ActionStatistics, ActionStatisticsError
 from magma.checkpoint import CheckpointError, load_checkpoint_action_statistics, load_checkpoint_config
-from magma.config import ConfigError, load_config
+from magma.config import load_config
 from magma.model import MagmaForCausalLM
 from magma.processor import MagmaProcessor
 from magma.vision_tower import ConvNextVisionTower, PretrainedWeightsError

@@ -17,8 +17,9 @@ from transformers import (
     TextIteratorStreamer,
 )
 
+from data_tools.config_files import ConfigError
 from magma.checkpoint import CheckpointError
-from magma.config import ConfigError, load_config
+from magma.config import load_config
 from magma.configuration_magma import MagmaConfig
 from magma.model import MagmaForCausalLM
 from magma.processor import ImagePlaceholderError, MagmaProcessor

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from magma.config import ConfigError
+from data_tools.config_files import ConfigError
 from magma.model import MagmaForCausalLM
 from magma.rl.config import load_rl_config
 from magma.rl.rewards import RewardError, resolve_reward

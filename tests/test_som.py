@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from data_tools.sample_format import validate_sample
 from data_tools.shards import ShardWriter
 from data_tools.som import (
-    Mark,
+    ElementMark,
     MarkStyle,
     SomInputError,
     UIElement,
@@ -281,7 +281,7 @@ def test_font_scales_with_image_size():
     sizes = []
     for scale in (1, 4):
         element = UIElement((40 * scale, 40 * scale, 120 * scale, 80 * scale), "button")
-        (mark,) = place_mark_labels([Mark(7, element)], (320 * scale, 240 * scale))
+        (mark,) = place_mark_labels([ElementMark(7, element)], (320 * scale, 240 * scale))
         sizes.append(mark.label_box[3] - mark.label_box[1])
     assert sizes[1] > 2.5 * sizes[0]
 
@@ -306,7 +306,7 @@ def test_point_marks_label_next_to_each_point_without_hiding_it():
 # ------------------------------------------------------------------------------------------------ samples
 
 
-def expected_marks(elements: list[UIElement], size: tuple[int, int]) -> dict[str, Mark]:
+def expected_marks(elements: list[UIElement], size: tuple[int, int]) -> dict[str, ElementMark]:
     return {mark.element.text: mark for mark in number_marks(filter_elements(elements, size))}
 
 

@@ -18,8 +18,8 @@ import pytest
 import torch
 import yaml
 
+from data_tools.config_files import ConfigError
 from data_tools.synthetic import ROBOT_STATISTICS_FILE, write_synthetic_corpus
-from magma.config import ConfigError
 from magma.data.shard_index import SampleRef, expand_shards, index_shard, read_raw_sample
 from magma.model import MagmaForCausalLM
 from magma.processor import MagmaProcessor

@@ -13,7 +13,7 @@ import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 
-from data_tools.som import Mark, UIElement, filter_elements, number_marks
+from data_tools.som import ElementMark, UIElement, filter_elements, number_marks
 
 _BOUNDS = re.compile(r"\[(-?\d+),(-?\d+)\]\[(-?\d+),(-?\d+)\]")
 _EDITABLE_CLASSES = ("EditText", "AutoCompleteTextView", "MultiAutoCompleteTextView", "SearchView$SearchAutoComplete")
@@ -149,7 +149,7 @@ def node_kind(node: ViewNode) -> str:
 class BoundMark:
     """A Set-of-Mark mark and the node it stands for."""
 
-    mark: Mark
+    mark: ElementMark
     node: ViewNode
 
     @property

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from data_tools.som import Mark, MarkStyle, UIElement, draw_marks
+from data_tools.som import ElementMark, MarkStyle, UIElement, draw_marks
 
 SOM_ATTRIBUTE = "data-som-id"
 MAX_VIEWPORT_FRACTION = 0.8
@@ -128,5 +128,5 @@ def draw_page_marks(screenshot: np.ndarray, elements: list[PageElement], style: 
         x0, y0, x1, y1 = element.box
         box = (min(x0, width), min(y0, height), min(x1, width), min(y1, height))
         kind = "button" if element.interactive else "text"
-        marks.append(Mark(element.som_id, UIElement(box, kind, element.text, source="dom")))
+        marks.append(ElementMark(element.som_id, UIElement(box, kind, element.text, source="dom")))
     return draw_marks(screenshot, marks, style)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from magma.errors import UserFacingError
+from data_tools.errors import UserFacingError
 
 _MAX_SHOWN_CHARS = 200
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_tools.atomic_files import write_json_atomically
 from data_tools.errors import UserFacingError
 from envs.web.task_selection import SelectedTask, select_tasks
 from magma.agents.task_failures import (
@@ -31,7 +32,6 @@ from magma.agents.task_failures import (
 )
 from magma.agents.web_episode import EarlyStopRules, WebEpisodeResult, run_web_episode, save_step_image
 from magma.policies import Policy
-from magma.training.run_directory import write_json_atomically
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.jsonl"

@@ -1,38 +1,61 @@
-"""``agent``: the toolkit's one console script. This layer only parses and calls."""
+"""``agent``: the toolkit's one console script. This layer only parses and calls.
+
+The app is assembled from a registry of ``(name, "module:attribute")`` entries: each package contributes
+its own commands (``lapa.cli``, ``robot.cli``) and the app imports them by path here, so no module of
+``magma`` outside this CLI imports ``lapa`` or ``robot`` (``tests/test_layers.py``). A command module
+imports only typer at load; its work is imported when the command runs, so ``agent --help`` loads no
+model code."""
 
 from __future__ import annotations
 
+import importlib
 import sys
+from typing import Any
 
 import typer
 
-from magma.cli.data import data_app
-from magma.cli.lapa import lapa_app
-from magma.cli.model import model_app
-from magma.cli.rl import rl_app
-from magma.cli.robot import robot_app
-from magma.cli.run import run
-from magma.cli.serve import serve
-from magma.cli.sites import sites_app
-from magma.cli.train import train
-from magma.errors import UserFacingError
+from data_tools.errors import UserFacingError
 
-app = typer.Typer(
-    name="agent",
-    help="Multimodal embodied agents: the Magma VLA stack, its data tools, environments, RL and robot daemon.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+# (name, "module:attribute"): a typer.Typer is added as a command group, a function as one command.
+# In the order `agent --help` lists them.
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("run", "magma.cli.run:run"),
+    ("train", "magma.cli.train:train"),
+    ("data", "magma.cli.data:data_app"),
+    ("lapa", "lapa.cli:lapa_app"),
+    ("rl", "magma.cli.rl:rl_app"),
+    ("serve", "magma.cli.serve:serve"),
+    ("robot", "robot.cli:robot_app"),
+    ("sites", "magma.cli.sites:sites_app"),
+    ("model", "magma.cli.model:model_app"),
 )
-app.command(name="run")(run)
-app.command(name="train")(train)
-app.add_typer(data_app, name="data")
-app.add_typer(lapa_app, name="lapa")
-app.add_typer(rl_app, name="rl")
-app.command(name="serve")(serve)
-app.add_typer(robot_app, name="robot")
-app.add_typer(sites_app, name="sites")
-app.add_typer(model_app, name="model")
+
+
+def load_command(target: str) -> Any:
+    """The object at ``module:attribute`` of the registry."""
+    module_name, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def build_app(commands: tuple[tuple[str, str], ...] = COMMANDS) -> typer.Typer:
+    """The ``agent`` app with every registered command group and command."""
+    agent = typer.Typer(
+        name="agent",
+        help="Multimodal embodied agents: the Magma VLA stack, its data tools, environments, RL and robot daemon.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    for name, target in commands:
+        command = load_command(target)
+        if isinstance(command, typer.Typer):
+            agent.add_typer(command, name=name)
+        else:
+            agent.command(name=name)(command)
+    return agent
+
+
+app = build_app()
 
 
 def main() -> None:

@@ -5,18 +5,65 @@ trajectory report, over parallel browser contexts, resumable."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 ENVIRONMENTS = ("mujoco", "visualwebarena", "android")
 POLICIES = {"mujoco": ("scripted", "magma", "remote"), "visualwebarena": ("oracle", "openai", "magma")}
 POLICIES["android"] = ("scripted", "openai", "magma")
+# The environments each environment-specific option applies to (the others apply to all): an option given
+# for another environment is an error, not silently ignored.
+OPTION_ENVIRONMENTS: dict[str, tuple[str, ...]] = {
+    "task": ("mujoco",),
+    "checkpoint": ("mujoco",),
+    "server": ("mujoco",),
+    "statistics_key": ("mujoco",),
+    "episodes": ("mujoco",),
+    "image_size": ("mujoco",),
+    "videos": ("mujoco",),
+    "tasks": ("visualwebarena", "android"),
+    "model": ("visualwebarena", "android"),
+    "max_steps": ("visualwebarena", "android"),
+    "resume": ("visualwebarena", "android"),
+    "retry_errors": ("visualwebarena", "android"),
+    "workers": ("visualwebarena",),
+    "auth_dir": ("visualwebarena",),
+    "images_root": ("visualwebarena",),
+    "grading": ("visualwebarena",),
+    "judge_model": ("visualwebarena",),
+    "device": ("android",),
+    "adb": ("android",),
+    "record": ("android",),
+}
+
+
+def options_of(env: str) -> list[str]:
+    """The command-line options that apply to ``env``, as typed (``--max-steps``)."""
+    return [f"--{name.replace('_', '-')}" for name, envs in OPTION_ENVIRONMENTS.items() if env in envs]
+
+
+def refuse_options_of_other_environments(context: typer.Context, env: str) -> None:
+    """A BadParameter naming every option given on the command line that does not apply to ``env``."""
+    given = {"COMMANDLINE", "ENVIRONMENT"}  # by name: typer ships its own copy of click's ParameterSource
+    foreign = [
+        name
+        for name, envs in OPTION_ENVIRONMENTS.items()
+        if env not in envs and getattr(context.get_parameter_source(name), "name", None) in given
+    ]
+    if foreign:
+        listed = ", ".join(f"--{name.replace('_', '-')} ({'/'.join(OPTION_ENVIRONMENTS[name])})" for name in foreign)
+        raise typer.BadParameter(
+            f"{listed} do(es) not apply to --env {env}; its own options are {', '.join(options_of(env))} "
+            "(plus --policy and --out)"
+        )
 
 
 def run(
-    env: Annotated[str, typer.Option("--env", help="The environment: mujoco or visualwebarena.")],
+    context: typer.Context,
+    env: Annotated[str, typer.Option("--env", help="The environment: mujoco, visualwebarena or android.")],
     task: Annotated[str, typer.Option("--task", help="mujoco: a task name, or 'all' for the whole suite.")] = "all",
     policy: Annotated[
         str | None,
@@ -91,9 +138,13 @@ def run(
         str | None, typer.Option("--record", help="android: also write the episodes as training shards into DIR.")
     ] = None,
 ) -> None:
-    """Run a policy over tasks of an environment and print the success per task."""
+    """Run a policy over tasks of an environment and print the success per task.
+
+    Each option's help starts with the environments it applies to; an option given for another
+    environment is refused, naming the options of the chosen one."""
     if env not in ENVIRONMENTS:
         raise typer.BadParameter(f"--env must be one of {ENVIRONMENTS}")
+    refuse_options_of_other_environments(context, env)
     policy = policy or POLICIES[env][0]
     if policy not in POLICIES[env]:
         raise typer.BadParameter(f"--policy for --env {env} must be one of {POLICIES[env]}")
@@ -124,30 +175,12 @@ def run(
     out_dir = Path(out or f"runs/run-{env}-{time.strftime('%Y%m%d-%H%M%S')}")
 
     from envs.mujoco.env import TabletopEnv
-    from envs.mujoco.experts import ScriptedExpert
     from magma.agents.episodes import run_suite, success_table
 
     def make_env(name: str) -> TabletopEnv:
         return TabletopEnv(task=name, image_size=image_size)
 
-    if policy == "magma":
-        from magma.policies.robot import MagmaRobotPolicy
-
-        magma_policy = MagmaRobotPolicy.from_pretrained(checkpoint, statistics_key=statistics_key)
-
-        def make_policy(environment, name):
-            return magma_policy
-    elif policy == "remote":
-        from robot.policy_client import PolicyClient
-
-        remote_policy = PolicyClient(server)  # reconnects with back-off; the policy protocol like a local one
-
-        def make_policy(environment, name):
-            return remote_policy
-    else:
-
-        def make_policy(environment, name):
-            return ScriptedExpert(environment)
+    make_policy = mujoco_policy_factory(policy, checkpoint, server, statistics_key)
 
     def report(result) -> None:
         mark = "ok  " if result.success else "fail"
@@ -156,6 +189,26 @@ def run(
     results = run_suite(make_env, make_policy, tasks, episodes, out_dir, videos=videos, on_episode=report)
     typer.echo(success_table(results))
     typer.echo(f"episodes and videos: {out_dir}")
+
+
+def mujoco_policy_factory(
+    policy: str, checkpoint: str | None, server: str, statistics_key: str | None
+) -> Callable[[Any, str], Any]:
+    """``make_policy(env, task)`` for a MuJoCo run: the privileged expert (one per episode), one Magma policy
+    loaded once, or one client of a policy served by ``agent serve`` (it reconnects with back-off)."""
+    if policy == "magma":
+        from magma.policies.robot import MagmaRobotPolicy
+
+        shared = MagmaRobotPolicy.from_pretrained(checkpoint, statistics_key=statistics_key)
+        return lambda environment, task: shared
+    if policy == "remote":
+        from robot.policy_client import PolicyClient
+
+        shared = PolicyClient(server)
+        return lambda environment, task: shared
+    from envs.mujoco.experts import ScriptedExpert
+
+    return lambda environment, task: ScriptedExpert(environment)
 
 
 def run_web(

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from data_tools.config_files import ConfigError
+from data_tools.errors import UserFacingError
 from data_tools.sample_format import SampleFormatError, validate_sample
 from magma.actions import (
     ActionStatistics,
@@ -17,10 +19,8 @@ from magma.actions import (
     load_action_statistics,
     select_statistics,
 )
-from magma.config import ConfigError
 from magma.data.config import DataConfig, SourceConfig
 from magma.data.records import RawSample, SampleRejected
-from magma.errors import UserFacingError
 from magma.image_processing import ImageLoadError, load_image
 from magma.processor import ConversationError, EncodedSample, ImagePlaceholderError, MagmaProcessor
 

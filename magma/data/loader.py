@@ -21,7 +21,8 @@ from typing import Any
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from magma.config import ConfigError
+from data_tools.config_files import ConfigError
+from data_tools.errors import UserFacingError
 from magma.data.config import DataConfig, SourceConfig
 from magma.data.records import RawSample, SampleRejected, TrainBatch
 from magma.data.shard_index import SampleRef, read_raw_sample
@@ -34,7 +35,6 @@ from magma.data.stream import (
     plan_evaluation_source,
     plan_source,
 )
-from magma.errors import UserFacingError
 from magma.processor import EncodedSample, ModelInputs
 
 Encode = Callable[[RawSample], EncodedSample]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from magma.errors import UserFacingError
+from data_tools.errors import UserFacingError
 
 if TYPE_CHECKING:
     from magma.processor import ModelInputs

@@ -19,8 +19,8 @@ from typing import IO
 
 from braceexpand import braceexpand
 
+from data_tools.errors import UserFacingError
 from magma.data.records import RawSample, SampleRejected
-from magma.errors import UserFacingError
 
 GLOB_CHARACTERS = re.compile(r"[*?\[]")
 MEMBER_NAME = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # the rule of webdataset's base_plus_ext

@@ -21,9 +21,9 @@ from typing import TypeVar
 
 import numpy as np
 
+from data_tools.errors import UserFacingError
 from magma.data.config import SourceConfig
 from magma.data.shard_index import SampleRef, ShardIndex, expand_shards, index_shard
-from magma.errors import UserFacingError
 
 logger = logging.getLogger(__name__)
 

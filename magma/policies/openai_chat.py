@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
-from magma.errors import UserFacingError
+from data_tools.errors import UserFacingError
 from magma.policies.web import WEB_SYSTEM_PROMPT, WebHistory, WebPrompt, web_prompt
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

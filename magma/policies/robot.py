@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_tools.errors import UserFacingError
 from magma.actions import ActionParseError, RobotActionCodec, select_statistics
 from magma.checkpoint import load_checkpoint_action_statistics
-from magma.errors import UserFacingError
 from magma.model import MagmaForCausalLM, default_dtype
 from magma.processor import MagmaProcessor, prompt_content
 from magma.sampling import AllowedTokensLogitsProcessor, allowed_tokens

@@ -3,51 +3,33 @@ command line change it (``agent rl grpo --config text-digits sampling.group_size
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from omegaconf import OmegaConf
-
-from magma.config import (
-    ConfigError,
-    check_number,
-    count_problems,
-    find_config_file,
-    merge_structured,
-    read_yaml,
-    seed_problems,
-)
-from magma.rl.algorithms import ADVANTAGE_SCALES, AGG_MODES, KL_ESTIMATORS, RATIO_LEVELS
-from magma.training.config import (
-    MIXED_PRECISION,
-    SCHEDULES,
-    CheckpointConfig,
-    LoggingConfig,
-    ModuleOptimConfig,
-    OptimConfig,
-    adamw_problems,
-)
+from data_tools.config_files import ConfigError, check_number, config_from, count_problems, load_config_file
+from magma.rl.algorithms import AdvantageScale, AggMode, KLEstimator, RatioLevel
+from magma.training.config import ModuleOptimConfig, OptimConfig, adamw_problems
+from magma.training.run_config import MixedPrecision, RunConfig, run_problems
 
 RL_CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs" / "rl"
-TASKS = ("text", "robot", "web")
+RLTaskName = Literal["text", "robot", "web"]
 
 
 @dataclass
 class AlgorithmConfig:
     """The loss: see ``magma.rl.algorithms`` for what each choice computes."""
 
-    advantage_scale: str = "group"  # group (GRPO) | batch | none (Dr. GRPO)
+    advantage_scale: AdvantageScale = "group"  # group (GRPO) | batch | none (Dr. GRPO)
     epsilon: float = 1e-6
     clip_low: float = 0.2
     clip_high: float = 0.28  # > clip_low: DAPO's clip-higher
     dual_clip: float | None = None  # e.g. 3.0; None disables
-    ratio_level: str = "token"  # token (GRPO) | sequence (GSPO)
-    loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
+    ratio_level: RatioLevel = "token"  # token (GRPO) | sequence (GSPO)
+    loss_agg: AggMode = "token-mean"
     norm_length: int | None = None  # the constant of seq-mean-token-sum-norm; None: sampling.max_new_tokens
     kl_coef: float = 0.0  # > 0 needs a reference model
-    kl_estimator: str = "k3"  # k1 | k2 | k3
+    kl_estimator: KLEstimator = "k3"
     entropy_coef: float = 0.0  # > 0 rewards entropy (a bonus: loss -= coef * entropy)
     drop_zero_variance_groups: bool = True  # DAPO dynamic sampling
     importance_correction: bool = False  # truncated IS between the sampling and the training log-probs
@@ -104,63 +86,45 @@ class RLEvalConfig:
 
 
 @dataclass
-class RLConfig:
+class RLConfig(RunConfig):
+    """A GRPO run (``agent rl grpo``); ``max_steps`` counts GRPO steps: one rollout, then inner_epochs of
+    updates on it."""
+
     name: str = "grpo"
-    task: str = "text"  # text | robot | web
+    task: RLTaskName = "text"
     model: str = "magma-tiny"  # a model preset / YAML (new weights) or a checkpoint directory
     model_overrides: list[str] = field(default_factory=list)
     reference: str | None = None  # None, "initial" (a frozen copy of the start) or a checkpoint directory
-    run_dir: str = "runs/${name}"
-    seed: int = 0
-    max_steps: int = 100  # GRPO steps: one rollout, then inner_epochs of updates on it
     inner_epochs: int = 1
     mini_batches: int = 1  # optimizer steps per epoch (the rollout is split into this many parts)
     micro_batch_size: int = 32  # samples per forward/backward; gradients accumulate over a mini-batch
-    mixed_precision: str | None = None
+    mixed_precision: MixedPrecision | None = None
     gradient_checkpointing: bool = False
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=1e-5, schedule="constant", vision_tower=ModuleOptimConfig(train=False))
     )
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: RLEvalConfig = field(default_factory=RLEvalConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
     text: TextTaskConfig = field(default_factory=TextTaskConfig)
     robot: RobotTaskConfig = field(default_factory=RobotTaskConfig)
     web: WebTaskConfig = field(default_factory=WebTaskConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 def load_rl_config(name_or_path: str | Path, overrides: list[str] | None = None) -> RLConfig:
     """A recipe name (``configs/rl/NAME.yaml``) or YAML path, with ``key=value`` overrides."""
-    path = find_config_file(name_or_path, RL_CONFIG_DIR, "rl")
-    return rl_config_from(read_yaml(path, "rl"), overrides or [], str(path))
+    return load_config_file(RLConfig, name_or_path, RL_CONFIG_DIR, "rl", overrides, validate_rl_config)
 
 
 def rl_config_from(data: Any, overrides: list[str], source: str) -> RLConfig:
-    tree = OmegaConf.create(data) if isinstance(data, dict) else data
-    config = merge_structured(RLConfig, tree, overrides, source)
-    validate_rl_config(config, source)
-    return config
-
-
-def _choice(problems: list[str], key: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        problems.append(f"{key}={value!r} must be one of {list(choices)}")
+    return config_from(RLConfig, data, overrides, source, validate_rl_config)
 
 
 def validate_rl_config(config: RLConfig, source: str) -> None:
     """Every problem of the config in one ConfigError, each with its key and the fix."""
-    problems: list[str] = adamw_problems(config.optim)
+    problems: list[str] = adamw_problems(config.optim) + run_problems(config)
     algorithm, sampling = config.algorithm, config.sampling
     robot, text, web = config.robot, config.text, config.web
-    _choice(problems, "optim.schedule", config.optim.schedule, SCHEDULES)
-    if config.mixed_precision is not None and config.mixed_precision not in MIXED_PRECISION:
-        problems.append(f"mixed_precision='{config.mixed_precision}' must be one of {list(MIXED_PRECISION)}")
-    seed_problems(problems, {"seed": config.seed})
     check_number(problems, "sampling.temperature", sampling.temperature, low=0, low_open=True, hint="e.g. 1.0")
     check_number(problems, "sampling.top_p", sampling.top_p, low=0, high=1, low_open=True, hint="1.0: no nucleus cut")
     check_number(problems, "algorithm.epsilon", algorithm.epsilon, low=0, low_open=True, hint="e.g. 1e-6")
@@ -177,7 +141,6 @@ def validate_rl_config(config: RLConfig, source: str) -> None:
         1,
         {
             "algorithm.norm_length": algorithm.norm_length,
-            "logging.every": config.logging.every,
             "text.prompts_per_step": text.prompts_per_step,
             "robot.states_per_step": robot.states_per_step,
             "robot.image_size": robot.image_size,
@@ -190,18 +153,11 @@ def validate_rl_config(config: RLConfig, source: str) -> None:
         problems,
         0,
         {
-            "checkpoint.every": config.checkpoint.every,
-            "checkpoint.keep": config.checkpoint.keep,
             "eval.every": config.eval.every,
             "text.eval_prompts": text.eval_prompts,
             "robot.eval_samples": robot.eval_samples,
         },
     )
-    _choice(problems, "task", config.task, TASKS)
-    _choice(problems, "algorithm.advantage_scale", algorithm.advantage_scale, ADVANTAGE_SCALES)
-    _choice(problems, "algorithm.ratio_level", algorithm.ratio_level, RATIO_LEVELS)
-    _choice(problems, "algorithm.loss_agg", algorithm.loss_agg, AGG_MODES)
-    _choice(problems, "algorithm.kl_estimator", algorithm.kl_estimator, KL_ESTIMATORS)
     if sampling.group_size < 2:
         problems.append(
             f"sampling.group_size={sampling.group_size}: a group needs at least 2 samples for a baseline "
@@ -223,7 +179,7 @@ def validate_rl_config(config: RLConfig, source: str) -> None:
             f"reference='{config.reference}' is not a checkpoint directory (no config.json there); "
             "give a directory written by save_pretrained, 'initial', or null for no reference model"
         )
-    for key in ("max_steps", "inner_epochs", "mini_batches", "micro_batch_size"):
+    for key in ("inner_epochs", "mini_batches", "micro_batch_size"):
         if getattr(config, key) < 1:
             problems.append(f"{key}={getattr(config, key)} must be >= 1")
     if config.task == "robot" and not config.robot.states:

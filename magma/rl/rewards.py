@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from magma.errors import UserFacingError
+from data_tools.errors import UserFacingError
 
 RewardFunction = Callable[[str, str, dict[str, Any]], float]
 

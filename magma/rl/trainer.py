@@ -1,9 +1,9 @@
-"""The GRPO loop, read top to bottom: build (accelerator, policy, optional reference, optimizer, task),
-resume if asked, then per step: roll out the current policy (groups of samples with rewards), leave
-out what cannot train (counted), compute group advantages, score the samples with the policy before
-the update (and the reference), then ``inner_epochs`` passes of clipped-loss updates over
-``mini_batches`` optimizer steps, accumulating gradients over micro-batches; log, evaluate,
-checkpoint; export at the end.
+"""GRPO (``agent rl grpo``): build the policy, optional reference, optimizer and task; then one GRPO step,
+read top to bottom: roll out the current policy (groups of samples with rewards), leave out what cannot
+train (counted), compute group advantages, score the samples with the policy before the update (and the
+reference), then ``inner_epochs`` passes of clipped-loss updates over ``mini_batches`` optimizer steps,
+accumulating gradients over micro-batches. The loop around the step (resume, metrics, evaluation schedule,
+checkpoints, export, summary) is the run scaffold's, :class:`magma.training.run.TrainingRun`.
 
 Loss normalisation over micro-batches: every micro-batch's loss is divided by the token / sequence
 counts of its whole mini-batch (summed over processes), so the micro-batch losses add up to the
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,19 +44,16 @@ from magma.rl.rollout import (
     drop_zero_variance_groups,
     trajectory_table,
 )
-from magma.training.divergence import refuse_non_finite_weights, stop_if_diverged
+from magma.training.divergence import stop_if_diverged
 from magma.training.optimization import build_optimizer, build_scheduler, set_trainable
-from magma.training.run_directory import RunDirectory, write_json_atomically
+from magma.training.run import RunCounters, StepResult, TrainingRun, counts_text, run_row, summary_screen
 
 
 @dataclass
-class GRPOState:
-    """Counters that survive a resume (model, optimizer, scheduler and RNG are saved by accelerate)."""
+class GRPOState(RunCounters):
+    """The run's counters (``samples``: trained samples) and GRPO's own."""
 
-    step: int = 0
-    samples: int = 0
     trajectories: int = 0
-    elapsed_s: float = 0.0
     generation_s: float = 0.0
     skipped: dict[str, int] = field(default_factory=dict)
     first_reward: float | None = None
@@ -95,118 +92,73 @@ def chunks(items: list, size: int) -> list[list]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
-class GRPOTrainer:
-    def __init__(self, config: RLConfig, resume: bool = False, task: RLTask | None = None) -> None:
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState
-        from accelerate.utils import set_seed
+class GRPOTrainer(TrainingRun):
+    state: GRPOState
 
+    def __init__(self, config: RLConfig, resume: bool = False, task: RLTask | None = None) -> None:
         from magma.training.trainer import load_model_and_processor
 
-        self.config = config
-        self.run = RunDirectory(config.run_dir)
-        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-            AcceleratorState._reset_state(reset_partial_state=True)  # a later trainer in this process
-        self.accelerator = accelerator = Accelerator(
-            cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision
-        )
-        resume_step = self.run.check_resumable(config) if resume else None  # type: ignore[arg-type]
-        if not resume:
-            self.run.check_fresh()
-        accelerator.wait_for_everyone()
-        if not resume and accelerator.is_main_process:
-            self.run.start(config)  # type: ignore[arg-type]
-
-        set_seed(config.seed)
+        super().__init__(config, resume, mixed_precision=config.mixed_precision)
+        self.config: RLConfig = config
         model, self.processor = load_model_and_processor(config)  # type: ignore[arg-type]
         self.reference = load_reference(config, model)
         if self.reference is not None:
-            self.reference.to(accelerator.device)
+            self.reference.to(self.accelerator.device)
         self.trainable = set_trainable(model, config.optim, lora_enabled=False)
         optimizer = build_optimizer(model, config.optim)
         updates = config.max_steps * config.inner_epochs * config.mini_batches
-        scheduler = build_scheduler(optimizer, config.optim, updates)
-        self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
-
-        self.state = GRPOState()
-        if resume_step:
-            self.state = GRPOState(**self.run.load_accelerate_checkpoint(accelerator, resume_step)[0])
-        if accelerator.is_main_process:
-            if resume_step is not None:
-                self.run.truncate_metrics_after(resume_step)
-            self.run.remove_stale_staging()
+        self.prepare(model, optimizer, build_scheduler(optimizer, config.optim, updates))
+        self.resume_state(GRPOState)
         self.task = task if task is not None else build_task(config, self.processor)
 
     @property
     def policy(self) -> MagmaForCausalLM:
         return self.accelerator.unwrap_model(self.model)
 
-    # ---- the loop -------------------------------------------------------------------------------
-    def train(self) -> dict[str, Any]:
-        config, state = self.config, self.state
-        progress = _progress_bar(config, self.accelerator.is_main_process, state.step)
-        started = time.perf_counter() - state.elapsed_s
-        if state.step == 0:
-            state.first_eval = self.evaluate()
-        try:
-            while state.step < config.max_steps:
-                step_started = time.perf_counter()
-                self.policy.eval()
-                # each process rolls out its own groups (one process: the index is the step)
-                index = state.step * self.accelerator.num_processes + self.accelerator.process_index
-                rollout = self.task.rollout(self.policy, index)
-                generation_s = time.perf_counter() - step_started
-                skipped = rollout.skipped
-                samples = self.trainable_samples(rollout.samples, skipped)
-                reward_stats = self.reward_statistics(rollout.samples)
-                # every process updates when any has samples (DDP needs all of them in each step)
-                anyone = int(self.accelerator.reduce(torch.tensor(len(samples), device=self.accelerator.device), "sum"))
-                metrics = self.update(samples, filler=rollout.samples[:1] or samples[:1]) if anyone else {}
-                state.step += 1
-                state.samples += anyone  # counters are over all processes
-                local_trajectories = len(trajectory_table(rollout.samples)[0]) if rollout.samples else 0
-                state.trajectories += int(
-                    self.accelerator.reduce(torch.tensor(local_trajectories, device=self.accelerator.device), "sum")
-                )
-                state.generation_s += generation_s
-                state.elapsed_s = time.perf_counter() - started
-                skipped = SkipCounter({reason: count for reason, count in skipped.items() if count})
-                for reason, count in skipped.items():
-                    state.skipped[reason] = state.skipped.get(reason, 0) + count
-                if state.first_reward is None:
-                    state.first_reward = reward_stats.get("reward_mean")
-                state.last_reward = reward_stats.get("reward_mean", state.last_reward)
-                step_s = time.perf_counter() - step_started
-                record = {
-                    "step": state.step,
-                    **reward_stats,
-                    **rollout.metrics,
-                    **metrics,
-                    "trained_samples": len(samples),
-                    "skipped": dict(skipped),
-                    "samples_per_s": len(rollout.samples) / step_s,
-                    "step_s": step_s,
-                    "generation_share": generation_s / step_s,
-                    "lr": self.scheduler.get_last_lr()[0],
-                    "elapsed_s": round(state.elapsed_s, 3),
-                }
-                if config.eval.every and state.step % config.eval.every == 0 and state.step < config.max_steps:
-                    record |= self.evaluate()
-                if state.step % config.logging.every == 0 or state.step == config.max_steps:
-                    self._log(record)
-                progress.update(1)
-                progress.set_postfix(reward=f"{reward_stats.get('reward_mean', float('nan')):.3f}")
-                if config.checkpoint.every and state.step % config.checkpoint.every == 0:
-                    self.save_checkpoint()
-            progress.close()
-            state.last_eval = self.evaluate()
-            self._log({"step": state.step, **state.last_eval})
-            if not self.run.checkpoint_steps() or self.run.checkpoint_steps()[-1] != state.step:
-                self.save_checkpoint()
-            final = self.export()
-        finally:
-            self.task.close()
-        return self.summarise(str(final))
+    # ---- one GRPO step --------------------------------------------------------------------------
+    def on_start(self) -> None:
+        if self.state.step == 0:
+            self.state.first_eval = self.evaluate()
+
+    def train_step(self) -> StepResult:
+        state, accelerator = self.state, self.accelerator
+        step_started = time.perf_counter()
+        self.policy.eval()
+        # each process rolls out its own groups (one process: the index is the step)
+        index = state.step * accelerator.num_processes + accelerator.process_index
+        rollout = self.task.rollout(self.policy, index)
+        generation_s = time.perf_counter() - step_started
+        skipped = rollout.skipped
+        samples = self.trainable_samples(rollout.samples, skipped)
+        reward_stats = self.reward_statistics(rollout.samples)
+        # every process updates when any has samples (DDP needs all of them in each step)
+        anyone = int(accelerator.reduce(torch.tensor(len(samples), device=accelerator.device), "sum"))
+        metrics = self.update(samples, filler=rollout.samples[:1] or samples[:1]) if anyone else {}
+        local_trajectories = len(trajectory_table(rollout.samples)[0]) if rollout.samples else 0
+        state.trajectories += int(
+            accelerator.reduce(torch.tensor(local_trajectories, device=accelerator.device), "sum")
+        )
+        state.generation_s += generation_s
+        skipped = SkipCounter({reason: count for reason, count in skipped.items() if count})
+        for reason, count in skipped.items():
+            state.skipped[reason] = state.skipped.get(reason, 0) + count
+        if state.first_reward is None:
+            state.first_reward = reward_stats.get("reward_mean")
+        state.last_reward = reward_stats.get("reward_mean", state.last_reward)
+        step_s = time.perf_counter() - step_started
+        record = {
+            **reward_stats,
+            **rollout.metrics,
+            **metrics,
+            "trained_samples": len(samples),
+            "skipped": dict(skipped),
+            "samples_per_s": len(rollout.samples) / step_s,  # generated on this process
+            "step_s": step_s,
+            "generation_share": generation_s / step_s,
+            "lr": self.scheduler.get_last_lr()[0],
+        }
+        progress = {"reward": f"{reward_stats.get('reward_mean', float('nan')):.3f}"}
+        return StepResult(record, samples=anyone, progress=progress)  # counters are over all processes
 
     def reward_statistics(self, samples: list[Sample]) -> dict[str, float]:
         """Reward diagnostics over every scored trajectory of the rollout (before any filtering)."""
@@ -266,14 +218,16 @@ class GRPOTrainer:
                 for key, value in metrics.items():
                     totals[key] = totals.get(key, 0.0) + value
                 counted += 1
-        self.check_updated_policy(filler)
+        self.check_updated_policy(samples)
         return {key: value / max(counted, 1) for key, value in totals.items()}
 
     @torch.no_grad()
-    def check_updated_policy(self, probe: list[Sample]) -> None:
-        """One forward pass over one sample after the step's updates: weights that stay finite can still
-        overflow the logits (a learning rate far too high), which would crash the next rollout's sampling;
+    def check_updated_policy(self, samples: list[Sample], most: int = 8) -> None:
+        """One forward pass after the step's updates over one sample of each group (a different prompt
+        each, ``most`` at the most): weights that stay finite can still overflow the logits (a learning rate
+        far too high), for some prompts and not others, which would crash the next rollout's sampling;
         stop here instead, on every process, before the step's checkpoint."""
+        probe = list({sample.group_id: sample for sample in samples}.values())[:most]
         log_probs = None
         if probe:
             batch = collate_samples(probe, self.processor.config.tokens.pad_token_id)
@@ -363,48 +317,36 @@ class GRPOTrainer:
             sums["grad_norm"] = float(grad_norm)
         return sums
 
-    # ---- evaluation, logging, checkpoints -------------------------------------------------------
+    # ---- evaluation, export, summary ------------------------------------------------------------
+    def evaluation_every(self) -> int:
+        return self.config.eval.every
+
     def evaluate(self) -> dict[str, float]:
         self.policy.eval()
         metrics = self.task.evaluate(self.policy)
         self.state.last_eval = metrics
         return metrics
 
-    def _log(self, record: dict[str, Any]) -> None:
-        if self.accelerator.is_main_process:
-            self.run.append_metrics(record)
+    def close(self) -> None:
+        self.task.close()
 
-    def save_checkpoint(self) -> None:
-        """accelerate's state and the trainer counters, staged and renamed when complete."""
-        refuse_non_finite_weights(self.accelerator, self.model.parameters(), self.state.step, "checkpoint", self.run)
-        self.run.save_accelerate_checkpoint(
-            self.accelerator, self.state.step, vars(self.state), self.config.checkpoint.keep
-        )
-
-    def export(self):
+    def write_model(self, directory: Path) -> None:
         """The final policy as an ordinary checkpoint (tokenizer and inherited action statistics)."""
         from magma.training.trainer import inherited_action_statistics
 
-        refuse_non_finite_weights(self.accelerator, self.model.parameters(), self.state.step, "final model", self.run)
         if self.accelerator.is_main_process:
             self.policy.save_pretrained(
-                self.run.final_model,
+                directory,
                 tokenizer=self.processor.tokenizer,
                 action_statistics=inherited_action_statistics(self.config) or None,  # type: ignore[arg-type]
             )
-        self.accelerator.wait_for_everyone()
-        return self.run.final_model
 
-    def summarise(self, final: str) -> dict[str, Any]:
+    def summary_fields(self) -> dict[str, Any]:
         state = self.state
-        summary = {
-            "run_dir": str(self.run.root),
+        return {
             "task": self.config.task,
-            "steps": state.step,
-            "processes": self.accelerator.num_processes,
             "trained_samples": state.samples,
             "trajectories": state.trajectories,
-            "elapsed_s": round(state.elapsed_s, 2),
             "generation_share": round(state.generation_s / state.elapsed_s, 3) if state.elapsed_s else None,
             "first_reward": state.first_reward,
             "last_reward": state.last_reward,
@@ -412,19 +354,7 @@ class GRPOTrainer:
             "eval_after": state.last_eval,
             "skipped": state.skipped,
             "trainable_parameters": self.trainable,
-            "model": final,
         }
-        if self.accelerator.is_main_process:
-            write_json_atomically(self.run.summary_path, summary)
-        self.accelerator.end_training()
-        return summary
-
-
-def _progress_bar(config: RLConfig, is_main: bool, initial: int):
-    from tqdm.auto import tqdm
-
-    enabled = is_main and config.logging.progress
-    return tqdm(total=config.max_steps, initial=initial, desc=config.name, unit="step", disable=not enabled)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -433,17 +363,17 @@ def format_summary(summary: dict[str, Any]) -> str:
     def shown(value: Any) -> str:
         return f"{value:.4f}" if isinstance(value, float) else str(value)
 
-    lines = [
-        f"run        : {summary['run_dir']}  (task {summary['task']}, {summary['processes']} process(es))",
-        f"steps      : {summary['steps']}  trajectories {summary['trajectories']}  trained samples "
-        f"{summary['trained_samples']}",
-        f"time       : {summary['elapsed_s']} s  (generation {shown(summary['generation_share'])} of it)",
-        f"reward     : first step {shown(summary['first_reward'])}  last step {shown(summary['last_reward'])}",
+    rows = [
+        run_row(summary, f"task {summary['task']}, "),
+        (
+            "steps",
+            f"{summary['steps']}  trajectories {summary['trajectories']}  trained samples {summary['trained_samples']}",
+        ),
+        ("time", f"{summary['elapsed_s']} s  (generation {shown(summary['generation_share'])} of it)"),
+        ("reward", f"first step {shown(summary['first_reward'])}  last step {shown(summary['last_reward'])}"),
     ]
     for key in sorted(set(summary["eval_before"]) | set(summary["eval_after"])):
         before, after = summary["eval_before"].get(key), summary["eval_after"].get(key)
-        lines.append(f"eval       : {key:<32} {shown(before)} -> {shown(after)}")
-    skipped = summary["skipped"]
-    lines.append("skipped    : " + (", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) or "none"))
-    lines.append(f"model      : {summary['model']}")
-    return "\n".join(lines)
+        rows.append(("eval", f"{key:<32} {shown(before)} -> {shown(after)}"))
+    rows += [("skipped", counts_text(summary["skipped"])), ("model", summary["model"])]
+    return summary_screen(rows)

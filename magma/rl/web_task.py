@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from magma.config import ConfigError
+from data_tools.config_files import ConfigError
 from magma.model import MagmaForCausalLM
 from magma.processor import MagmaProcessor
 from magma.rl.config import RLConfig

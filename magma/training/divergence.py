@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from magma.errors import UserFacingError
+from data_tools.errors import UserFacingError
 
 if TYPE_CHECKING:
     from magma.training.run_directory import RunDirectory

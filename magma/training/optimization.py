@@ -3,12 +3,17 @@ with per-module learning rates (no weight decay on biases and norms), and the wa
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from magma.config import ConfigError
-from magma.model import MagmaForCausalLM
+from data_tools.config_files import ConfigError
 from magma.training.config import MODULES, LoraConfig, OptimConfig
+
+if TYPE_CHECKING:
+    from magma.model import MagmaForCausalLM
 
 LORA_MARKER = "lora_"
 
@@ -60,21 +65,43 @@ def set_trainable(model: MagmaForCausalLM, optim: OptimConfig, lora_enabled: boo
     return counts
 
 
+def is_vector(name: str, parameter: nn.Parameter) -> bool:
+    """Biases and norm scales: no weight decay on them."""
+    return parameter.ndim < 2
+
+
+def weight_decay_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    weight_decay: float,
+    name: str,
+    lr: float | None = None,
+    no_decay: Callable[[str, nn.Parameter], bool] = is_vector,
+) -> list[dict]:
+    """AdamW groups of the trainable parameters: ``name`` with ``weight_decay`` and ``name/no_decay``
+    without it (what ``no_decay`` picks: biases and norms by default); an empty group is left out.
+    Every trainer builds its optimizer from these groups."""
+    decay: list[nn.Parameter] = []
+    exempt: list[nn.Parameter] = []
+    for parameter_name, parameter in named_parameters:
+        if parameter.requires_grad:
+            (exempt if no_decay(parameter_name, parameter) else decay).append(parameter)
+    groups = []
+    for suffix, params, group_decay in (("", decay, weight_decay), ("/no_decay", exempt, 0.0)):
+        if params:
+            groups.append({"name": f"{name}{suffix}", "params": params, "weight_decay": group_decay})
+            if lr is not None:
+                groups[-1]["lr"] = lr
+    return groups
+
+
 def parameter_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
-    """AdamW groups: per module, one with weight decay (matrices) and one without (biases, norms)."""
+    """AdamW groups: per module and its own learning rate, one with weight decay (matrices) and one
+    without (biases, norms)."""
     groups = []
     for module_name in MODULES:
         module: nn.Module = getattr(model, module_name)
         lr = getattr(optim, module_name).lr or optim.lr
-        decay, no_decay = [], []
-        for parameter in module.parameters():
-            if parameter.requires_grad:
-                (decay if parameter.ndim >= 2 else no_decay).append(parameter)
-        for suffix, params, weight_decay in (("", decay, optim.weight_decay), ("/no_decay", no_decay, 0.0)):
-            if params:
-                groups.append(
-                    {"name": f"{module_name}{suffix}", "params": params, "lr": lr, "weight_decay": weight_decay}
-                )
+        groups += weight_decay_groups(module.named_parameters(), optim.weight_decay, module_name, lr)
     return groups
 
 

@@ -16,9 +16,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from magma.config import read_yaml
-from magma.errors import UserFacingError
-from magma.training.config import TrainConfig, config_differences
+from data_tools.atomic_files import write_json_atomically
+from data_tools.config_files import read_yaml
+from data_tools.errors import UserFacingError
+from magma.training.run_config import RunConfig, config_differences
 
 CHECKPOINT_PREFIX = "step-"
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -26,12 +27,6 @@ TRAINER_STATE_FILE = "trainer_state.json"
 
 class RunDirectoryError(UserFacingError, ValueError):
     """A run directory that cannot be started or resumed as asked."""
-
-
-def write_json_atomically(path: Path, payload: Any) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(staging, path)
 
 
 def read_checkpoint_json(path: Path) -> Any:
@@ -89,7 +84,7 @@ class RunDirectory:
                 "or choose another run_dir=... (nothing was overwritten)"
             )
 
-    def start(self, config: TrainConfig) -> None:
+    def start(self, config: RunConfig) -> None:
         """Create the directory of a fresh run and record its resolved config."""
         self.check_fresh()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -97,7 +92,7 @@ class RunDirectory:
         OmegaConf.save(OmegaConf.create(config.to_dict()), staging)
         os.replace(staging, self.config_path)
 
-    def check_resumable(self, config: TrainConfig) -> int:
+    def check_resumable(self, config: RunConfig) -> int:
         """The step of the checkpoint to resume from; refuses another run's directory or config."""
         if not self.config_path.is_file():
             raise RunDirectoryError(

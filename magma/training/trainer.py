@@ -1,6 +1,7 @@
-"""The training loop, read top to bottom: build (accelerator, model, optimizer, data), resume if
-asked, then for each optimizer step fetch the micro-batches, weight their losses by label tokens
-over all processes and accumulation steps, step, log, evaluate, checkpoint; export at the end.
+"""Model training (``agent train``): build the model, optimizer and data; one optimizer step fetches the
+micro-batches and weights their losses by label tokens over all processes and accumulation steps. The
+loop around the step (resume, metrics, evaluation schedule, checkpoints, export, summary) is the run
+scaffold's, :class:`magma.training.run.TrainingRun`.
 
 Loss weighting: each micro-batch's mean loss is scaled by its share of the step's label tokens
 across every process and accumulation step, so one process with batch 8 and two with batch 4
@@ -11,9 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,22 +29,19 @@ from magma.data.records import TrainBatch
 from magma.model import IGNORE_INDEX, MagmaForCausalLM
 from magma.processor import MagmaProcessor
 from magma.training.config import TrainConfig
-from magma.training.divergence import refuse_non_finite_weights, stop_if_diverged
+from magma.training.divergence import stop_if_diverged
 from magma.training.evaluation import BatchScorer, EvalTotals, lockstep
 from magma.training.optimization import add_lora, build_optimizer, build_scheduler, merge_lora, set_trainable
-from magma.training.run_directory import RunDirectory, write_json_atomically
+from magma.training.run import RunCounters, StepResult, TrainingRun, counts_text, run_row, summary_screen
 
 DATA_STATE_FILE = "data_state_rank{rank}.json"
 
 
 @dataclass
-class TrainerState:
-    """Counters that survive a resume (the model, optimizer, scheduler and RNG are saved by accelerate)."""
+class TrainerState(RunCounters):
+    """The run's counters and the model trainer's own."""
 
-    step: int = 0
-    samples: int = 0
     label_tokens: int = 0
-    elapsed_s: float = 0.0
     last_loss: float | None = None
     eval_metrics: dict[str, float] = field(default_factory=dict)
 
@@ -85,55 +81,23 @@ def batch_digest(batches: list[TrainBatch]) -> str:
     return hashlib.sha1(ids.encode()).hexdigest()[:12]
 
 
-class Trainer:
+class Trainer(TrainingRun):
+    state: TrainerState
+
     def __init__(self, config: TrainConfig, resume: bool = False) -> None:
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState
-        from accelerate.utils import set_seed
-
-        self.config = config
-        self.run = RunDirectory(config.run_dir)
-        trackers = list(config.logging.trackers) or None
-        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-            # accelerate keeps one state per Python process; a later Trainer in the same process
-            # (a notebook, the tests) may ask for another precision
-            AcceleratorState._reset_state(reset_partial_state=True)
-        self.accelerator = Accelerator(
-            cpu=not torch.cuda.is_available(),  # several processes on a CPU machine: MULTI_CPU with gloo
-            mixed_precision=config.mixed_precision,
-            gradient_accumulation_steps=config.grad_accum_steps,
-            step_scheduler_with_optimizer=False,
-            log_with=trackers,
-            project_dir=str(self.run.root) if trackers else None,
+        super().__init__(
+            config, resume, mixed_precision=config.mixed_precision, grad_accum_steps=config.grad_accum_steps
         )
+        self.config: TrainConfig = config
         accelerator = self.accelerator
-        # Every process checks (read-only) before the main process writes anything.
-        resume_step = self.run.check_resumable(config) if resume else None
-        if not resume:
-            self.run.check_fresh()
-        accelerator.wait_for_everyone()
-        if not resume and accelerator.is_main_process:
-            self.run.start(config)
-
-        set_seed(config.seed)
         model, self.processor = load_model_and_processor(config)
         if config.lora.enabled:
             add_lora(model, config.lora)
         self.trainable = set_trainable(model, config.optim, config.lora.enabled)
         optimizer = build_optimizer(model, config.optim)
-        scheduler = build_scheduler(optimizer, config.optim, config.max_steps)
-        self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
-
-        self.state = TrainerState()
-        data_state = None
-        if resume_step:
-            data_file = DATA_STATE_FILE.format(rank=accelerator.process_index)
-            counters, files = self.run.load_accelerate_checkpoint(accelerator, resume_step, [data_file])
-            self.state, data_state = TrainerState(**counters), files[data_file]
-        if accelerator.is_main_process:
-            if resume_step is not None:  # killed before its first checkpoint: resume_step 0, start over
-                self.run.truncate_metrics_after(resume_step)
-            self.run.remove_stale_staging()
+        self.prepare(model, optimizer, build_scheduler(optimizer, config.optim, config.max_steps))
+        data_file = DATA_STATE_FILE.format(rank=accelerator.process_index)
+        data_state = self.resume_state(TrainerState, [data_file]).get(data_file)
         self.encoder = SampleEncoder(self.processor, config.data)
         self.collate = partial(self.processor.collate, padding_side="right")
         self.loader = build_train_loader(
@@ -144,75 +108,52 @@ class Trainer:
             world_size=accelerator.num_processes,
             state=data_state,
         )
-        if trackers:
-            accelerator.init_trackers(config.name, config=_flat(config.to_dict()))
 
-    # ---- the loop -------------------------------------------------------------------------------
-    def train(self) -> dict[str, Any]:
+    # ---- one optimizer step ---------------------------------------------------------------------
+    def on_start(self) -> None:
+        self.batches = iter(self.loader)  # here, not in __init__: a benchmark may swap the loader in between
+
+    def train_step(self) -> StepResult:
         config, accelerator, state = self.config, self.accelerator, self.state
         world = accelerator.num_processes
         global_batch = config.global_batch_size(world)
-        progress = _progress_bar(config, accelerator.is_main_process, state.step)
-        batches = iter(self.loader)
-        started = time.perf_counter() - state.elapsed_s
-        while state.step < config.max_steps:
-            step_started = time.perf_counter()
-            micro_batches = [next(batches) for _ in range(config.grad_accum_steps)]
-            local_tokens = sum(label_tokens(batch) for batch in micro_batches)
-            step_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum"))
-            loss_sum = torch.zeros((), device=accelerator.device)
-            for index, batch in enumerate(micro_batches):
-                with accelerator.accumulate(self.model), accelerator.autocast():
-                    out = self.model(**batch.inputs.to(accelerator.device).as_kwargs())
-                    # mean loss -> this batch's share of the step's tokens; undo accelerate's 1/accum
-                    # and DDP's 1/world averaging, so the gradient is the global token mean
-                    share = out.num_label_tokens / max(step_tokens, 1)
-                    accelerator.backward(out.loss * share * config.grad_accum_steps * world)
-                    loss_sum += out.loss.detach().float() * out.num_label_tokens
-                    if accelerator.sync_gradients and config.optim.max_grad_norm > 0:
-                        grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), config.optim.max_grad_norm)
-                    else:
-                        grad_norm = None
-                    if index == len(micro_batches) - 1:  # before the update: a diverged step is never applied
-                        stop_if_diverged(accelerator, state.step + 1, {"training loss": loss_sum}, self.run, grad_norm)
-                    self.optimizer.step()
-                    if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
-                        self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.samples += global_batch
-            state.label_tokens += step_tokens
-            state.elapsed_s = time.perf_counter() - started
-            step_loss = float(accelerator.reduce(loss_sum, "sum")) / max(step_tokens, 1)
-            state.last_loss = step_loss
-            step_seconds = time.perf_counter() - step_started
-            if state.step % config.logging.every == 0 or state.step == config.max_steps:
-                self._log(
-                    {
-                        "step": state.step,
-                        "loss": step_loss,
-                        **self._learning_rates(),
-                        "grad_norm": None if grad_norm is None else float(grad_norm),
-                        "samples_per_s": global_batch / step_seconds,
-                        "label_tokens": step_tokens,
-                        "samples": state.samples,
-                        "elapsed_s": round(state.elapsed_s, 3),
-                        "batch_digest": batch_digest(micro_batches),
-                    }
-                )
-            progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.4f}", samples_per_s=f"{global_batch / step_seconds:.1f}")
-            if config.eval.every and state.step % config.eval.every == 0 and state.step < config.max_steps:
-                self.evaluate()
-            if config.checkpoint.every and state.step % config.checkpoint.every == 0:
-                self.save_checkpoint()
-        progress.close()
-        if config.data.eval_sources:
-            self.evaluate()
-        if not self.run.checkpoint_steps() or self.run.checkpoint_steps()[-1] != state.step:
-            self.save_checkpoint()
-        final = self.export()
-        return self.summarise(final)
+        step_started = time.perf_counter()
+        micro_batches = [next(self.batches) for _ in range(config.grad_accum_steps)]
+        local_tokens = sum(label_tokens(batch) for batch in micro_batches)
+        step_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum"))
+        loss_sum = torch.zeros((), device=accelerator.device)
+        for index, batch in enumerate(micro_batches):
+            with accelerator.accumulate(self.model), accelerator.autocast():
+                out = self.model(**batch.inputs.to(accelerator.device).as_kwargs())
+                # mean loss -> this batch's share of the step's tokens; undo accelerate's 1/accum
+                # and DDP's 1/world averaging, so the gradient is the global token mean
+                share = out.num_label_tokens / max(step_tokens, 1)
+                accelerator.backward(out.loss * share * config.grad_accum_steps * world)
+                loss_sum += out.loss.detach().float() * out.num_label_tokens
+                if accelerator.sync_gradients and config.optim.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), config.optim.max_grad_norm)
+                else:
+                    grad_norm = None
+                if index == len(micro_batches) - 1:  # before the update: a diverged step is never applied
+                    stop_if_diverged(accelerator, state.step + 1, {"training loss": loss_sum}, self.run, grad_norm)
+                self.optimizer.step()
+                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                    self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        state.label_tokens += step_tokens
+        step_loss = float(accelerator.reduce(loss_sum, "sum")) / max(step_tokens, 1)
+        state.last_loss = step_loss
+        samples_per_s = global_batch / (time.perf_counter() - step_started)
+        metrics = {
+            "loss": step_loss,
+            **self._learning_rates(),
+            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "samples_per_s": samples_per_s,
+            "label_tokens": step_tokens,
+            "batch_digest": batch_digest(micro_batches),
+        }
+        progress = {"loss": f"{step_loss:.4f}", "samples_per_s": f"{samples_per_s:.1f}"}
+        return StepResult(metrics, samples=global_batch, progress=progress)
 
     def _learning_rates(self) -> dict[str, float]:
         """The current learning rate of each trained module (``lr/language_model``, ...)."""
@@ -222,17 +163,19 @@ class Trainer:
             if not group["name"].endswith("/no_decay")
         }
 
-    def _log(self, record: dict[str, Any]) -> None:
-        if self.accelerator.is_main_process:
-            self.run.append_metrics(record)
-        numbers = {key: value for key, value in record.items() if isinstance(value, int | float) and key != "step"}
-        if self.config.logging.trackers:
-            self.accelerator.log(numbers, step=record["step"])
+    def checkpoint_files(self) -> dict[str, Any]:
+        """Each process's position in its data stream, so a resumed run draws the same batches."""
+        return {DATA_STATE_FILE.format(rank=self.accelerator.process_index): self.loader.state_dict()}
 
     # ---- evaluation -----------------------------------------------------------------------------
+    def evaluation_every(self) -> int:
+        return self.config.eval.every
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         accelerator, config = self.accelerator, self.config
+        if not config.data.eval_sources:
+            return {}
         action_sources = {s.name for s in config.data.eval_sources if s.action_codec != "none"}
         scorer = BatchScorer(self.processor.tokenizer, self.processor.config.tokens.base_vocab_size, action_sources)
         self.model.eval()
@@ -267,28 +210,13 @@ class Trainer:
         metrics |= overall.metrics("eval/all")
         self.model.train()
         self.state.eval_metrics = metrics
-        self._log({"step": self.state.step, **metrics})
         return metrics
 
-    # ---- checkpoints and export -----------------------------------------------------------------
-    def save_checkpoint(self) -> None:
-        """accelerate's state (model, optimizer, scheduler, RNG of every process) + each process's data
-        position + the trainer counters, staged in a temporary directory and renamed when complete."""
-        rank = self.accelerator.process_index
-        refuse_non_finite_weights(self.accelerator, self.model.parameters(), self.state.step, "checkpoint", self.run)
-        self.run.save_accelerate_checkpoint(
-            self.accelerator,
-            self.state.step,
-            vars(self.state),
-            self.config.checkpoint.keep,
-            per_process={DATA_STATE_FILE.format(rank=rank): self.loader.state_dict()},
-        )
-
-    def export(self) -> Path:
+    # ---- export and summary ---------------------------------------------------------------------
+    def write_model(self, directory: Path) -> None:
         """The final model as an ordinary checkpoint (LoRA merged, tokenizer and action statistics
         included), loadable with ``MagmaForCausalLM.from_pretrained``."""
         accelerator = self.accelerator
-        refuse_non_finite_weights(accelerator, self.model.parameters(), self.state.step, "final model", self.run)
         weights = accelerator.get_state_dict(self.model)  # gathers FSDP / ZeRO-3 shards
         if accelerator.is_main_process:
             config = copy.deepcopy(accelerator.unwrap_model(self.model).config)
@@ -299,18 +227,16 @@ class Trainer:
             model.load_state_dict(weights)
             merge_lora(model)
             model.save_pretrained(
-                self.run.final_model,
+                directory,
                 tokenizer=self.processor.tokenizer,
                 action_statistics=inherited_action_statistics(self.config) | self.encoder.robot_statistics() or None,
             )
-        accelerator.wait_for_everyone()
-        return self.run.final_model
 
-    def summarise(self, final: Path) -> dict[str, Any]:
-        """The end-of-run record (summary.json) with skip counts and mixture shares over all processes."""
+    def summary_fields(self) -> dict[str, Any]:
+        """Skip counts and mixture shares over all processes."""
         from accelerate.utils import gather_object
 
-        accelerator, state = self.accelerator, self.state
+        state = self.state
         skipped: dict[str, int] = {}
         by_source: dict[str, int] = {}
         for counts in gather_object([self.loader.skipped]):
@@ -321,13 +247,9 @@ class Trainer:
                 by_source[name] = by_source.get(name, 0) + count
         total = sum(by_source.values()) or 1
         weights = sum(source.weight for source in self.config.data.sources)
-        summary = {
-            "run_dir": str(self.run.root),
-            "steps": state.step,
-            "processes": accelerator.num_processes,
+        return {
             "samples": state.samples,
             "label_tokens": state.label_tokens,
-            "elapsed_s": round(state.elapsed_s, 2),
             "samples_per_s": round(state.samples / state.elapsed_s, 2) if state.elapsed_s else None,
             "final_loss": state.last_loss,
             "eval": state.eval_metrics,
@@ -337,50 +259,22 @@ class Trainer:
                 for source in self.config.data.sources
             },
             "trainable_parameters": self.trainable,
-            "model": str(final),
         }
-        if accelerator.is_main_process:
-            write_json_atomically(self.run.summary_path, summary)
-        accelerator.end_training()  # stops trackers and takes the process group down cleanly
-        return summary
-
-
-def _progress_bar(config: TrainConfig, is_main: bool, initial: int):
-    from tqdm.auto import tqdm
-
-    enabled = is_main and config.logging.progress
-    return tqdm(total=config.max_steps, initial=initial, desc=config.name, unit="step", disable=not enabled)
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config -> {"optim.lr": ...} with tracker-friendly values."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= _flat(value, f"{prefix}{key}.")
-        elif isinstance(value, int | float | str | bool):
-            flat[f"{prefix}{key}"] = value
-        else:
-            flat[f"{prefix}{key}"] = json.dumps(value)
-    return flat
 
 
 def format_summary(summary: dict[str, Any]) -> str:
     """One screen of text for the end of ``agent train``."""
-    lines = [
-        f"run        : {summary['run_dir']}  ({summary['processes']} process(es))",
-        f"steps      : {summary['steps']}  samples {summary['samples']}  label tokens {summary['label_tokens']}",
-        f"time       : {summary['elapsed_s']} s  ({summary['samples_per_s']} samples/s)",
-        f"final loss : {summary['final_loss']:.4f}" if summary["final_loss"] is not None else "final loss : -",
+    final_loss = summary["final_loss"]
+    rows = [
+        run_row(summary),
+        ("steps", f"{summary['steps']}  samples {summary['samples']}  label tokens {summary['label_tokens']}"),
+        ("time", f"{summary['elapsed_s']} s  ({summary['samples_per_s']} samples/s)"),
+        ("final loss", "-" if final_loss is None else f"{final_loss:.4f}"),
     ]
     for name, share in summary["mixture"].items():
-        lines.append(f"mixture    : {name:<20} weight {share['weight']:.2f}  drawn {share['share']:.2f}")
+        rows.append(("mixture", f"{name:<20} weight {share['weight']:.2f}  drawn {share['share']:.2f}"))
     for key, value in sorted(summary["eval"].items()):
         shown = f"{value:.4f}" if isinstance(value, float) and not math.isnan(value) else str(value)
-        lines.append(f"eval       : {key:<40} {shown}")
-    skipped = summary["skipped"]
-    lines.append(
-        "skipped    : " + (", ".join(f"{reason} {count}" for reason, count in sorted(skipped.items())) or "none")
-    )
-    lines.append(f"model      : {summary['model']}")
-    return "\n".join(lines)
+        rows.append(("eval", f"{key:<40} {shown}"))
+    rows += [("skipped", counts_text(summary["skipped"])), ("model", summary["model"])]
+    return summary_screen(rows)

@@ -13,8 +13,10 @@ What the daemon uses, beyond connect / disconnect / get_observation / send_actio
 ``joint_names`` (the safety config must give limits for each), ``measured_pose(observation)``
 (end-effector xyz and joint positions, for the joint checks and the checks of the MEASURED end
 effector against the workspace box and speed limit; without it those checks cannot run), ``hold_action(observation)``
-(what "hold still" means for the action space), ``stop()`` (the e-stop command or brake) and
-``start_episode(index)`` (a start pose, or waiting for the operator; returns the task). A camera
-implements ``capture()``; its reader thread, timestamps and stale detection come from ``Camera``.
+(what "hold still" means for the action space), ``stop()`` (the e-stop command or brake),
+``start_episode(index)`` (a start pose, or waiting for the operator; returns the task) and ``last_info``
+(``terminated`` / ``truncated`` / ``success`` when the robot can tell that a task ended). Each has a
+default on ``Robot``. A camera implements ``capture()``; its reader thread, timestamps and stale
+detection come from ``Camera`` (``rendered_by_robot = True`` makes the daemon pass it the robot).
 Test a driver against the simulated one (``robot.sim``) first: both run the same daemon code path.
 """

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from agent_cli import agent, assert_one_clear_error
 
+from data_tools.config_files import ConfigError
 from magma.checkpoint import CheckpointError, load_checkpoint_config
-from magma.config import ConfigError, load_config
+from magma.config import load_config
 from magma.configuration_magma import MagmaConfig
 from robot.daemon_config import load_daemon_config
 

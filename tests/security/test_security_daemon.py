@@ -20,8 +20,8 @@ import pytest
 from local_servers import QuietHandler, send_body, serve_http, stop_http, wait_for
 from test_robot_daemon import FaultyPolicy, daemon_config, http_post, serve_in_process, start_daemon
 
+from data_tools.config_files import ConfigError
 from envs.web.browser import ChromiumBrowser, ContextOptions
-from magma.config import ConfigError
 from magma.training.launch import free_port
 from robot.daemon import RobotDaemon
 from robot.daemon_config import load_daemon_config

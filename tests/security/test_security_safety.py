@@ -10,7 +10,7 @@ import pytest
 from local_servers import wait_for
 from test_robot_daemon import AGENT, REPO, daemon_config, recorded_columns, serve_in_process, start_daemon
 
-from magma.config import ConfigError
+from data_tools.config_files import ConfigError
 from robot.daemon_config import load_daemon_config
 from robot.safety import SafetyConfigError, SafetyFilter, SafetyLimits, clip_delta_action
 from robot.sim import SimRobot

@@ -17,13 +17,13 @@ import yaml
 from agent_cli import agent, assert_one_clear_error
 from safetensors.torch import load_file
 
+from data_tools.config_files import ConfigError
 from data_tools.synthetic import write_synthetic_corpus
 from lapa.config import quantizer_train_config_from
 from lapa.quantizer import LatentActionQuantizer, QuantizerCheckpointError
 from lapa.synthetic_motion import write_motion_videos
 from lapa.training import QuantizerTrainer
 from magma.checkpoint import CheckpointError
-from magma.config import ConfigError
 from magma.model import MagmaForCausalLM
 from magma.rl.config import load_rl_config
 from magma.rl.trainer import GRPOTrainer

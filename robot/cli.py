@@ -1,4 +1,5 @@
-"""``agent robot run``: the robot control daemon for the lab machine (robot/daemon.py)."""
+"""``agent robot run``: the robot control daemon for the lab machine (robot/daemon.py); the command group this
+package contributes to the ``agent`` app."""
 
 from __future__ import annotations
 

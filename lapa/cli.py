@@ -1,7 +1,8 @@
-"""``agent lapa``: latent action pretraining. ``train`` the latent action quantizer on frame pairs
-of videos or recorded episodes, ``label`` a corpus with its latent actions as training shards, and
-run the whole ``pipeline`` on the MuJoCo suite (quantizer -> labels -> latent VLA -> fine-tuning ->
-success rate vs the same model fine-tuned without latent pretraining).
+"""``agent lapa``: latent action pretraining, the command group this package contributes to the ``agent``
+app. ``train`` the latent action quantizer on frame pairs of videos or recorded episodes, ``label`` a
+corpus with its latent actions as training shards, and run the whole ``pipeline`` on the MuJoCo suite
+(quantizer -> labels -> latent VLA -> fine-tuning -> success rate vs the same model fine-tuned without
+latent pretraining). Every command imports its work when it runs, so ``agent --help`` stays fast.
 
 Several processes through accelerate::
 
@@ -114,7 +115,7 @@ def pipeline(
     """LAPA end to end on the MuJoCo suite: unlabelled videos -> quantizer -> latent labels -> latent
     VLA -> fine-tuning on a few labelled episodes -> success rate vs the same model without latent
     pretraining. Stages already done in run_dir are skipped."""
-    from lapa.pipeline import LapaPipeline, format_report, load_pipeline_config
+    from lapa.recipes.pipeline import LapaPipeline, format_report, load_pipeline_config
 
     pipeline_config = load_pipeline_config(config, list(overrides or []))
     report = LapaPipeline(pipeline_config, log=lambda line: typer.echo(line, err=True)).run()

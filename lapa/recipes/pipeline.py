@@ -15,6 +15,8 @@
 
 Every stage writes into ``run_dir`` and is skipped when its output is there, so an interrupted
 pipeline continues where it stopped. ``report.json`` holds every figure.
+
+A recipe (``lapa.recipes``): it spans ``robot``, ``envs``, ``magma`` and ``lapa``, so it sits above them all.
 """
 
 from __future__ import annotations
@@ -30,15 +32,15 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from data_tools.atomic_files import write_json_atomically
+from data_tools.config_files import ConfigError, find_config_file, merge_structured, read_yaml
 from lapa.config import load_quantizer_train_config
 from lapa.frame_pairs import load_frame_pairs, motion_between
 from lapa.labelling import LabelOptions, clip_codes, run_label_job
 from lapa.probe import ProbeResult, direction_labels, linear_probe
 from lapa.quantizer import LatentActionQuantizer
-from magma.config import ConfigError, find_config_file, merge_structured, read_yaml
-from magma.training.run_directory import write_json_atomically
 
-PIPELINE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "lapa"
+PIPELINE_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "lapa"
 VIDEO_SEED, PLAY_SEED, ROBOT_SEED = 10_000, 20_000, 30_000  # initial states, apart from the evaluation set
 
 
