@@ -2,10 +2,12 @@
 
 1. Exports a magma-tiny model of ours in the Magma-8B layout (``magma.magma8b_layout.export_magma8b``) and
    computes our logits on one prompt with two images (our processor: input ids, crops, crop grids).
-2. In its own venv (``runs/.interop-venvs/magma``: torch 2.13 CPU, transformers 4.44 as their code was written
-   for, timm, open_clip), loads the export with THEIR code: ``AutoModelForCausalLM.from_pretrained(...,
-   trust_remote_code=True)`` from a temporary copy of the export with their .py files (from ``--magma-code``)
-   beside it, ``auto_map`` pointing at them. Their vision tower is the open_clip model of
+2. In its own venv (``runs/.interop-venvs/magma``: transformers 4.48.3, which their hub README's fork is
+   based on, timm, open_clip; torch and torchvision borrowed from the main venv), loads the export with THEIR
+   classes, imported from a package made of their .py files (from ``--magma-code``): transformers'
+   remote-code loader refuses their modeling module, which imports deepspeed inside a function inference
+   never calls. Stock transformers renames every ``*.gamma`` key while loading, dropping the ConvNeXt layer
+   scales, so the weights are loaded by name (reported as a NOTE). Their vision tower is the open_clip model of
    ``hf-hub:laion/CLIP-convnext_xxlarge-...``; an offline hub cache entry under that name describes the tiny
    trunk (registered with timm under its own name), as the real entry describes ConvNeXt-XXLarge.
 3. Runs their model on the same pixels and ids (their conventions: one ``<image>`` per image, which their

@@ -5,8 +5,9 @@ reproduce). REST helpers call Magento's REST API as VWA does: an admin token fir
 ``shopping_site_admin`` account unless told otherwise), then the orders or reviews endpoint, through the
 browser context's request API. :func:`site_helpers` binds them to one task's site URLs for grading.
 
-Where VWA's helpers misbehave, the ``fixed`` mode differs (listed in the README): the latest comment is
-found by comparing timestamps as numbers (VWA compares a timezone-aware datetime with a naive one under
+Where VWA's helpers misbehave, the ``fixed`` mode differs (listed in ``envs/web/evaluators.py`` and
+docs/envs.md): the latest comment is found by comparing timestamps as numbers (VWA compares a
+timezone-aware datetime with a naive one under
 current Playwright, swallows the error and returns ``""``, so all its reddit comment targets fail; the
 ``official`` mode reproduces that), and equal timestamps go to the later comment on the page.
 """
