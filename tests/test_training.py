@@ -353,3 +353,43 @@ def test_bf16_autocast_gradient_checkpointing_and_tensorboard(tmp_path, corpus):
     assert list((tmp_path / "run").rglob("events.out.tfevents.*")), "no TensorBoard event file"
     trained = MagmaForCausalLM.from_pretrained(tmp_path / "run" / "final")
     assert not trained.config.text.gradient_checkpointing  # a training setting, not part of the model
+
+
+def test_action_token_accuracy_counts_exactly_the_action_tokens_predicted(tiny_model, tiny_processor):
+    """The eval metric against an independent count: the argmax of the full logits at each labelled action
+    position (the scorer reads the labelled-rows predictions instead), and a hand-set prediction."""
+    from magma.data.records import TrainBatch
+    from magma.training.evaluation import BatchScorer, EvalTotals
+
+    base = tiny_processor.config.tokens.base_vocab_size
+    actions = [base - 1, base - 40, base - 7, base - 200, base - 3, base - 90, base - 128]
+    robot = tiny_processor.encode(
+        [{"from": "human", "value": "Pick up the cup."}, {"from": "gpt", "value": "<action>"}],
+        action_token_ids=actions,
+    )
+    chat = tiny_processor.encode([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello there."}])
+    inputs = tiny_processor.collate([robot, chat])
+    batch = TrainBatch(inputs=inputs, sample_ids=["r", "c"], sources=["robot", "chat"])
+    with torch.no_grad():
+        out = tiny_model.eval()(**inputs.as_kwargs(), return_label_predictions=True)
+        logits = tiny_model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask).logits
+    targets = inputs.labels[:, 1:]
+    is_action = (targets >= base - 256) & (targets < base)
+    assert int(is_action.sum()) == len(actions) and bool(is_action[1].sum() == 0)
+    expected = int((logits[:, :-1].argmax(-1) == targets)[is_action].sum())
+    scorer = BatchScorer(tiny_processor.tokenizer, base, action_sources={"robot"})
+    totals = EvalTotals()
+    scorer.add(totals, batch, out.loss, out.num_label_tokens, out.label_predictions)
+    assert (totals.action_tokens, totals.action_correct) == (len(actions), expected)
+    # predictions that get the first three actions (and every other labelled token) right: exactly 3 of 7
+    forced = out.label_predictions.clone()
+    row_zero = int((targets[0] != -100).sum())
+    gold = targets[0][targets[0] != -100]
+    gold_is_action = is_action[0][targets[0] != -100]  # among the row's labelled tokens
+    first_action = int(gold_is_action.nonzero()[0])
+    wrong = (gold + 1) % tiny_processor.config.text.vocab_size
+    right = (torch.arange(row_zero) < first_action + 3) | ~gold_is_action  # the end-of-turn token is right too
+    forced[:row_zero] = torch.where(right, gold, wrong)
+    totals = EvalTotals()
+    scorer.add(totals, batch, out.loss, out.num_label_tokens, forced)
+    assert totals.metrics("eval")["eval/action_token_accuracy"] == pytest.approx(3 / 7)
