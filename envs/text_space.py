@@ -18,6 +18,8 @@ import numpy as np
 from gymnasium.spaces import Space, Text
 from numpy.typing import NDArray
 
+from data_tools.errors import UserFacingError
+
 SURROGATES = range(0xD800, 0xE000)  # not characters: a str holding one cannot be encoded, sent or stored
 UNICODE_CHARACTER_COUNT = 0x110000 - len(SURROGATES)
 
@@ -148,8 +150,6 @@ def refuse_long_instruction(task_id: str, field: str, text: str, limit: int, whe
     """UserFacingError when a task's instruction (``field``: intent, goal) is longer than the observation
     space allows; ``where`` names the file to shorten it in."""
     if len(text) > limit:
-        from data_tools.errors import UserFacingError
-
         raise UserFacingError(
             f"task {task_id}'s {field} is {len(text)} characters; the observation space allows {limit}; "
             f"shorten the {field} in the {where}"

@@ -185,7 +185,7 @@ class MagmaProcessor(ProcessorMixin):
         structural = sorted({*self._special_ids, ACTION_PLACEHOLDER}, key=len, reverse=True)
         self._structural = re.compile("|".join(re.escape(token) for token in structural))
         image_start, image_end = (
-            token if token in added else tokenizer.convert_ids_to_tokens(self.tokens.__dict__[field_name])
+            token if token in added else tokenizer.convert_ids_to_tokens(getattr(self.tokens, field_name))
             for token, field_name in ((IMAGE_START, "image_start_token_id"), (IMAGE_END, "image_end_token_id"))
         )
         # the placeholders of the training-sample format (string content): <image> (Magma's own prompts

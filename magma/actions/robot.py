@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from data_tools.atomic_files import write_json_atomically
 from magma.actions.errors import ActionStatisticsError
 from magma.actions.token_block import group_steps, validated_token_ids
 
@@ -145,18 +145,8 @@ class ActionStatistics:
 
 def save_action_statistics(path: str | os.PathLike, stats: Mapping[str, ActionStatistics]) -> None:
     """Write `{dataset key: {"action": {...}}}` JSON atomically (temporary file, then rename)."""
-    path = Path(path)
     payload = {key: {"action": value.to_dict()} for key, value in stats.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            json.dump(payload, file, indent=2)
-            file.write("\n")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_json_atomically(Path(path), payload)
 
 
 def load_action_statistics(path: str | os.PathLike) -> dict[str, ActionStatistics]:
