@@ -5,7 +5,7 @@ For each control rate (10 and 50 Hz) and policy latency (0, 50 and 200 ms, added
 served policy), every task of the tabletop suite runs ``--states`` evaluation states through the
 real daemon (``agent robot run``'s ``RobotDaemon``, the simulated robot, no cameras) driven by the
 served scripted expert over the policy server, in real time. The baseline is the same expert on the
-same states and rate with no daemon and no latency (``agent run --env mujoco``'s episode loop).
+same states and rate with no daemon and no latency (``agent run mujoco``'s episode loop).
 Latencies the tick cannot absorb are served as chunks planned ahead (``robot.privileged_state``), long
 enough to cover the latency twice.
 

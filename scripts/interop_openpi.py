@@ -230,7 +230,7 @@ def our_client_against_openpi(python: Path) -> None:
 
             def remote_run() -> tuple[bool, str]:
                 out = Path(scratch) / "remote-run"
-                command = [*AGENT, "run", "--env", "mujoco", "--task", "reach", "--policy", "remote", "--server"]
+                command = [*AGENT, "run", "mujoco", "--tasks", "reach", "--policy", "remote", "--server"]
                 command += [f"ws://127.0.0.1:{port}", "--episodes", "1", "--image-size", "32", "--no-videos"]
                 done = subprocess.run(
                     [*command, "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=REPO

@@ -14,7 +14,12 @@ from pathlib import Path
 from data_tools.sample_format import validate_sample
 from envs.android.actions import parse_android_action
 from envs.android.simulated_device import SimulatedAdbServer
-from magma.agents.android_suite import AndroidRunOptions, AndroidRunSettings, android_policy_factory, run_android_suite
+from magma.evaluation.android_suite import (
+    AndroidRunOptions,
+    AndroidRunSettings,
+    android_policy_factory,
+    run_android_suite,
+)
 from magma.training.launch import free_port
 
 AGENT = [sys.executable, "-m", "magma.cli.app"]
@@ -30,7 +35,7 @@ def results_of(out: Path) -> list[dict]:
 
 def test_scripted_agent_completes_the_simulated_app_with_report_shards_and_resume(tmp_path):
     out, shards = tmp_path / "run", tmp_path / "shards"
-    finished = agent("run", "--env", "android", "--device", "simulated", "--out", str(out), "--record", str(shards))
+    finished = agent("run", "android", "--device", "simulated", "--out", str(out), "--record", str(shards))
     assert finished.returncode == 0, finished.stderr
     results = results_of(out)
     assert [r["key"] for r in results] == [
@@ -38,7 +43,7 @@ def test_scripted_agent_completes_the_simulated_app_with_report_shards_and_resum
     ]  # fmt: skip
     assert all(r["success"] is True and r["failed_steps"] == 0 for r in results), results
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["overall"]["passed"] == 6 and summary["by_site"]["settings"]["tasks"] == 2
+    assert summary["overall"]["passed"] == 6 and summary["by_group"]["settings"]["tasks"] == 2
     assert "Android run report" in (out / "report.html").read_text()
     page = (out / "trajectories" / "save_note" / "index.html").read_text()
     assert "step-000.jpg" in page and "type [Bob &amp; Alice&#39;s 100% plan] [1]" in page
@@ -55,15 +60,15 @@ def test_scripted_agent_completes_the_simulated_app_with_report_shards_and_resum
     assert sum(name.endswith(".png") for name in names) == len(records)
     assert '{"TAP": {"MARK": 2}}' in {r["conversations"][-1]["value"].strip("`") for r in records}
     # a resumed run reruns nothing; other settings are refused with one message
-    again = agent("run", "--env", "android", "--device", "simulated", "--out", str(out), "--resume")
+    again = agent("run", "android", "--device", "simulated", "--out", str(out), "--resume")
     assert again.returncode == 0 and len(results_of(out)) == 6
-    other = agent("run", "--env", "android", "--device", "simulated", "--out", str(out), "--resume", "--max-steps", "3")
+    other = agent("run", "android", "--device", "simulated", "--out", str(out), "--resume", "--max-steps", "3")
     assert other.returncode == 2 and "max_steps" in other.stderr and "Traceback" not in other.stderr
 
 
 def test_no_adb_server_is_one_message_and_writes_nothing(tmp_path):
     port = free_port()
-    finished = agent("run", "--env", "android", "--adb", f"127.0.0.1:{port}", "--out", str(tmp_path / "run"))
+    finished = agent("run", "android", "--adb", f"127.0.0.1:{port}", "--out", str(tmp_path / "run"))
     assert finished.returncode == 2 and f"no adb server at 127.0.0.1:{port}" in finished.stderr
     assert "Traceback" not in finished.stderr and not (tmp_path / "run").exists()
 

@@ -178,7 +178,7 @@ def test_one_home_for_shared_helpers():
         (ImportSite("envs/web/env.py", 1, "magma.actions.ui", False), True),
         (ImportSite("envs/web/env.py", 1, "magma.model", True), False),
         (ImportSite("data_tools/som.py", 1, "envs.web", True), False),
-        (ImportSite("magma/agents/episodes.py", 1, "robot.sim", True), False),
+        (ImportSite("magma/evaluation/episodes.py", 1, "robot.sim", True), False),
         (ImportSite("magma/cli/data.py", 1, "robot.sim", True), True),
         (ImportSite("lapa/training.py", 1, "magma.model", False), True),
         (ImportSite("lapa/training.py", 1, "robot.sim", True), False),

@@ -311,16 +311,16 @@ def test_openai_chat_completions_and_robot_actions_from_one_magma_checkpoint(
             assert np.all(action[:6] >= stats.q01[:6] - 1e-6) and np.all(action[:6] <= stats.q99[:6] + 1e-6)
 
             from envs.mujoco.env import TabletopEnv
-            from magma.agents.episodes import run_episode
+            from magma.evaluation.sim_suite import run_sim_episode
 
             env = TabletopEnv(task="reach", image_size=32, max_steps=4)
             try:  # the episode runner of `agent run` drives the remote policy like a local one
-                result = run_episode(env, client, "reach", 0, None, fps=10)
+                result = run_sim_episode(env, client, "reach", 0)
             finally:
                 env.close()
-            assert result.steps == 4 and result.task == "reach"
+            assert result.steps == 4 and result.instruction
         remote_run = subprocess.run(
-            [*AGENT, "run", "--env", "mujoco", "--task", "reach", "--policy", "remote", "--server",
+            [*AGENT, "run", "mujoco", "--tasks", "reach", "--policy", "remote", "--server",
              f"ws://127.0.0.1:{port}", "--episodes", "1", "--image-size", "32", "--no-videos",
              "--out", str(tmp_path / "remote-run")],
             capture_output=True, text=True, timeout=1200,
@@ -329,7 +329,7 @@ def test_openai_chat_completions_and_robot_actions_from_one_magma_checkpoint(
         assert "reach" in remote_run.stdout and (tmp_path / "remote-run" / "results.jsonl").exists()
 
         # `agent run --env visualwebarena --policy openai` against the model we serve: a real browser episode
-        from magma.agents.web_suite import WebRunOptions, WebRunSettings, run_web_suite, web_policy_factory
+        from magma.evaluation.web_suite import WebRunOptions, WebRunSettings, run_web_suite, web_policy_factory
 
         monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{port}/v1")
         monkeypatch.delenv("OPENAI_API_KEY", raising=False)

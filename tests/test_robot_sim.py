@@ -97,33 +97,54 @@ def test_recorded_expert_episodes_become_shards_a_model_trains_on_and_runs(tmp_p
     Trainer(train_config_from(config, [], "test")).train()
 
     result = subprocess.run(
-        [*AGENT, "run", "--env", "mujoco", "--task", "pick_place", "--episodes", "1", "--policy", "magma",
+        [*AGENT, "run", "mujoco", "--tasks", "pick_place", "--episodes", "1", "--policy", "magma",
          "--checkpoint", str(tmp_path / "run" / "final"), "--image-size", "64", "--out", str(tmp_path / "eval")],
         capture_output=True, text=True, timeout=1200, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "pick_place" in result.stdout and (tmp_path / "eval" / "videos" / "pick_place-000.mp4").exists()
+    assert (
+        "pick_place" in result.stdout
+        and (tmp_path / "eval" / "trajectories" / "pick_place_000" / "episode.mp4").exists()
+    )
 
 
 def test_agent_run_scripted_prints_a_success_table(tmp_path):
     result = subprocess.run(
-        [*AGENT, "run", "--env", "mujoco", "--task", "reach", "--episodes", "2", "--out", str(tmp_path)],
+        [*AGENT, "run", "mujoco", "--tasks", "reach", "--episodes", "2", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=1200, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reach" in result.stdout and "100.0%" in result.stdout
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
+    assert "2/2" in result.stderr and "reach:001" in result.stderr  # the progress bar and a line per episode
+    episode_page = (tmp_path / "trajectories" / "reach_001" / "index.html").read_text()
+    assert '<video src="../../trajectories/reach_001/episode.mp4"' in episode_page
+    assert (tmp_path / "trajectories" / "reach_001" / "episode.mp4").stat().st_size > 0
+    again = subprocess.run(  # a finished run resumed runs nothing again; other settings are refused
+        [*AGENT, "run", "mujoco", "--tasks", "reach", "--episodes", "2", "--out", str(tmp_path), "--resume"],
+        capture_output=True, text=True, timeout=1200, cwd=REPO,
+    )  # fmt: skip
+    assert again.returncode == 0 and "100.0%" in again.stdout, again.stderr[-3000:]
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
+    other = subprocess.run(
+        [*AGENT, "run", "mujoco", "--tasks", "reach", "--episodes", "3", "--out", str(tmp_path), "--resume"],
+        capture_output=True, text=True, timeout=1200, cwd=REPO,
+    )  # fmt: skip
+    assert other.returncode == 2 and "episodes" in other.stderr and "Traceback" not in other.stderr
     unknown = subprocess.run(
-        [*AGENT, "run", "--env", "mujoco", "--task", "juggle"], capture_output=True, text=True, timeout=1200, cwd=REPO
+        [*AGENT, "run", "mujoco", "--tasks", "juggle"], capture_output=True, text=True, timeout=1200, cwd=REPO
     )
     assert unknown.returncode == 2 and "juggle" in unknown.stderr and "Traceback" not in unknown.stderr
     foreign = subprocess.run(  # a web option for a MuJoCo run is refused, not silently ignored
-        [*AGENT, "run", "--env", "mujoco", "--workers", "2", "--grading", "official"],
+        [*AGENT, "run", "mujoco", "--grading", "official"],
         capture_output=True, text=True, timeout=1200, cwd=REPO,
     )  # fmt: skip
     message = " ".join(foreign.stderr.split())
-    assert foreign.returncode == 2 and "--workers" in message and "--grading" in message, foreign.stderr
-    assert "--episodes" in message and "Traceback" not in message  # the options of --env mujoco are named
+    assert foreign.returncode == 2 and "--grading" in message and "Traceback" not in message, foreign.stderr
+    own_help = subprocess.run(  # each environment's help lists its own options only
+        [*AGENT, "run", "mujoco", "--help"], capture_output=True, text=True, timeout=1200, cwd=REPO
+    )
+    assert "--episodes" in own_help.stdout and "--grading" not in own_help.stdout
 
 
 def test_record_sim_cli_writes_a_lerobot_dataset(tmp_path):

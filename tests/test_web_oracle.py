@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from magma.agents.web_suite import WebRunOptions, WebRunSettings, run_web_suite, web_policy_factory
+from magma.evaluation.web_suite import WebRunOptions, WebRunSettings, run_web_suite, web_policy_factory
 
 
 def test_every_bundled_task_is_solved_by_its_oracle(tmp_path):

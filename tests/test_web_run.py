@@ -16,9 +16,9 @@ import pytest
 from data_tools.errors import UserFacingError
 from envs.web.task_selection import parse_id_list, select_tasks
 from envs.web.tasks import TaskConfigError, load_task_images
-from magma.agents.web_episode import EarlyStopRules
-from magma.agents.web_suite import (
-    RunDirectoryError,
+from magma.evaluation.results import RunDirectoryError
+from magma.evaluation.ui_episode import EarlyStopRules
+from magma.evaluation.web_suite import (
     WebRunOptions,
     WebRunSettings,
     check_tasks_runnable,
@@ -103,7 +103,7 @@ def test_vwa_early_stop_rules():
 
 def test_agent_run_visualwebarena_workers_kill_resume_and_report(tmp_path):
     out = tmp_path / "run"
-    args = ["run", "--env", "visualwebarena", "--tasks", "classifieds:0-4", "--tasks", "reddit:14", "--workers", "2"]
+    args = ["run", "web", "--tasks", "classifieds:0-4", "--tasks", "reddit:14", "--workers", "2"]
     process = subprocess.Popen([*AGENT, *args, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 600
     while time.time() < deadline and process.poll() is None:
@@ -224,8 +224,7 @@ def test_magma_web_policy_runs_a_task_from_a_checkpoint(tiny_model, tiny_process
     out = tmp_path / "run"
     result = agent(
         "run",
-        "--env",
-        "visualwebarena",
+        "web",
         "--policy",
         "magma",
         "--model",

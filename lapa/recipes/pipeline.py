@@ -252,38 +252,36 @@ class LapaPipeline:
 
     # ---- 7. evaluation ----------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
-        from envs.mujoco.env import TabletopEnv
-        from magma.agents.episodes import run_suite
+        from magma.evaluation.runner import RunOptions
+        from magma.evaluation.sim_suite import SimRunSettings, run_sim_suite
         from magma.policies.robot import MagmaRobotPolicy
 
         config, report = self.config, {}
         for arm in ("lapa", "scratch"):
-            out = self.path(f"eval-{arm}")
-            results_file = out / "results.jsonl"
-            if not results_file.is_file() or len(results_file.read_text().splitlines()) < config.eval_episodes * len(
-                config.tasks
-            ):
-                results_file.unlink(missing_ok=True)
-                torch.manual_seed(config.seed)
-                policy = MagmaRobotPolicy.from_pretrained(self.path(f"finetune-{arm}", "final"))
-                run_suite(
-                    lambda task: TabletopEnv(
-                        task=task,
-                        image_size=config.image_size,
-                        cameras=("third_person",),
-                        max_steps=config.eval_max_steps,
-                    ),
-                    lambda env, task, policy=policy: policy,
-                    list(config.tasks),
-                    config.eval_episodes,
-                    out,
-                    videos=False,
-                )
-            results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
+            checkpoint = self.path(f"finetune-{arm}", "final")
+            settings = SimRunSettings(
+                env="mujoco",
+                tasks=list(config.tasks),
+                episodes=config.eval_episodes,
+                policy="magma",
+                checkpoint=str(checkpoint),
+                image_size=config.image_size,
+                camera="third_person",
+                max_steps=config.eval_max_steps,
+            )
+            torch.manual_seed(config.seed)
+            policy = MagmaRobotPolicy.from_pretrained(checkpoint)
+            results = run_sim_suite(
+                settings,
+                self.path(f"eval-{arm}"),
+                lambda env, task, policy=policy: policy,
+                RunOptions(resume=True, retry_errors=True),
+                videos=False,
+            )
             report[arm] = {
-                "success_rate": float(np.mean([r["success"] for r in results])),
+                "success_rate": float(np.mean([r["success"] is True for r in results])),
                 "episodes": len(results),
-                "invalid_outputs": int(sum(r["invalid_outputs"] for r in results)),
+                "invalid_outputs": int(sum(r["failed_steps"] for r in results)),
                 "mean_steps": float(np.mean([r["steps"] for r in results])),
             }
         return report

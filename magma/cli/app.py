@@ -19,7 +19,7 @@ from data_tools.errors import UserFacingError
 # (name, "module:attribute"): a typer.Typer is added as a command group, a function as one command.
 # In the order `agent --help` lists them.
 COMMANDS: tuple[tuple[str, str], ...] = (
-    ("run", "magma.cli.run:run"),
+    ("run", "magma.cli.run:run_app"),
     ("train", "magma.cli.train:train"),
     ("data", "magma.cli.data:data_app"),
     ("lapa", "lapa.cli:lapa_app"),

@@ -1,6 +1,7 @@
-"""``agent run``: run a policy over an environment's task suite. MuJoCo: a success table, a JSON line per
-episode and an mp4 per episode. VisualWebArena: results.jsonl, a summary by site and eval type and an HTML
-trajectory report, over parallel browser contexts, resumable."""
+"""``agent run ENV``: a policy over an environment's tasks, one command per environment with its own options
+(``agent run ENV --help``), all through the one suite runner (``magma.evaluation.runner``): a progress bar
+with the task count and ETA, ``results.jsonl``, a summary table, an HTML report, ``--resume`` and, where the
+environment allows, ``--workers``."""
 
 from __future__ import annotations
 
@@ -11,192 +12,354 @@ from typing import Annotated, Any
 
 import typer
 
-ENVIRONMENTS = ("mujoco", "visualwebarena", "android")
-POLICIES = {"mujoco": ("scripted", "magma", "remote"), "visualwebarena": ("oracle", "openai", "magma")}
-POLICIES["android"] = ("scripted", "openai", "magma")
-# The environments each environment-specific option applies to (the others apply to all): an option given
-# for another environment is an error, not silently ignored.
-OPTION_ENVIRONMENTS: dict[str, tuple[str, ...]] = {
-    "task": ("mujoco",),
-    "checkpoint": ("mujoco",),
-    "server": ("mujoco",),
-    "statistics_key": ("mujoco",),
-    "episodes": ("mujoco",),
-    "image_size": ("mujoco",),
-    "videos": ("mujoco",),
-    "tasks": ("visualwebarena", "android"),
-    "model": ("visualwebarena", "android"),
-    "max_steps": ("visualwebarena", "android"),
-    "resume": ("visualwebarena", "android"),
-    "retry_errors": ("visualwebarena", "android"),
-    "workers": ("visualwebarena",),
-    "auth_dir": ("visualwebarena",),
-    "images_root": ("visualwebarena",),
-    "grading": ("visualwebarena",),
-    "judge_model": ("visualwebarena",),
-    "device": ("android",),
-    "adb": ("android",),
-    "record": ("android",),
-}
+run_app = typer.Typer(
+    help="Run a policy over an environment's tasks: success table, results.jsonl and an HTML report.",
+    no_args_is_help=True,
+)
+
+# options every environment has
+OutOption = Annotated[str | None, typer.Option("--out", help="Output directory (default runs/run-ENV-TIME).")]
+ResumeOption = Annotated[bool, typer.Option("--resume", help="Finish the run in --out (same options).")]
+RetryOption = Annotated[
+    bool,
+    typer.Option(
+        "--retry-errors",
+        help="With --resume, also rerun tasks that failed for a reason of their own (a start page that did not "
+        "load, a bad endpoint reply); without it only unfinished tasks run.",
+    ),
+]
+WorkersOption = Annotated[int, typer.Option("--workers", help="Parallel workers, each with its own environment.")]
+ProgressOption = Annotated[
+    bool, typer.Option("--progress/--no-progress", help="A progress bar (tasks, ETA) and a line per task on stderr.")
+]
+# the robot simulators'
+EpisodesOption = Annotated[int, typer.Option("--episodes", help="Episodes per task (start states 0..N-1).")]
+ImageSizeOption = Annotated[int, typer.Option("--image-size", help="Camera images, pixels per side.")]
+CheckpointOption = Annotated[
+    str | None, typer.Option("--checkpoint", help="The Magma checkpoint directory for --policy magma.")
+]
+ServerOption = Annotated[
+    str, typer.Option("--server", help="The policy server's URL for --policy remote (`agent serve`; token: env).")
+]
+StatisticsOption = Annotated[
+    str | None, typer.Option("--statistics-key", help="Which dataset's action statistics to decode with.")
+]
+VideosOption = Annotated[bool, typer.Option("--videos/--no-videos", help="Write an mp4 of every episode.")]
+# the UI environments'
+ModelOption = Annotated[
+    str | None, typer.Option("--model", help="A Magma checkpoint DIR (magma) or the endpoint's model name (openai).")
+]
+MaxStepsOption = Annotated[int, typer.Option("--max-steps", help="Steps per task.")]
 
 
-def options_of(env: str) -> list[str]:
-    """The command-line options that apply to ``env``, as typed (``--max-steps``)."""
-    return [f"--{name.replace('_', '-')}" for name, envs in OPTION_ENVIRONMENTS.items() if env in envs]
+def _out_dir(out: str | None, env: str, resume: bool) -> Path:
+    if resume and not out:
+        raise typer.BadParameter("--resume needs --out, the directory of the run to finish")
+    return Path(out or f"runs/run-{env}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def refuse_options_of_other_environments(context: typer.Context, env: str) -> None:
-    """A BadParameter naming every option given on the command line that does not apply to ``env``."""
-    given = {"COMMANDLINE", "ENVIRONMENT"}  # by name: typer ships its own copy of click's ParameterSource
-    foreign = [
-        name
-        for name, envs in OPTION_ENVIRONMENTS.items()
-        if env not in envs and getattr(context.get_parameter_source(name), "name", None) in given
-    ]
-    if foreign:
-        listed = ", ".join(f"--{name.replace('_', '-')} ({'/'.join(OPTION_ENVIRONMENTS[name])})" for name in foreign)
-        raise typer.BadParameter(
-            f"{listed} do(es) not apply to --env {env}; its own options are {', '.join(options_of(env))} "
-            "(plus --policy and --out)"
-        )
+def _check_retry(retry_errors: bool, resume: bool) -> None:
+    if retry_errors and not resume:
+        raise typer.BadParameter("--retry-errors goes with --resume (it reruns the failed tasks of a run)")
 
 
-def run(
-    context: typer.Context,
-    env: Annotated[str, typer.Option("--env", help="The environment: mujoco, visualwebarena or android.")],
-    task: Annotated[str, typer.Option("--task", help="mujoco: a task name, or 'all' for the whole suite.")] = "all",
-    policy: Annotated[
-        str | None,
-        typer.Option(
-            "--policy",
-            help="mujoco: scripted (privileged expert, default), magma, or remote (a policy served by `agent serve`, "
-            "--server); visualwebarena: oracle (bundled tasks' "
-            "recorded trajectories, default), openai (OPENAI_BASE_URL / OPENAI_API_KEY) or magma.",
-        ),
-    ] = None,
-    checkpoint: Annotated[
-        str | None, typer.Option("--checkpoint", help="mujoco: the Magma checkpoint directory for --policy magma.")
-    ] = None,
-    server: Annotated[
-        str, typer.Option("--server", help="mujoco: the policy server's URL for --policy remote (token: env).")
-    ] = "ws://127.0.0.1:8700",
+def _check_policy(policy: str, allowed: tuple[str, ...], env: str) -> None:
+    if policy not in allowed:
+        raise typer.BadParameter(f"--policy for `agent run {env}` must be one of {', '.join(allowed)}, got {policy!r}")
+
+
+def _print_summary(results: list[dict[str, Any]], out_dir: Path, group_name: str) -> None:
+    from magma.evaluation.results import summarize, summary_table
+
+    typer.echo(summary_table(summarize(results, group_name)))
+    typer.echo(f"results: {out_dir / 'results.jsonl'}  report: {out_dir / 'report.html'}")
+
+
+@run_app.command("web")
+def run_web(
     tasks: Annotated[
         list[str] | None,
         typer.Option(
             "--tasks",
-            help="visualwebarena: bundled (default), a bundled site (shopping), a VWA task FILE or DIR, each "
-            "optionally with :ids (shopping:0-9, test_reddit.raw.json:3,7). Repeatable.",
+            help="bundled (default), a bundled site (shopping), a VWA task FILE or DIR, each optionally with :ids "
+            "(shopping:0-9, test_reddit.raw.json:3,7). Repeatable.",
         ),
     ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option("--model", help="visualwebarena: a Magma checkpoint DIR (magma) or the model name (openai)."),
-    ] = None,
-    max_steps: Annotated[int, typer.Option("--max-steps", help="visualwebarena: steps per task.")] = 30,
-    workers: Annotated[int, typer.Option("--workers", help="visualwebarena: parallel browser contexts.")] = 1,
-    resume: Annotated[bool, typer.Option("--resume", help="visualwebarena, android: finish the run in --out.")] = False,
-    retry_errors: Annotated[
-        bool,
+    policy: Annotated[
+        str,
         typer.Option(
-            "--retry-errors",
-            help="visualwebarena, android: with --resume, also rerun tasks that failed for a reason of their own "
-            "(a start page that did not load, a bad endpoint reply); without it only unfinished tasks run.",
+            "--policy",
+            help="oracle (the bundled tasks' recorded trajectories), openai (OPENAI_BASE_URL / OPENAI_API_KEY; "
+            "`agent serve` is one) or magma.",
         ),
-    ] = False,
+    ] = "oracle",
+    model: ModelOption = None,
+    max_steps: MaxStepsOption = 30,
+    workers: WorkersOption = 1,
     auth_dir: Annotated[
-        str | None, typer.Option("--auth-dir", help="visualwebarena: VWA's .auth folder for the official sites.")
+        str | None, typer.Option("--auth-dir", help="VWA's .auth folder for the official sites.")
     ] = None,
     images_root: Annotated[
-        str | None, typer.Option("--images-root", help="visualwebarena: where official task images live (VWA repo).")
+        str | None, typer.Option("--images-root", help="Where official task images live (VWA repo).")
     ] = None,
-    grading: Annotated[
-        str, typer.Option("--grading", help="visualwebarena: fixed (VWA's bugs fixed) or official (VWA's code).")
-    ] = "fixed",
+    grading: Annotated[str, typer.Option("--grading", help="fixed (VWA's bugs fixed) or official (VWA's code).")] = (
+        "fixed"
+    ),
     judge_model: Annotated[
         str | None,
         typer.Option(
             "--judge-model",
-            help="visualwebarena: a chat model (same OpenAI-compatible endpoint) that grades fuzzy_match answers "
-            "and VQA questions about page images; without one those tasks are reported undecided.",
+            help="A chat model (same OpenAI-compatible endpoint) that grades fuzzy_match answers and VQA questions "
+            "about page images; without one those tasks are reported undecided.",
         ),
     ] = None,
-    statistics_key: Annotated[
-        str | None, typer.Option("--statistics-key", help="Which dataset's action statistics to decode with.")
+    out: OutOption = None,
+    resume: ResumeOption = False,
+    retry_errors: RetryOption = False,
+    progress: ProgressOption = True,
+) -> None:
+    """VisualWebArena tasks (the bundled offline sites, or VWA's own) in parallel browser contexts."""
+    from magma.evaluation.web_suite import (
+        WEB_POLICIES,
+        WebRunOptions,
+        WebRunSettings,
+        run_web_suite,
+        web_policy_factory,
+    )
+
+    _check_policy(policy, WEB_POLICIES, "web")
+    out_dir = _out_dir(out, "web", resume)
+    _check_retry(retry_errors, resume)
+    if grading not in ("fixed", "official"):
+        raise typer.BadParameter("--grading must be fixed or official")
+    settings = WebRunSettings(
+        tasks=list(tasks or ["bundled"]),
+        policy=policy,
+        model=model,
+        max_steps=max_steps,
+        grading_mode=grading,
+        judge_model=judge_model,
+    )
+    options = WebRunOptions(workers=workers, auth_dir=auth_dir, images_root=images_root, retry_errors=retry_errors)
+    factory = web_policy_factory(policy, model)
+    results = run_web_suite(settings, options, out_dir, factory, resume=resume, progress=progress)
+    _print_summary(results, out_dir, "site")
+
+
+@run_app.command("miniwob")
+def run_miniwob(
+    tasks: Annotated[
+        str,
+        typer.Option("--tasks", help="all (every task that runs in a browser) or names: click-button,enter-text."),
+    ] = "all",
+    episodes: EpisodesOption = 3,
+    policy: Annotated[
+        str, typer.Option("--policy", help="openai (OPENAI_BASE_URL / OPENAI_API_KEY; `agent serve` is one) or magma.")
+    ] = "openai",
+    model: ModelOption = None,
+    max_steps: MaxStepsOption = 10,
+    workers: WorkersOption = 1,
+    out: OutOption = None,
+    resume: ResumeOption = False,
+    retry_errors: RetryOption = False,
+    progress: ProgressOption = True,
+) -> None:
+    """MiniWoB++ tasks (the miniwob package's pages, served locally) through the Playwright web env; reward and
+    success are the page's own. Episode i of a task uses seed i."""
+    from envs.miniwob.tasks import resolve_tasks
+
+    from magma.evaluation.miniwob_suite import (
+        MINIWOB_POLICIES,
+        MiniWoBRunSettings,
+        miniwob_policy_factory,
+        run_miniwob_suite,
+    )
+    from magma.evaluation.runner import RunOptions
+
+    _check_policy(policy, MINIWOB_POLICIES, "miniwob")
+    out_dir = _out_dir(out, "miniwob", resume)
+    _check_retry(retry_errors, resume)
+    settings = MiniWoBRunSettings(
+        tasks=resolve_tasks(tasks), episodes=episodes, policy=policy, model=model, max_steps=max_steps
+    )
+    options = RunOptions(workers=workers, resume=resume, retry_errors=retry_errors, progress=progress)
+    results = run_miniwob_suite(settings, out_dir, miniwob_policy_factory(policy, model), options)
+    _print_summary(results, out_dir, "task")
+
+
+@run_app.command("android")
+def run_android(
+    tasks: Annotated[
+        str | None, typer.Option("--tasks", help="A JSON file of tasks (default: the bundled task list).")
     ] = None,
-    episodes: Annotated[int, typer.Option("--episodes", help="Episodes per task (evaluation states 0..N-1).")] = 10,
-    image_size: Annotated[int, typer.Option("--image-size", help="Camera images, pixels per side.")] = 128,
-    out: Annotated[str | None, typer.Option("--out", help="Output directory (default runs/run-ENV-TIME).")] = None,
-    videos: Annotated[bool, typer.Option("--videos/--no-videos", help="Write an mp4 of every episode.")] = True,
+    policy: Annotated[str, typer.Option("--policy", help="scripted (the tasks' demos), openai or magma.")] = "scripted",
+    model: ModelOption = None,
+    max_steps: MaxStepsOption = 20,
     device: Annotated[
         str | None,
-        typer.Option("--device", help="android: the SERIAL from `adb devices` (default: the only one) or 'simulated'."),
+        typer.Option("--device", help="The SERIAL from `adb devices` (default: the only one) or 'simulated'."),
     ] = None,
     adb: Annotated[
-        str, typer.Option("--adb", help="android: the adb server HOST:PORT and client (HOST:PORT/adbutils or /adb).")
+        str, typer.Option("--adb", help="The adb server HOST:PORT and client (HOST:PORT/adbutils or /adb).")
     ] = "127.0.0.1:5037/adbutils",
     record: Annotated[
-        str | None, typer.Option("--record", help="android: also write the episodes as training shards into DIR.")
+        str | None, typer.Option("--record", help="Also write the episodes as training shards into DIR.")
     ] = None,
+    out: OutOption = None,
+    resume: ResumeOption = False,
+    retry_errors: RetryOption = False,
+    progress: ProgressOption = True,
 ) -> None:
-    """Run a policy over tasks of an environment and print the success per task.
+    """Android tasks on one device (adb), or on the simulated phone with --device simulated."""
+    from magma.evaluation.android_suite import (
+        ANDROID_POLICIES,
+        AndroidRunOptions,
+        AndroidRunSettings,
+        android_policy_factory,
+        run_android_suite,
+    )
 
-    Each option's help starts with the environments it applies to; an option given for another
-    environment is refused, naming the options of the chosen one."""
-    if env not in ENVIRONMENTS:
-        raise typer.BadParameter(f"--env must be one of {ENVIRONMENTS}")
-    refuse_options_of_other_environments(context, env)
-    policy = policy or POLICIES[env][0]
-    if policy not in POLICIES[env]:
-        raise typer.BadParameter(f"--policy for --env {env} must be one of {POLICIES[env]}")
-    if env == "android":
-        run_android(tasks, policy, model, max_steps, resume, out, device, adb, record, retry_errors)
-        return
-    if env == "visualwebarena":
-        run_web(
-            tasks or ["bundled"],
-            policy,
-            model,
-            max_steps,
-            workers,
-            resume,
-            out,
-            auth_dir,
-            images_root,
-            grading,
-            judge_model,
-            retry_errors,
-        )
-        return
+    _check_policy(policy, ANDROID_POLICIES, "android")
+    out_dir = _out_dir(out, "android", resume)
+    _check_retry(retry_errors, resume)
+    endpoint, _, client = adb.partition("/")
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit() or client not in ("", "adbutils", "adb"):
+        raise typer.BadParameter(f"--adb must be HOST:PORT or HOST:PORT/adbutils|adb, got {adb!r}")
+    settings = AndroidRunSettings(policy=policy, model=model, max_steps=max_steps, device=device)
+    if tasks:
+        settings.tasks = tasks
+    options = AndroidRunOptions(adb_host=host, adb_port=int(port), client=client or "adbutils", record_dir=record)
+    factory = android_policy_factory(policy, model)
+    results = run_android_suite(settings, options, out_dir, factory, resume, None, retry_errors, progress)
+    _print_summary(results, out_dir, "group")
+    if record:
+        typer.echo(f"training shards: {record}")
+
+
+ROBOT_POLICY_HELP = (
+    "scripted (the simulator's privileged expert), magma (--checkpoint) or remote (a policy served by "
+    "`agent serve`, --server)."
+)
+ROBOT_POLICIES = ("scripted", "magma", "remote")
+
+
+@run_app.command("mujoco")
+def run_mujoco(
+    tasks: Annotated[
+        str, typer.Option("--tasks", help="all (the whole tabletop suite) or names: reach,pick_place.")
+    ] = "all",
+    episodes: EpisodesOption = 10,
+    policy: Annotated[str, typer.Option("--policy", help=ROBOT_POLICY_HELP)] = "scripted",
+    checkpoint: CheckpointOption = None,
+    server: ServerOption = "ws://127.0.0.1:8700",
+    statistics_key: StatisticsOption = None,
+    image_size: ImageSizeOption = 128,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Steps per episode (default: the task's own).")
+    ] = None,
+    videos: VideosOption = True,
+    workers: WorkersOption = 1,
+    out: OutOption = None,
+    resume: ResumeOption = False,
+    retry_errors: RetryOption = False,
+    progress: ProgressOption = True,
+) -> None:
+    """The MuJoCo tabletop suite; episode i starts from the task's evaluation state i."""
     from envs.mujoco.tasks import TASKS, get_task
 
-    if policy == "magma" and not checkpoint:
-        raise typer.BadParameter("--policy magma needs --checkpoint DIR (a model trained on robot actions)")
-    tasks = list(TASKS) if task == "all" else [get_task(task).name]
-    out_dir = Path(out or f"runs/run-{env}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-    from envs.mujoco.env import TabletopEnv
-    from magma.agents.episodes import run_suite, success_table
-
-    def make_env(name: str) -> TabletopEnv:
-        return TabletopEnv(task=name, image_size=image_size)
-
-    make_policy = mujoco_policy_factory(policy, checkpoint, server, statistics_key)
-
-    def report(result) -> None:
-        mark = "ok  " if result.success else "fail"
-        typer.echo(f"{mark} {result.task:<12} state {result.state_index:>3}  {result.steps:>4} steps", err=True)
-
-    results = run_suite(make_env, make_policy, tasks, episodes, out_dir, videos=videos, on_episode=report)
-    typer.echo(success_table(results))
-    typer.echo(f"episodes and videos: {out_dir}")
+    names = list(TASKS) if tasks == "all" else [get_task(name.strip()).name for name in tasks.split(",")]
+    _run_simulator("mujoco", names, episodes, policy, checkpoint, server, statistics_key, image_size, None,
+                   max_steps, videos, workers, out, resume, retry_errors, progress)  # fmt: skip
 
 
-def mujoco_policy_factory(
-    policy: str, checkpoint: str | None, server: str, statistics_key: str | None
+@run_app.command("metaworld")
+def run_metaworld(
+    tasks: Annotated[
+        str,
+        typer.Option(
+            "--tasks",
+            help="A benchmark set (MT10, MT50, ML10-train, ML10-test, ML45-train, ML45-test) or task names: "
+            "reach,push (with or without -v3).",
+        ),
+    ] = "MT10",
+    episodes: EpisodesOption = 10,
+    policy: Annotated[str, typer.Option("--policy", help=ROBOT_POLICY_HELP)] = "scripted",
+    checkpoint: CheckpointOption = None,
+    server: ServerOption = "ws://127.0.0.1:8700",
+    statistics_key: StatisticsOption = None,
+    image_size: ImageSizeOption = 128,
+    camera: Annotated[str | None, typer.Option("--camera", help="The camera (default: the env's).")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Steps per episode (default: Meta-World's 500).")
+    ] = None,
+    videos: VideosOption = True,
+    workers: WorkersOption = 1,
+    out: OutOption = None,
+    resume: ResumeOption = False,
+    retry_errors: RetryOption = False,
+    progress: ProgressOption = True,
+) -> None:
+    """Meta-World v3 tasks; episode i is the state of seed i; success is Meta-World's own signal."""
+    from envs.metaworld.benchmarks import resolve_tasks
+
+    _run_simulator("metaworld", resolve_tasks(tasks), episodes, policy, checkpoint, server, statistics_key,
+                   image_size, camera, max_steps, videos, workers, out, resume, retry_errors, progress)  # fmt: skip
+
+
+def _run_simulator(
+    env: str,
+    tasks: list[str],
+    episodes: int,
+    policy: str,
+    checkpoint: str | None,
+    server: str,
+    statistics_key: str | None,
+    image_size: int,
+    camera: str | None,
+    max_steps: int | None,
+    videos: bool,
+    workers: int,
+    out: str | None,
+    resume: bool,
+    retry_errors: bool,
+    progress: bool,
+) -> None:
+    from magma.evaluation.runner import RunOptions
+    from magma.evaluation.sim_suite import SimRunSettings, run_sim_suite
+
+    _check_policy(policy, ROBOT_POLICIES, env)
+    if policy != "scripted" and workers > 1:
+        raise typer.BadParameter(f"--policy {policy} runs one episode at a time; drop --workers")
+    out_dir = _out_dir(out, env, resume)
+    _check_retry(retry_errors, resume)
+    settings = SimRunSettings(
+        env=env,
+        tasks=tasks,
+        episodes=episodes,
+        policy=policy,
+        checkpoint=checkpoint,
+        server=server if policy == "remote" else None,
+        statistics_key=statistics_key,
+        image_size=image_size,
+        camera=camera,
+        max_steps=max_steps,
+    )
+    make_policy = sim_policy_factory(env, policy, checkpoint, server, statistics_key)
+    options = RunOptions(workers=workers, resume=resume, retry_errors=retry_errors, progress=progress)
+    results = run_sim_suite(settings, out_dir, make_policy, options, videos=videos)
+    _print_summary(results, out_dir, "task")
+
+
+def sim_policy_factory(
+    env: str, policy: str, checkpoint: str | None, server: str, statistics_key: str | None
 ) -> Callable[[Any, str], Any]:
-    """``make_policy(env, task)`` for a MuJoCo run: the privileged expert (one per episode), one Magma policy
-    loaded once, or one client of a policy served by ``agent serve`` (it reconnects with back-off)."""
+    """``make_policy(env, task)`` for a simulator run: the simulator's privileged expert (one per episode), one
+    Magma policy loaded once, or one client of a policy served by ``agent serve`` (it reconnects with
+    back-off). Here, at the top, because the remote client is ``robot``'s."""
     if policy == "magma":
+        if not checkpoint:
+            raise typer.BadParameter("--policy magma needs --checkpoint DIR (a model trained on robot actions)")
         from magma.policies.robot import MagmaRobotPolicy
 
         shared = MagmaRobotPolicy.from_pretrained(checkpoint, statistics_key=statistics_key)
@@ -204,104 +367,12 @@ def mujoco_policy_factory(
     if policy == "remote":
         from robot.policy_client import PolicyClient
 
-        shared = PolicyClient(server)
-        return lambda environment, task: shared
+        client = PolicyClient(server)
+        return lambda environment, task: client
+    if env == "metaworld":
+        from envs.metaworld.expert import MetaWorldExpert
+
+        return lambda environment, task: MetaWorldExpert()
     from envs.mujoco.experts import ScriptedExpert
 
     return lambda environment, task: ScriptedExpert(environment)
-
-
-def run_web(
-    tasks: list[str],
-    policy: str,
-    model: str | None,
-    max_steps: int,
-    workers: int,
-    resume: bool,
-    out: str | None,
-    auth_dir: str | None,
-    images_root: str | None,
-    grading: str,
-    judge_model: str | None = None,
-    retry_errors: bool = False,
-) -> None:
-    from magma.agents.web_suite import WebRunOptions, WebRunSettings, run_web_suite, summary_table, web_policy_factory
-
-    if resume and not out:
-        raise typer.BadParameter("--resume needs --out, the directory of the run to finish")
-    if grading not in ("fixed", "official"):
-        raise typer.BadParameter("--grading must be fixed or official")
-    settings = WebRunSettings(
-        tasks=list(tasks),
-        policy=policy,
-        model=model,
-        max_steps=max_steps,
-        grading_mode=grading,
-        judge_model=judge_model,
-    )
-    if retry_errors and not resume:
-        raise typer.BadParameter("--retry-errors goes with --resume (it reruns the failed tasks of a run)")
-    options = WebRunOptions(workers=workers, auth_dir=auth_dir, images_root=images_root, retry_errors=retry_errors)
-    out_dir = Path(out or f"runs/run-visualwebarena-{time.strftime('%Y%m%d-%H%M%S')}")
-
-    def report(result) -> None:
-        mark = {True: "ok  ", False: "fail", None: "??? "}[result.success] if result.status == "done" else "err "
-        detail = f"{result.error_kind}: {result.error}" if result.error else result.early_stop or result.eval_status
-        typer.echo(f"{mark} {result.key:<24} {result.steps:>3} steps {result.seconds:>6.1f} s  {detail}", err=True)
-
-    factory = web_policy_factory(policy, model)
-    from magma.agents.web_suite import summarize
-
-    results = run_web_suite(settings, options, out_dir, factory, resume=resume, on_result=report)
-    typer.echo(summary_table(summarize(results)))
-    typer.echo(f"results: {out_dir / 'results.jsonl'}  report: {out_dir / 'report.html'}")
-
-
-def run_android(
-    tasks: list[str] | None,
-    policy: str,
-    model: str | None,
-    max_steps: int,
-    resume: bool,
-    out: str | None,
-    device: str | None,
-    adb: str,
-    record: str | None,
-    retry_errors: bool = False,
-) -> None:
-    from magma.agents.android_suite import (
-        AndroidRunOptions,
-        AndroidRunSettings,
-        android_policy_factory,
-        run_android_suite,
-    )
-    from magma.agents.web_suite import summarize, summary_table
-
-    if resume and not out:
-        raise typer.BadParameter("--resume needs --out, the directory of the run to finish")
-    if retry_errors and not resume:
-        raise typer.BadParameter("--retry-errors goes with --resume (it reruns the failed tasks of a run)")
-    if tasks and len(tasks) > 1:
-        raise typer.BadParameter("--env android takes one --tasks FILE (a JSON list of tasks)")
-    endpoint, _, client = adb.partition("/")
-    host, _, port = endpoint.rpartition(":")
-    if not host or not port.isdigit() or client not in ("", "adbutils", "adb"):
-        raise typer.BadParameter(f"--adb must be HOST:PORT or HOST:PORT/adbutils|adb, got {adb!r}")
-    settings = AndroidRunSettings(policy=policy, model=model, max_steps=max_steps, device=device)
-    if tasks:
-        settings.tasks = tasks[0]
-    options = AndroidRunOptions(adb_host=host, adb_port=int(port), client=client or "adbutils", record_dir=record)
-    out_dir = Path(out or f"runs/run-android-{time.strftime('%Y%m%d-%H%M%S')}")
-
-    def report(result) -> None:
-        mark = {True: "ok  ", False: "fail", None: "??? "}[result.success] if result.status == "done" else "err "
-        detail = f"{result.error_kind}: {result.error}" if result.error else result.early_stop
-        detail = detail or "; ".join(result.eval_notes)
-        typer.echo(f"{mark} {result.key:<24} {result.steps:>3} steps {result.seconds:>6.1f} s  {detail}", err=True)
-
-    factory = android_policy_factory(policy, model)
-    results = run_android_suite(settings, options, out_dir, factory, resume, report, retry_errors)
-    typer.echo(summary_table(summarize(results)))
-    typer.echo(f"results: {out_dir / 'results.jsonl'}  report: {out_dir / 'report.html'}")
-    if record:
-        typer.echo(f"training shards: {record}")

@@ -15,18 +15,10 @@ from pathlib import Path
 import pytest
 from local_servers import QuietHandler, send_body, serve_http, stop_http
 
-from magma.agents.task_failures import FailureStreak, RunStoppedError, should_run
-from magma.agents.web_episode import WebEpisodeResult
-from magma.agents.web_suite import (
-    RunDirectoryError,
-    WebRunOptions,
-    WebRunSettings,
-    _ResultLog,
-    finish_run,
-    prepare_run_directory,
-    read_results,
-    run_web_suite,
-)
+from magma.evaluation.results import EpisodeResult, RunDirectoryError, read_results
+from magma.evaluation.runner import ResultLog, finish_run, prepare_run_directory
+from magma.evaluation.task_failures import FailureStreak, RunStoppedError, should_run
+from magma.evaluation.web_suite import WebRunOptions, WebRunSettings, run_web_suite
 
 needs_chromium = pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="system Chromium not installed")
 
@@ -243,8 +235,8 @@ def test_damaged_result_lines_are_skipped_and_their_tasks_count_as_not_finished(
     assert should_run(done.get("classifieds:1"), retry_errors=False)  # --resume runs it again
 
     # the next result is a line of its own, not glued to the cut one
-    log = _ResultLog(out / "results.jsonl", None)
-    log.write(WebEpisodeResult("classifieds:1", "<script>alert(1)</script>", "classifieds", ["url_match"], "done"))
+    log = ResultLog(out / "results.jsonl", None)
+    log.write(EpisodeResult("classifieds:1", "<script>alert(1)</script>", "classifieds", ["url_match"], "done"))
     assert set(read_results(out)) == {"classifieds:0", "classifieds:1"}
 
     # a hand-written line with only a key and a status: summary and report use defaults for the rest
@@ -297,7 +289,7 @@ def test_resume_of_a_damaged_run_directory_from_the_cli_is_one_message(tmp_path)
     out, _ = _run_directory(tmp_path)
     (out / "run.json").write_bytes(b"[]")
     agent = Path(sys.executable).with_name("agent")
-    command = [str(agent), "run", "--env", "visualwebarena", "--tasks", "classifieds:0-1", "--out", str(out)]
+    command = [str(agent), "run", "web", "--tasks", "classifieds:0-1", "--out", str(out)]
     finished = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600)
     assert finished.returncode == 2, finished.stderr
     assert "Traceback" not in finished.stderr and "run.json is damaged" in finished.stderr

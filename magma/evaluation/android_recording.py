@@ -18,7 +18,7 @@ import numpy as np
 from data_tools.shards import ShardWriter
 from envs.android.actions import DeviceAction
 from magma.actions import UIAction, format_aitw_action
-from magma.agents.android_prompt import ANDROID_SYSTEM_PROMPT, android_turn_text
+from magma.evaluation.android_prompt import ANDROID_SYSTEM_PROMPT, android_turn_text
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""One web episode: the policy's replies through ``WebEnv`` until ``stop``, ``max_steps`` or an early stop,
-with each step's Set-of-Mark screenshot, model text, parsed action and timings kept for the report.
+"""One UI episode (web, MiniWoB++, Android): the policy's replies through the env until it ends, ``max_steps``
+or an early stop, with each step's Set-of-Mark screenshot, model text, parsed action and timings kept for
+the report.
 
 Early stops are VisualWebArena's: ``parse_failures`` replies in a row without a parsable action, or the
 same action ``repeated_actions`` times in a row (a ``type`` action: that many times in the episode). The
@@ -8,6 +9,7 @@ episode then ends with ``stop []`` and is graded like any other, as VWA does.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,7 +20,8 @@ import numpy as np
 from PIL import Image
 
 from magma.actions import ActionParseError, extract_vwa_action, format_vwa_action, parse_vwa_action
-from magma.agents.task_failures import EpisodePhaseError
+from magma.evaluation.results import EpisodeResult
+from magma.evaluation.task_failures import EpisodePhaseError
 from magma.policies import Policy
 
 TRAJECTORY_IMAGE_WIDTH = 960
@@ -62,33 +65,6 @@ class StepRecord:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
-class WebEpisodeResult:
-    """One task's outcome, one line of results.jsonl."""
-
-    key: str
-    intent: str
-    site: str
-    eval_types: list[str]
-    status: str  # "done", or "error" when the episode could not run to its end (``error`` says why)
-    success: bool | None = None
-    reward: float = 0.0
-    eval_status: str = ""
-    eval_notes: list[str] = field(default_factory=list)
-    answer: str = ""
-    steps: int = 0
-    failed_steps: int = 0
-    early_stop: str | None = None
-    seconds: float = 0.0
-    policy_seconds: float = 0.0
-    error: str | None = None
-    error_kind: str | None = None  # the failure's category (magma.agents.task_failures) when status is "error"
-    worker: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def parsed_action(reply: str) -> str | None:
     """The reply's action in canonical VWA text, or None when it has none that parses."""
     try:
@@ -111,16 +87,16 @@ def _step(env: Any, action: str) -> tuple[Any, float, bool, bool, dict[str, Any]
         raise EpisodePhaseError("environment", error) from error
 
 
-def run_web_episode(
+def run_ui_episode(
     env: Any,
     policy: Policy,
     task_info: dict[str, Any],
-    result: WebEpisodeResult,
+    result: EpisodeResult,
     rules: EarlyStopRules,
     trajectory_dir: Path | None = None,
     parse_action: Callable[[str], str | None] = parsed_action,
     stop_action: str = "stop []",
-) -> tuple[WebEpisodeResult, list[StepRecord]]:
+) -> tuple[EpisodeResult, list[StepRecord]]:
     """Run the episode already reset in ``env`` (``task_info`` is what the policy's ``reset`` gets and
     ``observation`` its first observation) and fill ``result``; returns it with the step records.
     ``parse_action`` (reply -> canonical action text or None) and ``stop_action`` (sent at an early stop) are
@@ -174,3 +150,10 @@ def run_web_episode(
     result.steps = int(info.get("steps", len(records)))
     result.failed_steps = int(info.get("failed_steps", 0))
     return result, records
+
+
+def write_steps(records: list[StepRecord], trajectory_dir: Path) -> None:
+    """The episode's steps as ``steps.jsonl`` in its trajectory folder (what the report's task page shows)."""
+    with (trajectory_dir / "steps.jsonl").open("w", encoding="utf-8") as file:
+        for record in records:
+            file.write(json.dumps(asdict(record)) + "\n")

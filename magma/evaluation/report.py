@@ -1,6 +1,7 @@
-"""The static trajectory report of a web run: ``report.html`` (the summary and one row per task) and
-``trajectories/<task>/index.html`` (each step's Set-of-Mark screenshot, model text, parsed action, error
-and timings). Plain HTML with relative links: open it from disk or copy the folder anywhere."""
+"""The static report of a suite run: ``report.html`` (the summary and one row per task or episode) and
+``trajectories/<task>/index.html`` (a UI episode's steps: Set-of-Mark screenshot, model text, parsed action,
+error and timings; a robot episode's video). Plain HTML with relative links: open it from disk or copy the
+folder anywhere."""
 
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ _EPISODE = _ENVIRONMENT.from_string(
 (policy {{ "%.1f"|format(r.policy_seconds) }} s){% if r.early_stop %}; early stop: {{ r.early_stop }}{% endif %}</p>
 {% if r.error %}<pre>{% if r.error_kind %}{{ r.error_kind }}: {% endif %}{{ r.error }}</pre>{% endif %}
 {% if r.notes %}<pre>{{ r.notes }}</pre>{% endif %}
+{% if r.video %}<video src="../../{{ r.video }}" controls loop muted width="480"></video>{% endif %}
 {% if inputs %}<div class="inputs"><h3>Task images</h3>
 {% for name in inputs %}<img src="{{ name }}">{% endfor %}</div>{% endif %}
 {% for s in steps %}<div class="step"><h3>Step {{ s.step }}</h3>
@@ -120,10 +122,11 @@ def _read_steps(folder: Path) -> list[dict[str, Any]]:
 
 
 def write_report(
-    out_dir: str | Path, results: list[dict[str, Any]], summary: dict[str, Any], title: str = "Web run report"
+    out_dir: str | Path, results: list[dict[str, Any]], summary: dict[str, Any], title: str = "Run report"
 ) -> Path:
     """Write report.html and every task's page; returns the report's path."""
-    from magma.agents.web_suite import REPORT_FILE, read_run_settings, trajectory_name
+    from magma.evaluation.results import REPORT_FILE, read_run_settings
+    from magma.evaluation.runner import trajectory_name
 
     out_dir = Path(out_dir)
     settings = {"policy": "?", "model": None, "max_steps": "?", **read_run_settings(out_dir)}
@@ -139,8 +142,10 @@ def write_report(
         inputs = sorted(path.name for path in trajectory.glob("input-*.jpg"))
         page = _EPISODE.render(r=row, steps=_read_steps(trajectory), inputs=inputs, style=_STYLE)
         (trajectory / "index.html").write_text(page, encoding="utf-8")
-    groups = [(f"site {name}", row) for name, row in summary["by_site"].items()]
-    groups += [(f"eval {name}", row) for name, row in summary["by_eval_type"].items()]
+    group_name = summary.get("group_name", "group")
+    groups = [(f"{group_name} {name}", row) for name, row in summary["by_group"].items()]
+    if len(summary["by_eval_type"]) > 1:
+        groups += [(f"eval {name}", row) for name, row in summary["by_eval_type"].items()]
     groups.append(("all", summary["overall"]))
     report = out_dir / REPORT_FILE
     page = _INDEX.render(results=rows, groups=groups, settings=settings, style=_STYLE, title=title)

@@ -1,10 +1,10 @@
-"""``agent run --env android``: a policy over Android tasks on one device, with the web runs' outputs.
+"""``agent run android``: a policy over Android tasks on one device, through the one suite runner.
 
-The run directory is the web runner's (``magma.agents.web_suite``): ``run.json`` (settings; ``--resume``
+The run directory is the runner's (``magma.evaluation.runner``): ``run.json`` (settings; ``--resume``
 refuses others), ``results.jsonl`` (a flushed line per task), ``trajectories/<task>/`` (Set-of-Mark
 screenshots and ``steps.jsonl``), ``summary.json`` (by task group and by check type) and ``report.html``.
 Episodes run through the same loop as web episodes, with VisualWebArena's early stops. A task that fails
-is recorded with its reason and the run goes on (``magma.agents.task_failures``). A device that goes away
+is recorded with its reason and the run goes on (``magma.evaluation.task_failures``). A device that goes away
 mid-run makes the remaining tasks errors with one message each, and the run ends with its summary;
 ``--resume`` reruns them once the device is back (and, with ``--retry-errors``, the tasks that failed for a
 reason of their own). ``--device simulated`` starts the simulated phone.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,10 @@ from envs.android.adb_client import (
 )
 from envs.android.env import AndroidEnv, AndroidEnvConfig
 from envs.android.tasks import BUNDLED_TASKS, AndroidTask, load_tasks
-from magma.agents.android_recording import AndroidRecorder, write_android_shards
-from magma.agents.task_failures import failure_category, failure_reason, should_run
-from magma.agents.web_episode import EarlyStopRules, WebEpisodeResult, run_web_episode
-from magma.agents.web_suite import RESULTS_FILE, _ResultLog, finish_run, prepare_run_directory, trajectory_name
+from magma.evaluation.android_recording import AndroidRecorder, write_android_shards
+from magma.evaluation.results import EpisodeResult
+from magma.evaluation.runner import Attempt, RunOptions, RunUnit, run_suite
+from magma.evaluation.ui_episode import EarlyStopRules, run_ui_episode, write_steps
 from magma.policies import Policy
 
 ANDROID_POLICIES = ("scripted", "openai", "magma")
@@ -74,48 +74,47 @@ class AndroidRunOptions:
     save_images: bool = True
 
 
-def _run_tasks(
-    env: AndroidEnv,
-    tasks: list[AndroidTask],
-    settings: AndroidRunSettings,
-    options: AndroidRunOptions,
-    out_dir: Path,
-    make_policy: AndroidPolicyFactory,
-    log: _ResultLog,
-) -> None:
-    rules = EarlyStopRules(settings.parse_failures, settings.repeated_actions)
-    recorder = AndroidRecorder(env) if options.record_dir else None
-    for task in tasks:
-        checks = sorted({str(check["type"]) for check in task.checks}) or ["none"]
-        result = WebEpisodeResult(task.task_id, task.goal, task.group, checks, "error")
-        trajectory_dir = out_dir / "trajectories" / trajectory_name(task.task_id)
-        trajectory_dir.mkdir(parents=True, exist_ok=True)
-        phase = "start_page"
-        try:  # anything this one task raises is its recorded error; the run goes on with the next task
-            episode_env = recorder if recorder is not None else env
-            observation, _ = episode_env.reset(options={"task": task})
-            phase = "policy"
-            policy = make_policy(env, task)
-            task_info = {"instruction": task.goal, "task_id": task.task_id, "images": [], "observation": observation}
-            result, records = run_web_episode(
-                episode_env,
-                policy,
-                task_info,
-                result,
-                rules,
-                trajectory_dir if options.save_images else None,
-                parse_action=described_action,
-                stop_action=EARLY_STOP_ACTION,
-            )
-            with (trajectory_dir / "steps.jsonl").open("w", encoding="utf-8") as file:
-                for record in records:
-                    file.write(json.dumps(asdict(record)) + "\n")
-        except Exception as error:  # a lost device is rerun by --resume; the task's own failures are not
-            result.status, result.error = "error", failure_reason(error)
-            result.error_kind = failure_category(error, phase, DEVICE_GONE_ERRORS)
-        log.write(result)
-    if recorder is not None and recorder.episodes:
-        write_android_shards(recorder.episodes, options.record_dir)
+class AndroidWorker:
+    """The one device (a run has one worker) and, with ``--record``, the recorder that keeps its episodes."""
+
+    device_errors = DEVICE_GONE_ERRORS  # the phone, not the task: rerun by --resume once it is back
+
+    def __init__(
+        self,
+        env: AndroidEnv,
+        settings: AndroidRunSettings,
+        options: AndroidRunOptions,
+        make_policy: AndroidPolicyFactory,
+    ) -> None:
+        self.env, self.options, self.make_policy = env, options, make_policy
+        self.rules = EarlyStopRules(settings.parse_failures, settings.repeated_actions)
+        self.recorder = AndroidRecorder(env) if options.record_dir else None
+
+    def run(self, attempt: Attempt) -> EpisodeResult:
+        task: AndroidTask = attempt.unit.payload
+        attempt.phase = "start_page"
+        episode_env = self.recorder if self.recorder is not None else self.env
+        observation, _ = episode_env.reset(options={"task": task})
+        attempt.phase = "policy"
+        policy = self.make_policy(self.env, task)
+        task_info = {"instruction": task.goal, "task_id": task.task_id, "images": [], "observation": observation}
+        saved = attempt.trajectory_dir if self.options.save_images else None
+        result, records = run_ui_episode(
+            episode_env,
+            policy,
+            task_info,
+            attempt.result,
+            self.rules,
+            saved,
+            parse_action=described_action,
+            stop_action=EARLY_STOP_ACTION,
+        )
+        write_steps(records, attempt.trajectory_dir)
+        return result
+
+    def close(self) -> None:
+        if self.recorder is not None and self.recorder.episodes:
+            write_android_shards(self.recorder.episodes, self.options.record_dir)
 
 
 def run_android_suite(
@@ -124,8 +123,9 @@ def run_android_suite(
     out_dir: str | Path,
     make_policy: AndroidPolicyFactory,
     resume: bool = False,
-    on_result: Callable[[WebEpisodeResult], None] | None = None,
+    on_result: Callable[[EpisodeResult], None] | None = None,
     retry_errors: bool = False,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every task of ``settings.tasks`` not finished yet (``retry_errors``: and those that failed for a
     reason of their own); returns all results of the run, in task order."""
@@ -146,16 +146,28 @@ def run_android_suite(
         serial=serial, adb_host=host, adb_port=port, client=options.client, max_steps=settings.max_steps
     )
     env = AndroidEnv(config)
+    units = [
+        RunUnit(task.task_id, task.group, tuple(sorted({str(check["type"]) for check in task.checks}) or ["none"]),
+                task.goal, task)
+        for task in tasks
+    ]  # fmt: skip
+    run_options = RunOptions(
+        resume=resume,
+        retry_errors=retry_errors,
+        max_consecutive_errors=0,
+        progress=progress,
+        title="Android run report",
+        group_name="group",
+        on_result=on_result,
+    )
     try:
         env.connect()  # no device, unauthorised, offline: one message, before anything is written
-        done = prepare_run_directory(out_dir, settings, resume)  # type: ignore[arg-type]
-        pending = [task for task in tasks if should_run(done.get(task.task_id), retry_errors)]
-        _run_tasks(env, pending, settings, options, out_dir, make_policy, _ResultLog(out_dir / RESULTS_FILE, on_result))
+        return run_suite(units, settings, out_dir, lambda index: AndroidWorker(env, settings, options, make_policy),
+                         run_options)  # fmt: skip
     finally:
         env.close()
         if server is not None:
             server.stop()
-    return finish_run(out_dir, [task.task_id for task in tasks], title="Android run report")
 
 
 def android_policy_factory(policy: str, model: str | None) -> AndroidPolicyFactory:
@@ -167,7 +179,7 @@ def android_policy_factory(policy: str, model: str | None) -> AndroidPolicyFacto
     if policy == "openai":
         import os
 
-        from magma.agents.android_prompt import ANDROID_SYSTEM_PROMPT, android_prompt
+        from magma.evaluation.android_prompt import ANDROID_SYSTEM_PROMPT, android_prompt
         from magma.policies.openai_chat import ChatClient, OpenAIChatPolicy
 
         name = model or os.environ.get("OPENAI_MODEL")
@@ -180,7 +192,7 @@ def android_policy_factory(policy: str, model: str | None) -> AndroidPolicyFacto
             raise UserFacingError(f"--policy magma needs --model DIR, a Magma checkpoint directory (got {model!r})")
         import torch
 
-        from magma.agents.android_prompt import android_prompt
+        from magma.evaluation.android_prompt import android_prompt
         from magma.policies.web import MagmaWebPolicy
 
         shared = MagmaWebPolicy.from_pretrained(model, device="cuda" if torch.cuda.is_available() else "cpu")

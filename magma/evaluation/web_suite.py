@@ -1,0 +1,225 @@
+"""``agent run web``: a policy over a VisualWebArena task suite, in parallel browser contexts, resumable,
+with results.jsonl, a summary by site and eval type and a trajectory report (``magma.evaluation.runner``).
+
+Each worker owns a Chromium and, for bundled tasks, its own copy of the bundled sites (reset before every
+task, a fresh login written into the worker's auth folder), so workers never see each other's state.
+Official tasks run against the sites named by VWA's environment variables (``SHOPPING=...``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_tools.errors import UserFacingError
+from envs.web.task_selection import SelectedTask, select_tasks
+from magma.evaluation.results import EpisodeResult
+from magma.evaluation.runner import Attempt, RunOptions, RunUnit, run_suite
+from magma.evaluation.ui_episode import EarlyStopRules, run_ui_episode, save_step_image, write_steps
+from magma.policies import Policy
+
+WEB_POLICIES = ("oracle", "openai", "magma")
+
+PolicyFactory = Callable[[Any, SelectedTask, dict[str, str]], Policy]
+
+
+@dataclass
+class WebRunSettings:
+    """Everything that decides a run's results; ``--resume`` refuses a directory made with other settings."""
+
+    tasks: list[str] = field(default_factory=lambda: ["bundled"])
+    policy: str = "oracle"
+    model: str | None = None
+    max_steps: int = 30
+    grading_mode: str = "fixed"
+    judge_model: str | None = None  # a chat model for fuzzy_match and eval_vqa (else those stay undecided)
+    parse_failures: int = 3
+    repeated_actions: int = 5
+
+
+@dataclass
+class WebRunOptions:
+    """How to run (not part of the results): parallelism, paths, trajectory images."""
+
+    workers: int = 1
+    auth_dir: str | None = None
+    images_root: str | None = None
+    save_images: bool = True
+    retry_errors: bool = False  # --resume also reruns tasks that failed for a reason of their own
+    max_consecutive_errors: int = 5  # this many tasks in a row failing the same way stop the run (0: never)
+
+
+def _site_login_states(sites: Any, auth_dir: Path) -> None:
+    auth_dir.mkdir(parents=True, exist_ok=True)
+    for name in sites:
+        (auth_dir / f"{name}_state.json").write_text(json.dumps(sites.storage_state(name)), encoding="utf-8")
+
+
+class WebWorker:
+    """One worker's Chromium, its copy of the bundled sites (started at its first bundled task) and one
+    ``WebEnv`` for bundled tasks and one for official ones."""
+
+    device_errors: tuple[type[BaseException], ...] = ()
+
+    def __init__(
+        self, index: int, settings: WebRunSettings, options: WebRunOptions, out_dir: Path, make_policy: PolicyFactory
+    ) -> None:
+        from envs.web.browser import ChromiumBrowser
+        from envs.web.tasks import site_urls_from_environment
+
+        self.settings, self.options, self.make_policy = settings, options, make_policy
+        self.rules = EarlyStopRules(settings.parse_failures, settings.repeated_actions)
+        self.sites: Any = None
+        self.environments: dict[bool, Any] = {}
+        self.official_urls = site_urls_from_environment()
+        self.bundled_auth = out_dir / ".auth" / f"worker-{index}"
+        self.browser = ChromiumBrowser()
+
+    def _urls(self, selected: SelectedTask) -> dict[str, str]:
+        from envs.web.sites.server import start_sites
+        from envs.web.tasks import site_urls_from_environment
+
+        if not selected.bundled:
+            return self.official_urls
+        if self.sites is None:
+            self.sites = start_sites()
+        self.sites.reset()
+        _site_login_states(self.sites, self.bundled_auth)
+        return site_urls_from_environment({name.upper(): url for name, url in self.sites.items()})
+
+    def _environment(self, bundled: bool) -> Any:
+        from envs.web.env import WebEnv
+        from envs.web.grading import GradingConfig
+        from envs.web.sites.images import bundled_site_vqa
+
+        if bundled not in self.environments:
+            settings = self.settings
+            grading = GradingConfig(mode=settings.grading_mode, vqa_model=bundled_site_vqa if bundled else None)
+            if settings.judge_model:
+                from magma.evaluation.web_judges import chat_fuzzy_judge, chat_vqa_model
+                from magma.policies.openai_chat import ChatClient
+
+                judge_client = ChatClient(settings.judge_model)
+                grading.fuzzy_judge = chat_fuzzy_judge(judge_client)
+                if not bundled:  # the bundled sites' images carry their own answers
+                    grading.vqa_model = chat_vqa_model(judge_client)
+            auth = str(self.bundled_auth) if bundled else self.options.auth_dir
+            self.environments[bundled] = WebEnv(
+                max_steps=settings.max_steps, grading=grading, auth_dir=auth, browser=self.browser
+            )
+        return self.environments[bundled]
+
+    def run(self, attempt: Attempt) -> EpisodeResult:
+        from envs.web.tasks import load_task_images
+
+        selected: SelectedTask = attempt.unit.payload
+        urls = self._urls(selected)
+        env = self._environment(selected.bundled)
+        task = selected.web_task(urls)
+        attempt.result.intent = task.intent
+        images = load_task_images(task, self.options.images_root)
+        for number, image in enumerate(images):
+            save_step_image(image, attempt.trajectory_dir / f"input-{number}.jpg")
+        attempt.phase = "start_page"
+        observation, _ = env.reset(options={"task": task})
+        attempt.phase = "policy"
+        policy = self.make_policy(env, selected, urls)
+        task_info = {"instruction": task.intent, "task_id": selected.key, "images": images}
+        task_info["observation"] = observation
+        saved = attempt.trajectory_dir if self.options.save_images else None
+        result, records = run_ui_episode(env, policy, task_info, attempt.result, self.rules, saved)
+        write_steps(records, attempt.trajectory_dir)
+        return result
+
+    def close(self) -> None:
+        for environment in self.environments.values():
+            environment.close()
+        if self.sites is not None:
+            self.sites.stop()
+        self.browser.close()
+
+
+def run_web_suite(
+    settings: WebRunSettings,
+    options: WebRunOptions,
+    out_dir: str | Path,
+    make_policy: PolicyFactory,
+    resume: bool = False,
+    on_result: Callable[[EpisodeResult], None] | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Run every selected task not finished yet; returns all results of the run directory, in task order."""
+    out_dir = Path(out_dir)
+    selected = select_tasks(settings.tasks)
+    check_tasks_runnable(selected, settings)
+    units = [RunUnit(task.key, task.site, tuple(task.eval_types), payload=task) for task in selected]
+    run_options = RunOptions(
+        workers=options.workers,
+        resume=resume,
+        retry_errors=options.retry_errors,
+        max_consecutive_errors=options.max_consecutive_errors,
+        progress=progress,
+        title="Web run report",
+        group_name="site",
+        on_result=on_result,
+    )
+    return run_suite(
+        units, settings, out_dir, lambda index: WebWorker(index, settings, options, out_dir, make_policy), run_options
+    )
+
+
+def check_tasks_runnable(selected: list[SelectedTask], settings: WebRunSettings) -> None:
+    """Fail before any browser starts: unknown policy, oracle without trajectories, missing site URLs."""
+    from envs.web.tasks import SiteUrlMissingError, TaskConfigError, site_urls_from_environment
+
+    if settings.policy not in WEB_POLICIES:
+        raise UserFacingError(f"--policy {settings.policy!r} is not a web policy; use one of {', '.join(WEB_POLICIES)}")
+    if settings.policy == "oracle":
+        without = [task.key for task in selected if not task.oracle]
+        if without:
+            raise UserFacingError(
+                f"--policy oracle needs tasks with an oracle trajectory; {without[:3]} have none "
+                "(the bundled suite has them, VWA's official tasks do not)"
+            )
+    official_urls = site_urls_from_environment()
+    for task in selected:
+        if not task.bundled:
+            try:
+                task.web_task(official_urls)
+            except SiteUrlMissingError:
+                raise  # names the environment variable to set; every task of that site needs it
+            except TaskConfigError:
+                pass  # this one task's config: recorded as its error when it runs, the others go on
+
+
+def web_policy_factory(policy: str, model: str | None) -> PolicyFactory:
+    """A factory of fresh per-episode policies that share what is expensive (a loaded model, an HTTP client)."""
+    if policy == "oracle":
+        from envs.web.oracle import WebOracle
+
+        return lambda env, selected, urls: WebOracle(env, selected.oracle or [], urls)
+    if policy == "openai":
+        import os
+
+        from magma.policies.openai_chat import ChatClient, OpenAIChatPolicy
+
+        name = model or os.environ.get("OPENAI_MODEL")
+        if not name:
+            raise UserFacingError("--policy openai needs --model NAME (the endpoint's model name) or OPENAI_MODEL")
+        client = ChatClient(name)
+        return lambda env, selected, urls: OpenAIChatPolicy(client)
+    if policy == "magma":
+        if not model or not Path(model).is_dir():
+            raise UserFacingError(f"--policy magma needs --model DIR, a Magma checkpoint directory (got {model!r})")
+        import torch
+
+        from magma.policies.web import MagmaWebPolicy
+
+        shared = MagmaWebPolicy.from_pretrained(model, device="cuda" if torch.cuda.is_available() else "cpu")
+        lock = threading.Lock()
+        return lambda env, selected, urls: MagmaWebPolicy(shared.model, shared.processor, generation_lock=lock)
+    raise UserFacingError(f"--policy {policy!r} is not a web policy; use one of {', '.join(WEB_POLICIES)}")
