@@ -146,29 +146,78 @@ def som(
 
 @data_app.command("record-sim")
 def record_sim(
-    task: Annotated[str, typer.Option("--task", help="A task of the MuJoCo tabletop suite.")],
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            help="A task of the MuJoCo tabletop suite; with --env metaworld a Meta-World v3 task ('reach' or "
+            "'reach-v3'), a benchmark set ('MT10') or a comma-separated list (--episodes episodes of each).",
+        ),
+    ],
     out: OutOption,
-    episodes: Annotated[int, typer.Option("--episodes", help="Episodes to record (evaluation states 0..N-1).")] = 10,
+    episodes: Annotated[
+        int, typer.Option("--episodes", help="Episodes to record (evaluation states, or Meta-World seeds, 0..N-1).")
+    ] = 10,
     image_size: Annotated[int, typer.Option("--image-size", help="Camera images, pixels per side.")] = 128,
-    control_hz: Annotated[int, typer.Option("--control-hz", help="Control rate, also the dataset's fps.")] = 10,
+    control_hz: Annotated[
+        int | None,
+        typer.Option("--control-hz", help="Control rate, also the dataset's fps (mujoco: 10; Meta-World steps at 80)."),
+    ] = None,
     keep_failures: Annotated[bool, typer.Option("--keep-failures", help="Keep episodes the expert failed.")] = False,
+    env: Annotated[
+        str, typer.Option("--env", help="The simulator: mujoco (the tabletop suite) or metaworld.")
+    ] = "mujoco",
+    camera: Annotated[
+        str | None,
+        typer.Option(
+            "--camera",
+            help="The one camera to record (mujoco: third_person or wrist, default both; "
+            "metaworld: corner2 by default, or topview, corner, corner3, corner4, behindGripper).",
+        ),
+    ] = None,
+    fast_render: Annotated[
+        bool,
+        typer.Option("--fast-render", help="Meta-World: no shadows or reflections (much faster without a GPU)."),
+    ] = False,
 ) -> None:
-    """Record scripted-expert episodes of the simulated robot in the LeRobotDataset v3 layout."""
-    from envs.mujoco.experts import ScriptedExpert
-    from envs.mujoco.tasks import get_task
+    """Record scripted-expert episodes of the simulated robot (the MuJoCo tabletop suite or Meta-World v3)
+    in the LeRobotDataset v3 layout."""
     from robot.recording import record_episodes
-    from robot.sim import SimRobot
-
-    get_task(task)
-
-    def make_robot(index: int) -> SimRobot:
-        return SimRobot(task=task, image_size=image_size, control_hz=control_hz, state_index=index)
 
     def report(index: int, success: bool, steps: int) -> None:
         typer.echo(f"episode {index:>3}: {'ok  ' if success else 'fail'} {steps:>4} steps", err=True)
 
+    if env == "metaworld":
+        from envs.metaworld.env import CONTROL_HZ, EnvConfigError
+        from robot.sim_metaworld import record_metaworld_episodes
+
+        if control_hz not in (None, CONTROL_HZ):
+            raise EnvConfigError(f"--control-hz {control_hz}: Meta-World steps at {CONTROL_HZ} Hz; leave it out")
+        summary = record_metaworld_episodes(
+            task, episodes, out, image_size, camera, keep_failures, fast_render, on_episode=report
+        )
+        typer.echo(summary.format())
+        return
+    if env != "mujoco":
+        raise typer.BadParameter(f"'{env}' is not a simulator here; use mujoco or metaworld", param_hint="--env")
+
+    from envs.mujoco.env import CAMERAS as TABLETOP_CAMERAS
+    from envs.mujoco.env import EnvConfigError as TabletopConfigError
+    from envs.mujoco.experts import ScriptedExpert
+    from envs.mujoco.tasks import get_task
+    from robot.sim import SimRobot
+
+    get_task(task)
+    if camera is not None and camera not in TABLETOP_CAMERAS:
+        raise TabletopConfigError(f"--camera {camera} is not a tabletop camera; use one of {list(TABLETOP_CAMERAS)}")
+    cameras = tuple(TABLETOP_CAMERAS) if camera is None else (camera,)
+    rate = control_hz or 10
+
+    def make_robot(index: int) -> SimRobot:
+        return SimRobot(task=task, image_size=image_size, cameras=cameras, control_hz=rate, state_index=index)
+
     summary = record_episodes(
-        make_robot, lambda robot: ScriptedExpert(robot.env), episodes, out, control_hz, keep_failures, report
+        make_robot, lambda robot: ScriptedExpert(robot.env), episodes, out, rate, keep_failures, report
     )
     typer.echo(summary.format())
 

@@ -167,7 +167,6 @@ def run_miniwob(
     """MiniWoB++ tasks (the miniwob package's pages, served locally) through the Playwright web env; reward and
     success are the page's own. Episode i of a task uses seed i."""
     from envs.miniwob.tasks import resolve_tasks
-
     from magma.evaluation.miniwob_suite import (
         MINIWOB_POLICIES,
         MiniWoBRunSettings,
@@ -289,7 +288,12 @@ def run_metaworld(
     server: ServerOption = "ws://127.0.0.1:8700",
     statistics_key: StatisticsOption = None,
     image_size: ImageSizeOption = 128,
-    camera: Annotated[str | None, typer.Option("--camera", help="The camera (default: the env's).")] = None,
+    camera: Annotated[
+        str | None, typer.Option("--camera", help="corner2 (default), corner, corner3, corner4, topview, ...")
+    ] = None,
+    fast_render: Annotated[
+        bool, typer.Option("--fast-render", help="No shadows or reflections: several times faster without a GPU.")
+    ] = False,
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", help="Steps per episode (default: Meta-World's 500).")
     ] = None,
@@ -304,7 +308,8 @@ def run_metaworld(
     from envs.metaworld.benchmarks import resolve_tasks
 
     _run_simulator("metaworld", resolve_tasks(tasks), episodes, policy, checkpoint, server, statistics_key,
-                   image_size, camera, max_steps, videos, workers, out, resume, retry_errors, progress)  # fmt: skip
+                   image_size, camera, max_steps, videos, workers, out, resume, retry_errors, progress,
+                   fast_render)  # fmt: skip
 
 
 def _run_simulator(
@@ -324,6 +329,7 @@ def _run_simulator(
     resume: bool,
     retry_errors: bool,
     progress: bool,
+    fast_render: bool = False,
 ) -> None:
     from magma.evaluation.runner import RunOptions
     from magma.evaluation.sim_suite import SimRunSettings, run_sim_suite
@@ -344,6 +350,7 @@ def _run_simulator(
         image_size=image_size,
         camera=camera,
         max_steps=max_steps,
+        fast_render=fast_render,
     )
     make_policy = sim_policy_factory(env, policy, checkpoint, server, statistics_key)
     options = RunOptions(workers=workers, resume=resume, retry_errors=retry_errors, progress=progress)

@@ -42,6 +42,7 @@ class SimRunSettings:
     image_size: int = 128
     camera: str | None = None  # None: the environment's default camera
     max_steps: int | None = None  # None: the environment's own episode length
+    fast_render: bool = False  # Meta-World: no shadows or reflections (several times faster on a CPU)
 
 
 @dataclass
@@ -126,6 +127,7 @@ def make_sim_env(settings: SimRunSettings) -> Any:
 
         if settings.camera is not None:
             extra["camera"] = settings.camera
+        extra["fast_render"] = settings.fast_render
         return MetaWorldEnv(task=settings.tasks[0], image_size=settings.image_size, **extra)
     raise UserFacingError(f"--env {settings.env!r} is not a simulator; use one of {', '.join(SIM_ENVIRONMENTS)}")
 
