@@ -18,6 +18,8 @@ from gymnasium.spaces.utils import flatten, flatten_space, unflatten
 from gymnasium.utils.env_checker import check_env
 
 import envs.android
+import envs.metaworld
+import envs.miniwob
 import envs.mujoco
 import envs.web
 from data_tools.errors import UserFacingError
@@ -31,6 +33,14 @@ REPO = Path(__file__).resolve().parents[1]
 HAS_CHROMIUM = Path("/usr/bin/chromium").exists()
 # The one warning gymnasium gives whenever it checks a wrapped env, which is what this test does on purpose.
 WRAPPED_NOTICE = "is different from the unwrapped version"
+# The 50 per-task Meta-World ids are one class with a task kwarg (a scene load and two renderers per check):
+# the checker runs on the any-task id and one per-task id; test_metaworld_env checks every id's registration.
+METAWORLD_IDS_CHECKED = ("MetaWorld-v3", "MetaWorld-pick-place-v3")
+
+
+def checked_env_ids() -> list[str]:
+    """The ids the checker runs on: every toolkit id, with Meta-World's per-task ids narrowed as said above."""
+    return [i for i in toolkit_env_ids() if not i.startswith("MetaWorld-") or i in METAWORLD_IDS_CHECKED]
 
 
 def toolkit_env_ids() -> list[str]:
@@ -96,9 +106,14 @@ def make_kwargs(env_id: str, request: pytest.FixtureRequest) -> dict[str, Any]:
     entry_point = gymnasium.spec(env_id).entry_point
     if entry_point == envs.mujoco.ENTRY_POINT:
         return {}
+    if entry_point == envs.metaworld.ENTRY_POINT:
+        return {"image_size": 32, "fast_render": True}  # small frames, no shadows: software OpenGL here
     if entry_point == "envs.web.env:WebEnv":
         request.getfixturevalue("web_env")  # keeps one browser for the module
         return {"task": request.getfixturevalue("web_task")}
+    if entry_point == "envs.miniwob.env:MiniWoBEnv":
+        request.getfixturevalue("web_env")  # shares the module's browser
+        return {"task": "click-test"}
     if entry_point == "envs.android.env:AndroidEnv":
         return android_kwargs(request.getfixturevalue("phone"))
     raise AssertionError(f"{env_id} ({entry_point}) has no offline recipe here; add one to make_kwargs")
@@ -117,10 +132,11 @@ def checked_without_warnings(check: Callable[[], None], allowed: tuple[str, ...]
 
 def test_every_package_registers_its_ids():
     ids = toolkit_env_ids()
-    assert {"VisualWebArena-v0", "Android-v0", *envs.mujoco.ENV_IDS} <= set(ids)
+    assert {"VisualWebArena-v0", envs.miniwob.ENV_ID, "Android-v0", *envs.mujoco.ENV_IDS} <= set(ids)
+    assert set(envs.metaworld.ENV_IDS) <= set(ids)
 
 
-@pytest.mark.parametrize("env_id", toolkit_env_ids())
+@pytest.mark.parametrize("env_id", checked_env_ids())
 def test_check_env_passes_unwrapped_and_wrapped(env_id: str, request: pytest.FixtureRequest):
     kwargs = make_kwargs(env_id, request)
     env = gymnasium.make(env_id, **kwargs)

@@ -66,3 +66,31 @@ def test_a_failing_episode_is_recorded_and_the_run_goes_on(tmp_path):
     assert by_key["reach:000"]["status"] == "error" and by_key["reach:000"]["error_kind"] == "environment"
     assert by_key["button-press:000"]["success"] is True
     assert set(read_results(tmp_path)) == {"reach:000", "button-press:000"}
+
+
+def test_a_miniwob_run_scores_each_episode_by_the_page(tmp_path, chat_endpoint):
+    """Through the runner, an OpenAI-compatible endpoint that clicks the right button on seed 0 and stops on
+    seed 1: the page's own reward decides each episode."""
+    import re
+
+    from magma.evaluation.miniwob_suite import MiniWoBRunSettings, miniwob_policy_factory, run_miniwob_suite
+
+    def answer(request) -> str:
+        text = request["messages"][1]["content"][0]["text"]
+        if len(chat_endpoint.requests) > 1:
+            return "I give up. ```stop [none]```"
+        wanted = re.search(r'"(.*?)"', text.split("OBJECTIVE: ", 1)[1]).group(1)
+        element_id = re.search(rf"^\[(\d+)\] \[BUTTON\] \[{re.escape(wanted)}\]$", text, re.MULTILINE).group(1)
+        return f"```click [{element_id}]```"
+
+    chat_endpoint.answer = answer
+    settings = MiniWoBRunSettings(tasks=["click-button"], episodes=2, model="test-model", max_steps=3)
+    results = run_miniwob_suite(settings, tmp_path, miniwob_policy_factory("openai", "test-model"), RunOptions())
+    assert [(r["key"], r["status"], r["success"]) for r in results] == [
+        ("click-button:000", "done", True),
+        ("click-button:001", "done", False),
+    ]
+    assert results[0]["reward"] > 0 and results[0]["intent"].startswith("Click on the")
+    assert (tmp_path / "trajectories" / "click-button_000" / "steps.jsonl").is_file()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["by_group"]["click-button"]["passed"] == 1 and summary["by_group"]["click-button"]["failed"] == 1

@@ -158,14 +158,23 @@ def run_miniwob(
     ] = "openai",
     model: ModelOption = None,
     max_steps: MaxStepsOption = 10,
+    time_limit_ms: Annotated[
+        int | None,
+        typer.Option(
+            "--time-limit-ms",
+            help="Each episode's time limit (default: the page's own, 10 s for most tasks, counted in real time, "
+            "model time included; raise it for slow endpoints, as BrowserGym does).",
+        ),
+    ] = None,
     workers: WorkersOption = 1,
     out: OutOption = None,
     resume: ResumeOption = False,
     retry_errors: RetryOption = False,
     progress: ProgressOption = True,
 ) -> None:
-    """MiniWoB++ tasks (the miniwob package's pages, served locally) through the Playwright web env; reward and
-    success are the page's own. Episode i of a task uses seed i."""
+    """MiniWoB++ tasks (the miniwob package's pages, served locally) through the web env; the page's own reward.
+
+    Episode i of a task uses seed i."""
     from envs.miniwob.tasks import resolve_tasks
     from magma.evaluation.miniwob_suite import (
         MINIWOB_POLICIES,
@@ -179,7 +188,12 @@ def run_miniwob(
     out_dir = _out_dir(out, "miniwob", resume)
     _check_retry(retry_errors, resume)
     settings = MiniWoBRunSettings(
-        tasks=resolve_tasks(tasks), episodes=episodes, policy=policy, model=model, max_steps=max_steps
+        tasks=resolve_tasks(tasks),
+        episodes=episodes,
+        policy=policy,
+        model=model,
+        max_steps=max_steps,
+        time_limit_ms=time_limit_ms,
     )
     options = RunOptions(workers=workers, resume=resume, retry_errors=retry_errors, progress=progress)
     results = run_miniwob_suite(settings, out_dir, miniwob_policy_factory(policy, model), options)

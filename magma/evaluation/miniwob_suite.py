@@ -30,6 +30,7 @@ class MiniWoBRunSettings:
     policy: str = "openai"
     model: str | None = None
     max_steps: int = 10
+    time_limit_ms: int | None = None  # None: each page's own limit (10 s by default), counted in real time
     parse_failures: int = 3
     repeated_actions: int = 5
 
@@ -46,7 +47,7 @@ class MiniWoBWorker:
         self.make_policy, self.save_images = make_policy, save_images
         self.rules = EarlyStopRules(settings.parse_failures, settings.repeated_actions)
         self.browser = ChromiumBrowser()
-        self.env = MiniWoBEnv(browser=self.browser, max_steps=settings.max_steps)
+        self.env = MiniWoBEnv(browser=self.browser, max_steps=settings.max_steps, time_limit_ms=settings.time_limit_ms)
 
     def run(self, attempt: Attempt) -> EpisodeResult:
         task, seed = attempt.unit.payload
