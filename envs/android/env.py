@@ -189,7 +189,7 @@ class AndroidEnv(gymnasium.Env):
         started = time.perf_counter()
         parsed: DeviceAction | None = None
         if not self.action_space.contains(action):
-            info["action_error"] = _action_outside_space(action)
+            info["action_error"] = action_outside_space(action)
         else:
             try:
                 parsed = parse_android_action(action)
@@ -361,5 +361,5 @@ def _check_goal(task: AndroidTask) -> None:
     refuse_long_instruction(task.task_id, "goal", task.goal, MAX_INSTRUCTION_CHARS, "task file")
 
 
-def _action_outside_space(action: Any) -> str:
+def action_outside_space(action: Any) -> str:
     return action_space_problem(action, MAX_ACTION_CHARS, "an AITW or AndroidWorld JSON action", "the JSON action")

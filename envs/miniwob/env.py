@@ -41,7 +41,7 @@ from envs.miniwob.tasks import task_name
 from envs.text_space import refuse_long_instruction
 from envs.web.actions import WebActionError, execute_action
 from envs.web.browser import ChromiumBrowser, ContextOptions
-from envs.web.env import MAX_INSTRUCTION_CHARS, WebEnv, _action_outside_space, _SharedBrowser
+from envs.web.env import MAX_INSTRUCTION_CHARS, SharedBrowser, WebEnv, action_outside_space
 from envs.web.session import PageSession, Timeouts, host_of
 from envs.web.som_page import SOM_ATTRIBUTE
 from envs.web.tasks import WebTask
@@ -217,7 +217,7 @@ class MiniWoBEnv(WebEnv):
         if not reuse_tab:
             self._close_context()
             if self._browser is None:
-                self._browser = _SharedBrowser.acquire()
+                self._browser = SharedBrowser.acquire()
             self._context = self._browser.new_context(ContextOptions(self.task_viewport))
             self.session = PageSession(self._context, self.timeouts, [host_of(url)])
         try:
@@ -293,7 +293,7 @@ class MiniWoBEnv(WebEnv):
     def _parse(self, action: Any, info: dict[str, Any]) -> UIAction | None:
         """The action parsed in the VWA grammar, or None with ``info["action_error"]`` saying why."""
         if not self.action_space.contains(action):
-            info["action_error"] = _action_outside_space(action)
+            info["action_error"] = action_outside_space(action)
             return None
         try:
             return parse_ui_action(extract_vwa_action(action), "vwa")

@@ -49,7 +49,7 @@ MAX_ACTION_CHARS = 1_000_000  # any real model reply, its reasoning before the `
 RENDER_MODES = ("rgb_array",)
 
 
-class _SharedBrowser:
+class SharedBrowser:
     """The Chromium of the environments of one thread that were given no ``browser=``: Playwright's sync API
     allows one instance per thread, so a second ``WebEnv`` (a vector env, or gymnasium's checker making one per
     render mode) shares the first one's browser; each episode still has its own context. The last user to
@@ -170,7 +170,7 @@ class WebEnv(gymnasium.Env):
         self._declare_image_size(self.task_viewport)
         self._close_context()
         if self._browser is None:
-            self._browser = _SharedBrowser.acquire()
+            self._browser = SharedBrowser.acquire()
         storage_state = task.storage_state
         if storage_state and self.auth_dir:
             storage_state = str(Path(self.auth_dir) / Path(storage_state).name)
@@ -229,7 +229,7 @@ class WebEnv(gymnasium.Env):
         started = time.perf_counter()
         parsed = None
         if not self.action_space.contains(action):
-            info["action_error"] = _action_outside_space(action)
+            info["action_error"] = action_outside_space(action)
         else:
             try:
                 parsed = parse_ui_action(extract_vwa_action(action), "vwa")
@@ -318,7 +318,7 @@ class WebEnv(gymnasium.Env):
         thread uses it; a browser passed in stays open); safe to call again."""
         self._close_context()
         if self._browser is not None and self._owns_browser:
-            _SharedBrowser.release(self._browser)
+            SharedBrowser.release(self._browser)
             self._browser = None
 
 
@@ -326,7 +326,7 @@ def _check_instruction(task: WebTask) -> None:
     refuse_long_instruction(task.task_id, "intent", task.intent, MAX_INSTRUCTION_CHARS, "task config")
 
 
-def _action_outside_space(action: Any) -> str:
+def action_outside_space(action: Any) -> str:
     return action_space_problem(
         action, MAX_ACTION_CHARS, "VWA action text such as 'click [12]'", "the ```action``` block"
     )
