@@ -43,7 +43,7 @@ from robot.loop_stats import LoopStats
 from robot.policy_client import PolicyClient, PolicyServerError, PolicyUnavailableError
 from robot.policy_protocol import PolicySpec
 from robot.policy_worker import PolicyWorker
-from robot.safety import MeasuredStateMonitor, SafetyFilter, clip_delta_action
+from robot.safety import MeasuredStateMonitor, SafetyFilter, check_action_layout
 from robot.watchdog import ControlState, Watchdog
 
 
@@ -201,7 +201,8 @@ class RobotDaemon:
             self.robot_class, dict(self.config.robot.args), self.config.robot.driver, "robot driver"
         )
         action_dim = robot.action_features["action"].shape[0]
-        self.safety = SafetyFilter(self.config.safety, tuple(robot.joint_names), action_dim)  # before anything moves
+        layout = check_action_layout(robot.action_layout, action_dim, robot.name)  # before anything moves
+        self.safety = SafetyFilter(self.config.safety, tuple(robot.joint_names), layout)
         self.cameras = {camera.key: build_camera(camera, robot) for camera in self.config.cameras}
         self.robot = robot
         self.status_server = self._bind_status_server()  # a port in use is refused before anything is written
@@ -430,7 +431,7 @@ class RobotDaemon:
             if measured.restrain:  # measured out of the box or too fast: hold, stepping back into the box
                 raw = None
                 if end_effector is not None:
-                    command = clip_delta_action(command, end_effector, self.config.safety).action
+                    command = safety.clip(command, end_effector)
             if raw is not None:
                 watchdog.fresh_action(now)
                 filtered = safety.filter(raw, end_effector if end_effector is not None else np.zeros(3))
@@ -647,9 +648,6 @@ class RobotDaemon:
     def _rest_action(self, robot: Robot, observation: dict[str, Any], end_effector: np.ndarray | None) -> np.ndarray:
         """The safe-stop behaviour: hold, or move to the rest position within the per-step limit."""
         hold = robot.hold_action(observation)
-        if self.config.watchdog.rest != "pose" or end_effector is None:
+        if self.config.watchdog.rest != "pose" or end_effector is None or self.safety is None:
             return hold
-        limit = self.config.safety.max_translation_m
-        command = np.array(hold, dtype=np.float64)
-        command[:3] = np.clip(np.asarray(self.config.watchdog.rest_position) - end_effector, -limit, limit)
-        return clip_delta_action(command, end_effector, self.config.safety).action
+        return self.safety.step_towards(hold, np.asarray(self.config.watchdog.rest_position), end_effector)

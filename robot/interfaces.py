@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from data_tools.errors import UserFacingError
+from robot.safety import ActionLayout
 
 
 class RobotError(UserFacingError, RuntimeError):
@@ -43,13 +44,16 @@ class Robot(ABC):
     """A robot: features, connection, observations, actions (clipped for safety before sending).
 
     The control daemon also uses the hooks below the abstract methods; a hardware driver overrides
-    those that apply to it (``joint_names`` and ``measured_pose`` for the joint and workspace checks,
+    those that apply to it (``action_layout``, which the daemon requires, for what each action entry means
+    to the safety filter; ``joint_names`` and ``measured_pose`` for the joint and workspace checks,
     ``hold_action`` for what "hold still" means for its action space, ``stop`` for its brake,
     ``last_info`` when it can tell that a task ended). Each has a default, so the daemon asks every robot
     the same way and never probes for what a driver offers."""
 
     name: str = "robot"
     joint_names: tuple[str, ...] = ()  # the joints the safety config must give limits for
+    # which action entries move (metres per unit), rotate and grip; None: the daemon refuses to drive it
+    action_layout: ActionLayout | None = None
 
     @property
     @abstractmethod

@@ -1,8 +1,10 @@
 """Safety limits applied to every action before it reaches a robot, and checks of what the robot
-actually did: per-step bounds on the end-effector motion, a workspace box the end effector may not
-leave (the commanded target is clipped into it; the measured pose is checked against it), a speed
-limit on the measured end effector, joint limits, NaN/inf rejection with escalation when invalid
-actions keep coming. ``safety_config_problems`` checks the limits themselves at load;
+actually did: per-step bounds on the end-effector motion (found through the robot's declared
+``ActionLayout``: which entries move, rotate and grip, and how many metres one unit moves), a
+workspace box the end effector may not leave (the commanded target is clipped into it; the measured
+pose is checked against it), a speed limit on the measured end effector, joint limits, NaN/inf
+rejection with escalation when invalid actions keep coming. ``safety_config_problems`` checks the
+limits themselves at load; ``check_action_layout`` refuses a layout the filter cannot bound;
 ``clip_delta_action`` is the pure clipping; ``SafetyFilter`` is what the daemon runs on every action
 and ``MeasuredStateMonitor`` on every measured state, naming and counting what they changed or
 refused. Pure numpy."""
@@ -38,11 +40,86 @@ class SafetyConfigError(UserFacingError, ValueError):
     """Limits that do not cover the robot (a joint without limits) or that make no sense."""
 
 
+@dataclass(frozen=True)
+class ActionLayout:
+    """What each entry of a robot's delta end-effector action does, so the safety filter can bound every one.
+
+    ``translation``: the entries of the end effector's x, y, z motion, one unit moving it ``metres_per_unit``
+    metres; ``rotation``: the entries of its roll, pitch, yaw change in radians (None: the action rotates
+    nothing); ``gripper``: the entry of the gripper command (None: no gripper). Every entry of the action has
+    one of these roles, or the filter refuses the robot (``check_action_layout``)."""
+
+    size: int
+    translation: tuple[int, int, int] = (0, 1, 2)
+    metres_per_unit: float = 1.0
+    rotation: tuple[int, int, int] | None = None
+    gripper: int | None = None
+
+    def entries(self) -> list[int]:
+        """Every entry the layout gives a role, in role order (duplicates kept, for the check)."""
+        rotation = list(self.rotation) if self.rotation is not None else []
+        gripper = [self.gripper] if self.gripper is not None else []
+        return [*self.translation, *rotation, *gripper]
+
+
+# (dx, dy, dz, droll, dpitch, dyaw, gripper) in metres and radians: the tabletop arm's and most VLAs' action
+DELTA_END_EFFECTOR = ActionLayout(size=7, translation=(0, 1, 2), rotation=(3, 4, 5), gripper=6)
+
+
+def action_layout_problems(layout: ActionLayout, action_dim: int) -> list[str]:
+    """Why the filter could not bound every entry of a ``action_dim``-D action laid out as ``layout``; []: it can."""
+    problems = []
+    if layout.size != action_dim:
+        problems.append(f"it describes {layout.size}-D actions but the robot takes {action_dim}-D ones")
+    triples = [layout.translation] if layout.rotation is None else [layout.translation, layout.rotation]
+    if not all(isinstance(triple, tuple | list) and len(triple) == 3 for triple in triples):
+        return [*problems, "translation (and rotation, when given) must name three entries: x, y, z"]
+    entries = layout.entries()
+    if not all(isinstance(entry, int) and not isinstance(entry, bool) for entry in entries):
+        return [*problems, f"its entries {entries} must be whole numbers"]
+    outside = sorted({entry for entry in entries if not 0 <= entry < action_dim})
+    if outside:
+        problems.append(f"entries {outside} are outside a {action_dim}-D action")
+    repeated = sorted({entry for entry in entries if entries.count(entry) > 1})
+    if repeated:
+        problems.append(f"entries {repeated} are given two roles")
+    unbounded = sorted(set(range(action_dim)) - set(entries))
+    if unbounded:
+        problems.append(f"entries {unbounded} are neither translation, rotation nor gripper, so nothing bounds them")
+    scale = layout.metres_per_unit
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not (math.isfinite(scale) and 0 < scale <= 1):
+        problems.append(f"metres_per_unit={scale} must be a number above 0 and at most 1 (metres one unit moves)")
+    return problems
+
+
+def check_action_layout(layout: object, action_dim: int, robot: str = "robot") -> ActionLayout:
+    """``layout`` when the filter can bound every entry of the robot's ``action_dim``-D action; else one
+    SafetyConfigError naming every problem and the fix (raised before anything moves)."""
+    fix = (
+        "declare it on the driver class as action_layout = robot.safety.ActionLayout(size=..., translation=..., "
+        "metres_per_unit=..., rotation=..., gripper=...)"
+    )
+    if not isinstance(layout, ActionLayout):
+        raise SafetyConfigError(
+            f"robot '{robot}' declares no action layout ({layout!r}), so the safety filter cannot tell which "
+            f"entries of its {action_dim}-D action move, rotate or grip; {fix}"
+        )
+    problems = action_layout_problems(layout, action_dim)
+    if problems:
+        raise SafetyConfigError(
+            f"robot '{robot}' declares an action layout the safety filter cannot bound ({layout}): "
+            + "; ".join(problems)
+            + f"; {fix}"
+        )
+    return layout
+
+
 @dataclass
 class SafetyLimits:
-    """Limits of a 7-D delta end-effector action (dx, dy, dz, droll, dpitch, dyaw, gripper), of the
-    measured end effector, and of the robot's joints (``joint_limits``: joint name -> [low, high]
-    radians; the daemon requires every joint)."""
+    """Limits of a delta end-effector action (per-step translation in metres and rotation in radians, the
+    gripper command; which entries those are comes from the robot's ``ActionLayout``), of the measured end
+    effector, and of the robot's joints (``joint_limits``: joint name -> [low, high] radians; the daemon
+    requires every joint)."""
 
     max_translation_m: float = 0.05  # per step, per axis
     max_rotation_rad: float = 0.25  # per step, per axis
@@ -134,24 +211,35 @@ def _step_bound(limit: float) -> float:
     return float(limit) if math.isfinite(limit) and limit > 0 else 0.0
 
 
-def clip_delta_action(action: np.ndarray, end_effector_xyz: np.ndarray, limits: SafetyLimits) -> ClippedAction:
-    """Bound each step and keep the end effector's target inside the workspace box.
+def clip_delta_action(
+    action: np.ndarray,
+    end_effector_xyz: np.ndarray,
+    limits: SafetyLimits,
+    layout: ActionLayout = DELTA_END_EFFECTOR,
+) -> ClippedAction:
+    """Bound each step and keep the end effector's target inside the workspace box, in the action's own units
+    (``layout.metres_per_unit``); entries within the limits stay exactly as they were.
 
     A measured pose outside the box gives a step back towards it, still within the per-step bound.
     Limits that make no sense (refused at load, see ``check_safety_limits``) fail safe: no motion."""
     sent = np.array(action, dtype=np.float64)
-    translation, rotation = _step_bound(limits.max_translation_m), _step_bound(limits.max_rotation_rad)
-    sent[:3] = np.clip(sent[:3], -translation, translation)
-    sent[3:6] = np.clip(sent[3:6], -rotation, rotation)
+    unit = layout.metres_per_unit
+    translation = _step_bound(limits.max_translation_m) / unit  # in action units
+    moves = list(layout.translation)
+    step = np.clip(sent[moves], -translation, translation)
     low = np.asarray(limits.workspace_min, dtype=np.float64)
     high = np.asarray(limits.workspace_max, dtype=np.float64)
     if low.shape == high.shape == (3,) and np.all(np.isfinite(low) & np.isfinite(high) & (low < high)):
-        target = np.clip(end_effector_xyz + sent[:3], low, high)
-        sent[:3] = np.clip(target - end_effector_xyz, -translation, translation)
+        step = np.clip(step, (low - end_effector_xyz) / unit, (high - end_effector_xyz) / unit)
+        sent[moves] = np.clip(step, -translation, translation)
     else:
-        sent[:3] = 0.0
-    gripper_low, gripper_high = sorted(float(value) for value in limits.gripper_range)
-    sent[6] = np.clip(sent[6], gripper_low, gripper_high)
+        sent[moves] = 0.0
+    if layout.rotation is not None:
+        rotation = _step_bound(limits.max_rotation_rad)
+        sent[list(layout.rotation)] = np.clip(sent[list(layout.rotation)], -rotation, rotation)
+    if layout.gripper is not None:
+        gripper_low, gripper_high = sorted(float(value) for value in limits.gripper_range)
+        sent[layout.gripper] = np.clip(sent[layout.gripper], gripper_low, gripper_high)
     return ClippedAction(action=sent, clipped=not np.allclose(sent, action))
 
 
@@ -162,13 +250,17 @@ class FilteredAction:
 
 
 class SafetyFilter:
-    """Checks and clips delta end-effector actions for one robot; ``counts`` per event of SAFETY_EVENTS;
+    """Checks and clips one robot's delta end-effector actions, laid out as its ``ActionLayout`` says
+    (``check_action_layout`` refuses one it cannot bound); ``counts`` per event of SAFETY_EVENTS;
     ``invalid_streak`` counts refused actions in a row and ``recent_invalid`` flags the last
     4 x ``max_invalid_actions`` policy actions: the daemon safe-stops at ``max_invalid_actions`` in a row,
     or when half of the recent ones were refused (a policy that fails intermittently)."""
 
-    def __init__(self, limits: SafetyLimits, joint_names: tuple[str, ...], action_dim: int = 7) -> None:
+    def __init__(
+        self, limits: SafetyLimits, joint_names: tuple[str, ...], layout: ActionLayout = DELTA_END_EFFECTOR
+    ) -> None:
         check_safety_limits(limits)
+        self.layout = check_action_layout(layout, layout.size if isinstance(layout, ActionLayout) else 0)
         missing = [name for name in joint_names if name not in limits.joint_limits]
         unknown = [name for name in limits.joint_limits if name not in joint_names]
         if missing or unknown:
@@ -180,7 +272,7 @@ class SafetyFilter:
         self.limits = limits
         self.joint_names = joint_names
         self.joint_low, self.joint_high = bounds[:, 0], bounds[:, 1]
-        self.action_dim = action_dim
+        self.action_dim = self.layout.size
         self.counts: Counter[str] = Counter()
         self.invalid_streak = 0
         self.recent_invalid: deque[bool] = deque(maxlen=4 * limits.max_invalid_actions)
@@ -214,7 +306,7 @@ class SafetyFilter:
         else:
             self.invalid_streak = 0
             self.recent_invalid.append(False)
-            clipped = clip_delta_action(array, np.asarray(end_effector_xyz, dtype=np.float64), self.limits)
+            clipped = clip_delta_action(array, np.asarray(end_effector_xyz, dtype=np.float64), self.limits, self.layout)
             events = ["clipped"] if clipped.clipped else []
             for event in events:
                 self.count(event)
@@ -224,6 +316,18 @@ class SafetyFilter:
         for event in events:
             self.count(event)
         return FilteredAction(None, events)
+
+    def clip(self, action: np.ndarray, end_effector_xyz: np.ndarray) -> np.ndarray:
+        """``action`` (one the robot made, such as its hold) within the limits; nothing is counted."""
+        return clip_delta_action(action, end_effector_xyz, self.limits, self.layout).action
+
+    def step_towards(self, action: np.ndarray, target_xyz: np.ndarray, end_effector_xyz: np.ndarray) -> np.ndarray:
+        """``action`` with its translation moving the end effector towards ``target_xyz`` (metres), within the
+        per-step and workspace limits (the safe stop's move to the rest position)."""
+        command = np.array(action, dtype=np.float64)
+        offset = np.asarray(target_xyz, dtype=np.float64) - np.asarray(end_effector_xyz, dtype=np.float64)
+        command[list(self.layout.translation)] = offset / self.layout.metres_per_unit
+        return self.clip(command, end_effector_xyz)
 
     def too_many_invalid(self) -> str | None:
         """The safe-stop reason once ``max_invalid_actions`` actions in a row, or half of the recent ones,

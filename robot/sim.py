@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from robot.interfaces import Camera, Feature, Robot, RobotError
-from robot.safety import SafetyLimits, check_safety_limits, clip_delta_action
+from robot.safety import DELTA_END_EFFECTOR, SafetyLimits, check_safety_limits, clip_delta_action
 
 ACTION_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
 
@@ -22,6 +22,7 @@ class SimRobot(Robot):
 
     name = "tabletop-sim"
     joint_names = ("shoulder_yaw", "shoulder_pitch", "elbow_pitch", "wrist_pitch", "wrist_roll", "tool_yaw")
+    action_layout = DELTA_END_EFFECTOR  # ACTION_NAMES: metres, radians, the gripper
 
     def __init__(
         self,
@@ -148,7 +149,7 @@ class SimRobot(Robot):
         self.require_connection()
         requested = self.check_action(action)
         end_effector = np.asarray(self.get_observation()["observation.state"][:3], dtype=np.float64)
-        sent = clip_delta_action(requested, end_effector, self.limits).action
+        sent = clip_delta_action(requested, end_effector, self.limits, self.action_layout).action
         observation, _, terminated, truncated, info = self.env.step(sent)
         self._gripper = float(sent[6])
         self._last_info = {**info, "terminated": terminated, "truncated": truncated}

@@ -1,11 +1,13 @@
 """A Meta-World v3 task (``envs.metaworld``) behind the ``Robot`` interface, so recording
-(``agent data record-sim --env metaworld``) and the daemon's simulated-robot path drive it like
-``robot.sim.SimRobot``; ``robot.sim:SimCamera`` publishes its frames.
+(``agent data record-sim --env metaworld``) and the control daemon (``agent robot run --config sim-metaworld``)
+drive it like ``robot.sim.SimRobot``; ``robot.sim:SimCamera`` publishes its frames.
 
 Its action is Meta-World's own 4-D one (hand motion dx, dy, dz in [-1, 1], 1 cm per unit, and the gripper
 effort in [-1, 1]), clipped to that box before sending, so recorded datasets train policies that act in
-``MetaWorldEnv`` directly. The hand's workspace is Meta-World's (its mocap bounds). The daemon's
-``SafetyFilter`` clips 7-D delta end-effector actions; this robot's actions are 4-D."""
+``MetaWorldEnv`` directly. It declares that layout (``ACTION_LAYOUT``), so the daemon's ``SafetyFilter``
+bounds the motion in metres and the gripper to ``gripper_range``; the measured pose is the hand's xyz and
+the Sawyer arm's seven joint angles. ``served_expert`` serves Meta-World's scripted expert to the daemon
+(``agent serve --policy robot.sim_metaworld:served_expert``)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 
 from robot.interfaces import Feature, Robot, RobotError
 from robot.recording import RecordingSummary, record_episodes
+from robot.safety import ActionLayout
 
 ACTION_NAMES = ("dx", "dy", "dz", "gripper")
 STATE_NAMES = (
@@ -27,6 +30,9 @@ STATE_NAMES = (
     *(f"previous.{i}" for i in range(18)),
     *(f"goal.{axis}" for axis in "xyz"),
 )
+METRES_PER_UNIT = 0.01  # Meta-World's action_scale: one unit of dx, dy or dz moves the hand's target 1 cm
+ACTION_LAYOUT = ActionLayout(size=4, translation=(0, 1, 2), metres_per_unit=METRES_PER_UNIT, gripper=3)
+SAWYER_JOINTS = tuple(f"right_j{index}" for index in range(7))  # the arm's hinges in Meta-World's scene
 
 
 class MetaWorldSimRobot(Robot):
@@ -34,6 +40,8 @@ class MetaWorldSimRobot(Robot):
     (episode ``i`` of ``start_episode`` uses ``seed + i``); ``send_action`` clips to [-1, 1] and steps."""
 
     name = "metaworld-sim"
+    joint_names = SAWYER_JOINTS
+    action_layout = ACTION_LAYOUT
 
     def __init__(
         self,
@@ -56,6 +64,7 @@ class MetaWorldSimRobot(Robot):
         self.terminate_on_success = terminate_on_success
         self.fast_render = fast_render  # no shadows or reflections (see envs.metaworld.env)
         self.env: Any = None
+        self._joint_addresses: list[int] = []  # where SAWYER_JOINTS sit in the simulation's qpos
         self._gripper = -1.0  # the last gripper command, kept while holding
         self._last_info: dict[str, Any] = {}
         self._observation: dict[str, Any] | None = None
@@ -65,6 +74,7 @@ class MetaWorldSimRobot(Robot):
     def observation_features(self) -> dict[str, Feature]:
         return {
             "observation.state": Feature((len(STATE_NAMES),), "float32", STATE_NAMES),
+            "observation.joints": Feature((len(SAWYER_JOINTS),), "float32", SAWYER_JOINTS),
             f"observation.images.{self.camera}": Feature((self.image_size, self.image_size, 3), "uint8"),
             "instruction": Feature((), "str"),
         }
@@ -94,6 +104,8 @@ class MetaWorldSimRobot(Robot):
 
     def _reset(self, seed: int | None) -> None:
         observation, self._last_info = self.env.reset(seed=seed)
+        model = self.env.sim.model  # Meta-World's scene, built by the reset
+        self._joint_addresses = [int(model.joint(name).qposadr[0]) for name in SAWYER_JOINTS]
         self._gripper = -1.0
         self._store(observation)
 
@@ -103,17 +115,20 @@ class MetaWorldSimRobot(Robot):
         return self._last_info
 
     def start_episode(self, index: int) -> dict[str, Any]:
-        """Episode ``index``: the placement of seed ``seed + index`` (a fresh draw when no seed was given)."""
+        """Episode ``index``: the placement of seed ``seed + index`` (a fresh draw when no seed was given), so
+        with ``seed=0`` the daemon's episode ``i`` is the recorder's seed ``i``."""
         self.require_connection()
         if index > 0 or self.last_info.get("steps"):
             self._reset(None if self.seed is None else self.seed + index)
         return {"instruction": self.get_observation()["instruction"], "task": self.task, "env": "metaworld"}
 
     def measured_pose(self, observation: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
-        return np.asarray(observation["observation.state"][:3], dtype=np.float64), None
+        """The hand's xyz (the state's first three values, metres) and the arm's joint angles (radians)."""
+        hand = np.asarray(observation["observation.state"][:3], dtype=np.float64)
+        return hand, np.asarray(observation["observation.joints"], dtype=np.float64)
 
     def hold_action(self, observation: dict[str, Any]) -> np.ndarray:
-        """No hand motion, the gripper as last commanded."""
+        """No hand motion, the gripper as last commanded (a held object stays held)."""
         return np.array([0.0, 0.0, 0.0, self._gripper])
 
     def disconnect(self) -> None:
@@ -124,6 +139,7 @@ class MetaWorldSimRobot(Robot):
     def _store(self, observation: dict[str, Any]) -> None:
         converted = {
             "observation.state": observation["state"],
+            "observation.joints": self.env.sim.data.qpos[self._joint_addresses].astype(np.float32),
             f"observation.images.{self.camera}": observation["image"],
             "instruction": observation["instruction"],
         }
@@ -144,6 +160,20 @@ class MetaWorldSimRobot(Robot):
         self._last_info = {**info, "terminated": terminated, "truncated": truncated}
         self._store(observation)
         return sent
+
+
+def served_expert(model: str | None, spec: Any) -> Any:
+    """Meta-World's scripted expert as a served policy (a ``robot.served_policy`` factory): ``agent serve
+    --policy robot.sim_metaworld:served_expert``. Each client's episode gets the expert of the task its reset
+    names (``MetaWorldSimRobot.start_episode`` names it); it reads the 39-D state sent as ``state``."""
+    from envs.metaworld.env import ACTION_DIM, STATE_DIM
+    from envs.metaworld.expert import MetaWorldExpert
+    from robot.served_policy import ServedPolicy
+
+    spec.policy, spec.model_id = "metaworld-expert", spec.model_id or "metaworld-scripted-expert"
+    spec.action_dim, spec.state_dim, spec.chunk_length = ACTION_DIM, STATE_DIM, 1
+    spec.cameras = {}  # the expert reads no image
+    return ServedPolicy(spec=spec, make_session=MetaWorldExpert)
 
 
 def record_metaworld_episodes(
