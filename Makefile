@@ -21,7 +21,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 demo: install
-	$(VENV)/bin/agent model demo
+	$(VENV)/bin/agent demo
 
 bench: install
 	$(PY) bench/model.py

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
 
@@ -335,18 +336,26 @@ def clip_windows(
 
 
 def write_mp4(frames: np.ndarray | list[np.ndarray], path: str | Path, fps: float = 30.0) -> Path:
-    """Write uint8 RGB frames (T, H, W, 3) as an MPEG-4 (mp4v) file with OpenCV; returns the path.
-    The one video writer of the toolkit (episode videos, truth clips, benchmarks)."""
+    """Write uint8 RGB frames (T, H, W, 3) as an H.264 (yuv420p) MP4 with PyAV; returns the path. H.264, not
+    OpenCV's mp4v, so browsers play it (the run reports embed these videos); an odd width or height is
+    padded by one edge pixel, as yuv420p needs even sizes. The one video writer of the toolkit (episode
+    videos, truth clips, benchmarks)."""
     path = Path(path)
     if len(frames) == 0:
         raise VideoWriteError(f"no frames to write to '{path}'; record at least one frame")
     height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
-        raise VideoWriteError(f"OpenCV cannot write '{path}' with the mp4v codec; write to a .mp4 path on a disk")
+    pad = ((0, height % 2), (0, width % 2), (0, 0))
     try:
+        container = av.open(str(path), "w", format="mp4")
+    except (OSError, av.FFmpegError) as error:
+        raise VideoWriteError(f"cannot write '{path}' ({error}); write to a .mp4 path on a writable disk") from None
+    with container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = width + width % 2, height + height % 2
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast"}
         for frame in frames:
-            writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
+            image = np.ascontiguousarray(np.pad(np.asarray(frame, dtype=np.uint8)[..., :3], pad, mode="edge"))
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
     return path

@@ -28,6 +28,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("robot", "robot.cli:robot_app"),
     ("sites", "magma.cli.sites:sites_app"),
     ("model", "magma.cli.model:model_app"),
+    ("demo", "magma.cli.demo:demo"),
 )
 
 
