@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cli_in_process import agent_in_process
 
 from data_tools.config_files import ConfigError
 from data_tools.synthetic import ROBOT_STATISTICS_FILE, write_synthetic_corpus
@@ -237,6 +238,7 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor():
 
 # ---- processes -----------------------------------------------------------------------------------
 def launch(config_path: Path, processes: int, *extra: str) -> subprocess.CompletedProcess:
+    """``agent train`` in a process of its own (``processes`` > 1: through ``accelerate launch``)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     if processes == 1:
         command = [*AGENT, "train", "--config", str(config_path), *extra]
@@ -246,12 +248,17 @@ def launch(config_path: Path, processes: int, *extra: str) -> subprocess.Complet
     return subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env, cwd=REPO)
 
 
+def train_in_process(config_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``agent train`` in this process (the same entry point, without a new interpreter's imports)."""
+    return agent_in_process("train", "--config", str(config_path), *extra)
+
+
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, corpus):
     ordered = {"split": "samples", "shuffle_buffer": 0, "shuffle_shards": False}
     one = run_config(tmp_path / "one", [source(corpus, "ui-som")], max_steps=4, data={"batch_size": 4, **ordered})
     two = run_config(tmp_path / "two", [source(corpus, "ui-som")], max_steps=4, data={"batch_size": 2, **ordered})
-    for name, config, processes in (("one", one, 1), ("two", two, 2)):
-        result = launch(write_yaml(tmp_path / f"{name}.yaml", config), processes)
+    for name, config, run in (("one", one, train_in_process), ("two", two, lambda path: launch(path, 2))):
+        result = run(write_yaml(tmp_path / f"{name}.yaml", config))
         assert result.returncode == 0, result.stderr[-3000:]
     single, double = step_records(tmp_path / "one"), step_records(tmp_path / "two")
     assert sorted(single) == sorted(double) == [1, 2, 3, 4]
@@ -266,7 +273,7 @@ def test_killed_run_resumes_exactly(tmp_path, corpus):
     sources = [source(corpus, "ui-som", weight=0.5), source(corpus, "robot", weight=0.5)]
     fields = {"max_steps": 24, "checkpoint": {"every": 4, "keep": 2}, "data": {"num_workers": 2}}
     straight = write_yaml(tmp_path / "straight.yaml", run_config(tmp_path / "straight", sources, **fields))
-    assert launch(straight, 1).returncode == 0
+    assert train_in_process(straight).returncode == 0  # the reference; the killed run is a process of its own
 
     config = write_yaml(tmp_path / "killed.yaml", run_config(tmp_path / "killed", sources, **fields))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -303,22 +310,22 @@ def test_bad_input_is_one_clear_message_and_nothing_is_overwritten(tmp_path, cor
     good = run_config(tmp_path / "run", [source(corpus, "ui-som")], max_steps=1)
     path = write_yaml(tmp_path / "good.yaml", good)
 
-    missing = launch(path, 1, "data.sources.0.shards=[/nowhere/shard-*.tar]")
+    missing = train_in_process(path, "data.sources.0.shards=[/nowhere/shard-*.tar]")
     assert missing.returncode == 2 and "/nowhere/shard-*.tar" in missing.stderr
     assert "Traceback" not in missing.stderr
 
-    unknown = launch(path, 1, "optim.learning_rate=1e-4")
+    unknown = train_in_process(path, "optim.learning_rate=1e-4")
     assert unknown.returncode == 2 and "learning_rate" in unknown.stderr and "Traceback" not in unknown.stderr
 
     with pytest.raises(ConfigError, match="weight"):
         train_config_from(good, ["data.sources.0.weight=0"], "test")
 
-    assert launch(path, 1).returncode == 0
+    assert train_in_process(path).returncode == 0
     config_before = (tmp_path / "run" / "config.yaml").read_text()
     metrics_before = (tmp_path / "run" / "metrics.jsonl").read_text()
-    again = launch(path, 1)
+    again = train_in_process(path)
     assert again.returncode == 2 and "--resume" in again.stderr
-    other = launch(path, 1, "--resume", "optim.lr=0.5")
+    other = train_in_process(path, "--resume", "optim.lr=0.5")
     assert other.returncode == 2 and "optim.lr" in other.stderr and "another config" in other.stderr
     assert (tmp_path / "run" / "config.yaml").read_text() == config_before
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics_before
