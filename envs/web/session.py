@@ -269,18 +269,23 @@ class PageSession:
             pass
 
     def settle(self) -> float:
-        """Wait (bounded) for the load event and a quiet DOM on the active tab; returns seconds waited."""
+        """Wait (bounded) for the load event and a quiet DOM on the active tab; returns seconds waited. A tab
+        that a click opened is awaited and becomes the active one, also when Chromium announces it only while
+        the first tab is settling (a loaded machine delivers that event late): the new tab is then settled."""
         start = time.perf_counter()
-        if self._announced_tabs:  # a click opened a tab that Playwright has not handed over yet: wait for it
-            with contextlib.suppress(Exception):
-                self.context.wait_for_event("page", timeout=self.timeouts.navigation_ms)
-            self._announced_tabs = 0
-        page = self.active
-        if page is None:
-            return 0.0
-        with contextlib.suppress(Exception):  # a page that never finishes loading: go on with what is there
-            page.wait_for_load_state("load", timeout=self.timeouts.settle_ms)
-        remaining = max(1, self.timeouts.settle_ms - int(1000 * (time.perf_counter() - start)))
-        with contextlib.suppress(Exception):  # a navigation destroys the context; the next observation copes
-            page.evaluate(_DOM_QUIET_SCRIPT, [self.timeouts.dom_quiet_ms, remaining])
+        for _ in range(3):
+            if self._announced_tabs:  # a click opened a tab that Playwright has not handed over yet: wait for it
+                with contextlib.suppress(Exception):
+                    self.context.wait_for_event("page", timeout=self.timeouts.navigation_ms)
+                self._announced_tabs = 0
+            page = self.active
+            if page is None:
+                break
+            with contextlib.suppress(Exception):  # a page that never finishes loading: go on with what is there
+                page.wait_for_load_state("load", timeout=self.timeouts.settle_ms)
+            remaining = max(1, self.timeouts.settle_ms - int(1000 * (time.perf_counter() - start)))
+            with contextlib.suppress(Exception):  # a navigation destroys the context; the next observation copes
+                page.evaluate(_DOM_QUIET_SCRIPT, [self.timeouts.dom_quiet_ms, remaining])
+            if not self._announced_tabs and page is self.active:
+                break
         return time.perf_counter() - start
