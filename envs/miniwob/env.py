@@ -39,7 +39,6 @@ from data_tools.errors import UserFacingError
 from envs.miniwob.server import MiniWoBServer, shared_server
 from envs.miniwob.tasks import task_name
 from envs.text_space import refuse_long_instruction
-from envs.web.actions import WebActionError, execute_action
 from envs.web.browser import ChromiumBrowser, ContextOptions
 from envs.web.env import MAX_INSTRUCTION_CHARS, SharedBrowser, WebEnv, action_outside_space
 from envs.web.session import PageSession, Timeouts, host_of
@@ -257,12 +256,7 @@ class MiniWoBEnv(WebEnv):
                     "or scroll on its elements"
                 )
             elif parsed is not None:
-                started = time.perf_counter()
-                try:
-                    execute_action(self.session, parsed)
-                except WebActionError as error:
-                    info["action_error"] = str(error)
-                timings["action"] = time.perf_counter() - started
+                self._execute(parsed, info, timings)
             if info["action_error"]:
                 self._failed_steps += 1
             state = self._read_state()

@@ -238,12 +238,7 @@ class WebEnv(gymnasium.Env):
         timings["parse"] = time.perf_counter() - started
         terminated = parsed is not None and parsed.kind == "stop"
         if parsed is not None and not terminated:
-            started = time.perf_counter()
-            try:
-                execute_action(self.session, parsed)
-            except WebActionError as error:
-                info["action_error"] = str(error)
-            timings["action"] = time.perf_counter() - started
+            self._execute(parsed, info, timings)
         if info["action_error"]:
             self._failed_steps += 1
         obs = self._observe(timings)
@@ -267,6 +262,15 @@ class WebEnv(gymnasium.Env):
         return obs, reward, terminated, truncated, info
 
     # -- observation -------------------------------------------------------------------------------
+
+    def _execute(self, parsed: Any, info: dict[str, Any], timings: dict[str, float]) -> None:
+        """Carry out a parsed action on the session; a failure is the step's ``action_error``, timed."""
+        started = time.perf_counter()
+        try:
+            execute_action(self.session, parsed)
+        except WebActionError as error:
+            info["action_error"] = str(error)
+        timings["action"] = time.perf_counter() - started
 
     def _observe(self, timings: dict[str, float]) -> dict[str, Any]:
         session = self.session
