@@ -459,6 +459,26 @@ STATISTICS_FILENAME = "dataset_statistics.json"  # the OpenVLA/Magma name magma.
 OPENVLA_KEYS = ("q01", "q99", "mean", "std", "min", "max")
 
 
+def state_statistics(reader: LeRobotDatasetReader) -> dict[str, list] | None:
+    """The recorded ``observation.state`` statistics in the same shape (every dimension normalised), or None
+    when the dataset records no state or no quantiles for it."""
+    recorded = reader.stats.get(STATE_KEY, {})
+    if STATE_KEY not in reader.features or any(key not in recorded for key in OPENVLA_KEYS):
+        return None
+    stats = {key: np.asarray(recorded[key], dtype=np.float64).reshape(-1).tolist() for key in OPENVLA_KEYS}
+    return {**stats, "mask": [True] * len(stats["q01"])}
+
+
+def future_actions(actions: np.ndarray, step: int, length: int) -> tuple[np.ndarray, list[bool]]:
+    """The ``length`` actions of an episode from ``step`` on and their mask: steps past the episode's end
+    repeat its last action and are masked False."""
+    rows = actions[step : step + length]
+    valid = [True] * len(rows) + [False] * (length - len(rows))
+    if len(rows) < length:
+        rows = np.concatenate([rows, np.repeat(actions[-1:], length - len(rows), axis=0)])
+    return rows, valid
+
+
 def action_statistics(reader: LeRobotDatasetReader) -> dict[str, list]:
     """The recorded ``action`` statistics in the OpenVLA/Magma shape (q01, q99, mask, mean, std, min, max).
 
@@ -494,13 +514,19 @@ def episodes_to_shards(
     prompt_template: str = DEFAULT_PROMPT,
     frame_stride: int = 1,
     dataset_name: str | None = None,
+    chunk_length: int = 1,
 ) -> tuple[list[Path], Path]:
     """One robot-action training sample per ``frame_stride``-th frame of every episode (the frame of
-    ``camera``, None: the first camera; the task in ``prompt_template``; the action in ``actions``),
-    written as shards into ``out_dir`` with ``dataset_statistics.json`` beside them, keyed by
-    ``dataset_name`` (None: the dataset folder's name). Returns (shard paths, statistics path)."""
+    ``camera``, None: the first camera; the task in ``prompt_template``; the action in ``actions``; the
+    proprioceptive state in ``state``), written as shards into ``out_dir`` with ``dataset_statistics.json``
+    (action and state statistics) beside them, keyed by ``dataset_name`` (None: the dataset folder's name).
+    ``chunk_length`` > 1 writes the next ``chunk_length`` actions as rows, with ``action_mask`` False for
+    steps past the episode's end (models with a shorter chunk take the first rows). Returns (shard paths,
+    statistics path)."""
     if frame_stride < 1:
         raise DatasetWriteError(f"frame_stride is {frame_stride}; use 1 (every frame) or more")
+    if not 1 <= chunk_length <= 256:
+        raise DatasetWriteError(f"chunk_length is {chunk_length}; use 1 (one action per sample) to 256")
     if "{task}" not in prompt_template:
         raise DatasetWriteError(f"prompt_template {prompt_template!r} has no {{task}}; put the task into it")
     if not reader.cameras:
@@ -508,6 +534,7 @@ def episodes_to_shards(
     camera = camera or reader.cameras[0]
     name = dataset_name or reader.root.name
     statistics = action_statistics(reader)
+    states = state_statistics(reader)
     out_dir = Path(out_dir)
     with ShardWriter(out_dir, max_samples_per_shard=samples_per_shard) as writer:
         for index in range(reader.num_episodes):
@@ -524,6 +551,7 @@ def episodes_to_shards(
                         {"from": "gpt", "value": "<action>"},
                     ],
                     "actions": episode.actions[step].astype(np.float64).tolist(),
+                    "state": episode.states[step].astype(np.float64).tolist(),
                     "meta": {
                         "episode_index": index,
                         "frame_index": int(step),
@@ -531,10 +559,13 @@ def episodes_to_shards(
                         "task": task,
                         "camera": camera,
                         "robot_type": reader.robot_type,
-                        "state": episode.states[step].astype(np.float64).tolist(),
                     },
                 }
+                if chunk_length > 1:
+                    rows, valid = future_actions(episode.actions, int(step), chunk_length)
+                    record["actions"], record["action_mask"] = rows.astype(np.float64).tolist(), valid
                 writer.write(record, [frame])
     statistics_path = out_dir / STATISTICS_FILENAME
-    write_json_atomically(statistics_path, {name: {"action": statistics}})
+    entry = {"action": statistics} | ({"state": states} if states else {})
+    write_json_atomically(statistics_path, {name: entry})
     return writer.shards, statistics_path

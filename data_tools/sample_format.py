@@ -5,7 +5,11 @@ the same key, in order::
 
     {"id": str, "source": str,
      "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}],
-     "actions": optional list (floats for robot actions, ints for latent codes),
+     "actions": optional list (floats for robot actions, ints for latent codes; robot actions as one
+                row, or as rows of the future actions from this frame on, for action chunks),
+     "action_mask": optional list of booleans, one per row of "actions" (False: padding past the
+                    episode's end, repeating its last action),
+     "state": optional list of floats (the robot's proprioceptive state at this frame),
      "meta": optional dict}
 
 One ``<image>`` placeholder per image, in order. A sample with ``actions`` puts one ``<action>``
@@ -81,5 +85,13 @@ def validate_sample(record: Mapping[str, Any], num_images: int) -> None:
             f"a sample with 'actions' needs exactly one {ACTION_PLACEHOLDER} in a gpt turn (and one without none); "
             f"found {actions_slots} with actions {'present' if actions is not None else 'absent'}"
         )
+    mask = record.get("action_mask")
+    if mask is not None:
+        rows = len(actions) if actions and isinstance(actions[0], list) else 1
+        if not isinstance(mask, list) or len(mask) != rows or not all(isinstance(value, bool) for value in mask):
+            raise SampleFormatError(f"'action_mask' must be a list of {rows} booleans, one per row of 'actions'")
+    state = record.get("state")
+    if state is not None and (not isinstance(state, list) or not state or not all(map(_is_finite_number, state))):
+        raise SampleFormatError("'state' must be a non-empty list of finite numbers (the proprioceptive state)")
     if "meta" in record and not isinstance(record["meta"], Mapping):
         raise SampleFormatError("'meta' must be a JSON object")

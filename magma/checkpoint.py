@@ -66,8 +66,10 @@ def save_pretrained(
     tokenizer: Any | None = None,
     action_statistics: dict[str, ActionStatistics] | None = None,
     max_shard_size: int | str = "4GB",
+    state_statistics: dict[str, ActionStatistics] | None = None,
 ) -> Path:
-    """Write the checkpoint atomically: a temporary directory renamed over ``directory`` when done."""
+    """Write the checkpoint atomically: a temporary directory renamed over ``directory`` when done
+    (``state_statistics``: the proprioceptive state's, saved beside the action statistics of the same key)."""
     with staged_directory(directory) as staging:
         config = {"format": FORMAT_NAME, "architectures": [type(model).__name__], **model.config.to_dict()}
         if tokenizer is not None:
@@ -78,7 +80,7 @@ def save_pretrained(
         state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
         save_torch_state_dict(state, staging, max_shard_size=max_shard_size)
         if action_statistics:
-            save_action_statistics(staging / ACTION_STATISTICS_FILENAME, action_statistics)
+            save_action_statistics(staging / ACTION_STATISTICS_FILENAME, action_statistics, state_statistics)
     return Path(directory)
 
 
@@ -280,6 +282,13 @@ def load_pretrained(
         )
     model.load_state_dict(loaded, strict=not tied)
     return model.eval()
+
+
+def load_checkpoint_state_statistics(directory: str | Path) -> dict[str, ActionStatistics]:
+    """The proprioceptive-state statistics saved with a checkpoint, by dataset key (empty when none)."""
+    from magma.actions import load_state_statistics
+
+    return load_state_statistics(Path(directory) / ACTION_STATISTICS_FILENAME)
 
 
 def load_checkpoint_action_statistics(directory: str | Path) -> dict[str, ActionStatistics]:

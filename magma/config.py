@@ -115,6 +115,34 @@ class TokenConfig:
     image_end_token_id: int = 128260
 
 
+ACTION_HEADS = ("tokens", "l1", "flow")
+
+
+@dataclass
+class ActionHeadConfig:
+    """How the model outputs robot actions. ``tokens`` (Magma/OpenVLA, the default and Magma-8B's): 256-bin
+    action tokens decoded one by one. ``l1`` (OpenVLA-OFT's parallel decoding): ``chunk_length`` query
+    positions whose final hidden states a small MLP maps to a (chunk_length, action_dim) chunk in one forward
+    pass, trained with L1. ``flow`` (pi0/SmolVLA's action expert): a small transformer over the chunk,
+    conditioned on those hidden states, trained with flow matching and sampled in ``flow_steps`` Euler steps.
+    ``state_dim`` > 0 feeds the robot's proprioceptive state (normalised with the dataset statistics) into the
+    sequence as one projected position before the actions, for every head."""
+
+    head: str = "tokens"
+    chunk_length: int = 1  # actions per answer (H)
+    action_dim: int = 0  # D; l1/flow need it (tokens takes it from the action statistics)
+    state_dim: int = 0  # proprioceptive state size; 0: no state input
+    hidden_size: int = 256  # width of the l1 MLP / the flow expert
+    flow_layers: int = 2  # transformer layers of the flow expert
+    flow_steps: int = 10  # Euler integration steps when sampling a flow chunk
+    loss_weight: float = 1.0  # the head's loss next to the LM loss: loss = lm + loss_weight * head
+
+    @property
+    def parallel(self) -> bool:
+        """A head that decodes the whole chunk in one forward pass (l1, flow)."""
+        return self.head != "tokens"
+
+
 @dataclass
 class MagmaSchema:
     """The fields of a model config, as OmegaConf checks them: presets in ``configs/model``, ``key=value``
@@ -128,6 +156,7 @@ class MagmaSchema:
     image: ImageConfig = field(default_factory=ImageConfig)
     tokens: TokenConfig = field(default_factory=TokenConfig)
     tokenizer: str | None = None  # a tokenizer directory, or "tiny" for the bundled test tokenizer
+    action: ActionHeadConfig = field(default_factory=ActionHeadConfig)
 
 
 def optimizer_problems(
@@ -196,6 +225,7 @@ def _validate(config: MagmaSchema, source: str) -> None:
             problems.append(f"image.{name}={list(values)} must be three numbers, one per RGB channel")
         for index, value in enumerate(values):
             check_number(problems, f"image.{name}.{index}", value, low=0, low_open=name == "std")
+    problems += action_head_problems(config.action)
     if problems:  # the checks below divide by these sizes
         raise ConfigError(f"{source}: " + "; ".join(problems))
     if config.image.base_size % config.image.patch_stride:
@@ -234,6 +264,26 @@ def _validate(config: MagmaSchema, source: str) -> None:
         problems += rope_scaling_problems(text)
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
+
+
+def action_head_problems(action: ActionHeadConfig) -> list[str]:
+    """The problems of the ``action`` group, each naming its key and the fix."""
+    problems: list[str] = []
+    if action.head not in ACTION_HEADS:
+        problems.append(f"action.head={action.head!r} is not one of {ACTION_HEADS}")
+    limits = {"action.chunk_length": (action.chunk_length, 1, 256), "action.flow_steps": (action.flow_steps, 1, 1000)}
+    limits |= {"action.action_dim": (action.action_dim, 0, 4096), "action.state_dim": (action.state_dim, 0, 4096)}
+    limits |= {"action.hidden_size": (action.hidden_size, 1, 65536), "action.flow_layers": (action.flow_layers, 1, 64)}
+    for key, (value, low, high) in limits.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            problems.append(f"{key}={value!r} must be a whole number from {low} to {high}")
+    if action.head in ("l1", "flow") and action.action_dim == 0:
+        problems.append(
+            f"action.head={action.head} needs action.action_dim (the size of one action, e.g. 4 for Meta-World, "
+            "7 for a 7-DoF arm with gripper)"
+        )
+    check_number(problems, "action.loss_weight", action.loss_weight, low=0, hint="e.g. 1.0")
+    return problems
 
 
 def llama_text_config(text: TextConfig, tokens: TokenConfig | None = None) -> Any:

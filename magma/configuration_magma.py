@@ -65,6 +65,7 @@ class MagmaConfig(PreTrainedConfig):
         self.image = schema.image
         self.tokens = schema.tokens
         self.tokenizer = schema.tokenizer
+        self.action = schema.action
         self.__dict__["tie_word_embeddings"] = schema.text.tie_word_embeddings  # read by PreTrainedModel
 
     def schema(self) -> MagmaSchema:

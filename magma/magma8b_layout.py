@@ -367,6 +367,10 @@ def _check_expressible(config: MagmaConfig) -> None:
         )
     if config.image.patch_stride != 32:
         problems.append(f"image.patch_stride={config.image.patch_stride}; their ConvNeXt trunk has stride 32")
+    if config.action.parallel:
+        problems.append(f"action.head={config.action.head}; Magma-8B decodes robot actions as tokens only")
+    if config.action.state_dim:
+        problems.append(f"action.state_dim={config.action.state_dim}; Magma-8B takes no proprioceptive state")
     if problems:
         raise Magma8bExportError(
             "the model cannot be written in the Magma-8B layout: " + "; ".join(problems) + ". Export a model "
@@ -516,8 +520,8 @@ def export_magma8b(
     target = Path(directory)
     check_export_target(target)
     config = model.config
-    backbone = vision_backbone_name(config, vision_backbone)
     _check_expressible(config)
+    backbone = vision_backbone_name(config, vision_backbone)
     _tokenizer_ids(tokenizer, config)
     state = magma8b_state_dict(model, backbone)
     dtype = state["multi_modal_projector.row_seperator"].dtype

@@ -20,6 +20,7 @@ from transformers import GenerationMixin, LlamaForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from data_tools.errors import UserFacingError
+from magma.action_heads import ActionHeadError, ActionModules
 from magma.auto_registration import register_available
 from magma.configuration_magma import MagmaConfig, llama_config
 from magma.projector import MultimodalProjector
@@ -43,6 +44,9 @@ class MagmaOutput(CausalLMOutputWithPast):
 
     num_label_tokens: int | None = None  # set whenever labels are given
     label_predictions: torch.Tensor | None = None
+    lm_loss: torch.Tensor | None = None  # the label tokens' mean loss (``loss`` adds the action head's)
+    action_loss: torch.Tensor | None = None  # the l1/flow head's loss over the valid chunk values
+    num_action_values: int | None = None  # how many chunk values that loss averages (action_mask True x D)
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -85,9 +89,33 @@ class MagmaForCausalLM(MagmaPreTrainedModel, GenerationMixin):
         self.vision_tower = ConvNextVisionTower(config.vision)
         self.projector = MultimodalProjector(config.projector, config.vision.feature_dim, config.text.hidden_size)
         self.language_model = LlamaForCausalLM(llama_config(config))
+        self.action_head = self.build_action_head()
         if config.text.gradient_checkpointing:
             self.language_model.activation_checkpointing_enable()
         self.post_init()
+
+    def build_action_head(self) -> ActionModules | None:
+        """The state projector and chunk head ``config.action`` asks for (None for the plain token head)."""
+        action = self.config.action
+        return ActionModules(action, self.config.text.hidden_size) if action.parallel or action.state_dim else None
+
+    def set_action_head(self, **fields: Any) -> None:
+        """Change ``config.action`` (``head``, ``chunk_length``, ``state_dim``, ...) and build the new parts with
+        fresh weights: a fine-tune from a token-head checkpoint to the l1 or flow head. Everything else keeps
+        its weights."""
+        import dataclasses
+
+        from data_tools.config_files import ConfigError
+        from magma.config import action_head_problems
+
+        action = dataclasses.replace(self.config.action, **fields)
+        problems = action_head_problems(action)
+        if problems:
+            raise ConfigError("; ".join(problems))
+        self.config.action = action
+        reference = self.language_model.lm_head.weight
+        head = self.build_action_head()
+        self.action_head = None if head is None else head.to(device=reference.device, dtype=reference.dtype)
 
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.language_model.get_input_embeddings()
@@ -158,6 +186,8 @@ class MagmaForCausalLM(MagmaPreTrainedModel, GenerationMixin):
             "language_model.layers": lm.model.layers,
             "language_model.norm": lm.model.norm,
         }
+        if self.action_head is not None:
+            parts["action_head"] = self.action_head
         counts = {name: sum(p.numel() for p in module.parameters()) for name, module in parts.items()}
         if not self.config.text.tie_word_embeddings:
             counts["language_model.lm_head"] = lm.lm_head.weight.numel()
@@ -191,9 +221,19 @@ class MagmaForCausalLM(MagmaPreTrainedModel, GenerationMixin):
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         image_grids: torch.Tensor | None = None,
+        action_slots: torch.Tensor | None = None,
+        states: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Token embeddings with image features written at the ``<image>`` positions."""
+        """Token embeddings with image features written at the ``<image>`` positions, and the projected state
+        and action queries at their ``action_slots`` (``magma.action_heads``)."""
         embeds = self.language_model.get_input_embeddings()(input_ids)
+        if action_slots is not None and bool((action_slots >= 0).any()):
+            if self.action_head is None:
+                raise ActionHeadError(
+                    "the input has state or action-query slots but the model has neither (action.head=tokens, "
+                    "action.state_dim=0)"
+                )
+            embeds = self.action_head.place(embeds, action_slots, states)
         image_slots = input_ids == self.config.tokens.image_token_id
         num_slots = int(image_slots.sum())
         if pixel_values is None or pixel_values.shape[0] == 0:
@@ -223,14 +263,23 @@ class MagmaForCausalLM(MagmaPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         return_label_predictions: bool = False,
+        action_slots: torch.Tensor | None = None,
+        states: torch.Tensor | None = None,
+        action_targets: torch.Tensor | None = None,
+        action_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> MagmaOutput:
-        """Logits (``logits_to_keep``: only the last rows), or with ``labels`` the mean loss over labelled
-        positions. Position ids default to those of the attention mask (left or right padding alike)."""
+        """Logits (``logits_to_keep``: only the last rows), or with ``labels`` and/or ``action_targets`` the
+        loss: the mean over labelled positions plus ``action.loss_weight`` x the l1/flow head's loss over the
+        chunk steps ``action_mask`` keeps. Position ids default to those of the attention mask (left or right
+        padding alike). ``action_slots`` and ``states`` place the state and action queries (see
+        ``magma.action_heads``); decoding steps after a prefill carry no slots."""
+        if action_slots is not None and input_ids is not None and action_slots.shape != input_ids.shape:
+            action_slots = None  # a decoding step of generate: the slots were the prompt's
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("give input_ids or inputs_embeds")
-            inputs_embeds = self.embed(input_ids, pixel_values, image_grids)
+            inputs_embeds = self.embed(input_ids, pixel_values, image_grids, action_slots, states)
         if position_ids is None and attention_mask is not None:  # the mask covers cached tokens too
             position_ids = positions_from_mask(attention_mask)[:, -inputs_embeds.shape[1] :]
         out = self.language_model.model(
@@ -241,23 +290,75 @@ class MagmaForCausalLM(MagmaPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
         )
         hidden = out.last_hidden_state
-        if labels is not None:
-            loss, count, predictions = self.labelled_loss(hidden, labels, return_label_predictions)
-            if pixel_values is None and self.training and torch.is_grad_enabled():
-                loss = loss + self.image_path_zero()
-            return MagmaOutput(loss=loss, cache=out.cache, num_label_tokens=count, label_predictions=predictions)
+        if labels is not None or action_targets is not None:
+            if labels is not None:
+                lm_loss, count, predictions = self.labelled_loss(hidden, labels, return_label_predictions)
+            else:
+                lm_loss, count, predictions = hidden.sum() * 0.0, 0, None
+            action_loss, action_values = None, None
+            reaches_head = action_targets is not None and action_slots is not None
+            if self.training and torch.is_grad_enabled():  # on the LM loss, which the trainer always backpropagates
+                lm_loss = lm_loss + self.unused_path_zero(pixel_values is None, not reaches_head)
+            loss = lm_loss
+            if reaches_head:
+                if self.action_head is None or self.action_head.decoder is None:
+                    raise ActionHeadError(
+                        "action_targets were given but the model has no chunk head "
+                        f"(action.head={self.config.action.head})"
+                    )
+                mask = action_mask if action_mask is not None else action_targets.new_ones(action_targets.shape[:2])
+                action_loss, action_values = self.action_head.loss(hidden, action_slots, action_targets, mask.bool())
+                loss = loss + self.config.action.loss_weight * action_loss
+            return MagmaOutput(
+                loss=loss,
+                cache=out.cache,
+                num_label_tokens=count,
+                label_predictions=predictions,
+                lm_loss=lm_loss,
+                action_loss=action_loss,
+                num_action_values=action_values,
+            )
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         return MagmaOutput(logits=self.language_model.lm_head(hidden), cache=out.cache)
 
-    def image_path_zero(self) -> torch.Tensor:
-        """0 x (sum of the trainable vision tower and projector weights): a batch without images still
-        reaches every trainable parameter, so DDP needs no ``find_unused_parameters`` on mixed data."""
+    def unused_path_zero(self, no_images: bool, no_action_loss: bool) -> torch.Tensor:
+        """0 x (sum of the trainable weights this batch did not reach: the vision tower and projector without
+        images, the action modules without chunk targets): every trainable parameter still gets a gradient,
+        so DDP needs no ``find_unused_parameters`` on mixed data."""
+        modules = [self.vision_tower, self.projector] if no_images else []
+        if no_action_loss and self.action_head is not None:
+            modules.append(self.action_head)
         zero = self.language_model.lm_head.weight.new_zeros(())
-        for parameter in (*self.vision_tower.parameters(), *self.projector.parameters()):
-            if parameter.requires_grad:
-                zero = zero + parameter.sum() * 0.0
+        for module in modules:
+            for parameter in module.parameters():
+                if parameter.requires_grad:
+                    zero = zero + parameter.sum() * 0.0
         return zero
+
+    @torch.inference_mode()
+    def action_chunk(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        action_slots: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_grids: torch.Tensor | None = None,
+        states: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **unused: Any,
+    ) -> torch.Tensor:
+        """The l1/flow head's normalised action chunks (B, H, D) in one forward pass of the language model
+        (the flow head then integrates its own small expert ``action.flow_steps`` times)."""
+        if self.action_head is None or self.action_head.decoder is None:
+            raise ActionHeadError(
+                f"the model decodes actions as tokens (action.head={self.config.action.head}); use generate"
+            )
+        embeds = self.embed(input_ids, pixel_values, image_grids, action_slots, states)
+        hidden = self.language_model.model(
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask)
+        ).last_hidden_state
+        return self.action_head.sample(hidden, action_slots, generator).float()
 
     def labelled_loss(
         self, hidden: torch.Tensor, labels: torch.Tensor, return_predictions: bool = False

@@ -28,7 +28,9 @@ from transformers import ProcessorMixin
 
 from data_tools.errors import UserFacingError
 from data_tools.sample_format import ACTION_PLACEHOLDER, IMAGE_PLACEHOLDER
+from magma.action_heads import NO_SLOT, STATE_SLOT, query_slot
 from magma.auto_registration import register_available
+from magma.config import ActionHeadConfig
 from magma.configuration_magma import MagmaConfig
 from magma.image_processing import DEFAULT_MAX_IMAGE_PIXELS, ImageInput, image_token_count, process_image
 from magma.model import IGNORE_INDEX, positions_from_mask
@@ -85,12 +87,52 @@ def _is_content(content: Any) -> bool:
     )
 
 
+def _slot_marker(slot: int) -> int:
+    """The stand-in id of a state/query slot while a sample is tokenized (never a real token id)."""
+    return -2 - slot
+
+
+@dataclass(frozen=True)
+class ActionLayout:
+    """What a sample's ``<action>`` placeholder (training) or the end of a prompt (inference) holds besides
+    action tokens: one state slot (the model takes proprioception) and ``queries`` action-query slots (the
+    l1/flow heads read the chunk off them)."""
+
+    state: bool = False
+    queries: int = 0
+
+    @classmethod
+    def of(cls, action: ActionHeadConfig) -> ActionLayout:
+        return cls(state=action.state_dim > 0, queries=action.chunk_length if action.parallel else 0)
+
+    def expansion(self, action_token_ids: Sequence[int] | None = None) -> list[int]:
+        """Slot markers, then the action tokens (token head) or the query markers (l1/flow heads)."""
+        ids = [_slot_marker(STATE_SLOT)] if self.state else []
+        if self.queries:
+            return ids + [_slot_marker(query_slot(step)) for step in range(self.queries)]
+        return ids + [int(token) for token in action_token_ids or ()]
+
+
 @dataclass
 class EncodedSample:
     input_ids: list[int]
     labels: list[int]
     crops: list[torch.Tensor] = field(default_factory=list)  # one (rows*cols, 3, H, W) tensor per image
     grids: list[tuple[int, int]] = field(default_factory=list)
+    slots: list[int] | None = None  # per token: NO_SLOT, STATE_SLOT or an action query (magma.action_heads)
+    state: list[float] | None = None  # the normalised proprioceptive state of the state slot
+    action_targets: list[list[float]] | None = None  # (H, D) normalised chunk, l1/flow heads
+    action_mask: list[bool] | None = None  # (H,) False for steps padded past the episode's end
+
+    def mark_slots(self, pad_token_id: int) -> None:
+        """Turn slot markers into ``slots`` (their ids become padding, their labels ignored)."""
+        if not any(token < 0 for token in self.input_ids):
+            return
+        self.slots = [-2 - token if token < 0 else NO_SLOT for token in self.input_ids]
+        self.labels = [
+            IGNORE_INDEX if token < 0 else label for token, label in zip(self.input_ids, self.labels, strict=True)
+        ]
+        self.input_ids = [pad_token_id if token < 0 else token for token in self.input_ids]
 
 
 @dataclass(eq=False)
@@ -101,6 +143,10 @@ class ModelInputs(Mapping):
     labels: torch.Tensor | None = None
     pixel_values: torch.Tensor | None = None
     image_grids: torch.Tensor | None = None
+    action_slots: torch.Tensor | None = None  # (B, L) long: NO_SLOT, STATE_SLOT or query step + 1
+    states: torch.Tensor | None = None  # (B, S) normalised proprioceptive states
+    action_targets: torch.Tensor | None = None  # (B, H, D) normalised chunks
+    action_mask: torch.Tensor | None = None  # (B, H) bool, False past an episode's end
 
     def to(self, device: str | torch.device, pixel_dtype: torch.dtype | None = None) -> ModelInputs:
         moved = {name: (value.to(device) if value is not None else None) for name, value in vars(self).items()}
@@ -128,7 +174,7 @@ class ModelInputs(Mapping):
 
     def generation_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``MagmaForCausalLM.generate`` (it derives positions itself)."""
-        keep = ("input_ids", "attention_mask", "pixel_values", "image_grids")
+        keep = ("input_ids", "attention_mask", "pixel_values", "image_grids", "action_slots", "states")
         return {name: value for name, value in self.as_kwargs().items() if name in keep}
 
 
@@ -227,13 +273,17 @@ class MagmaProcessor(ProcessorMixin):
         images: Sequence[ImageInput] = (),
         add_generation_prompt: bool = False,
         action_token_ids: Sequence[int] | None = None,
+        action_layout: ActionLayout | None = None,
     ) -> EncodedSample:
         """Tokenize one conversation; labels cover assistant turns (content and end-of-turn token).
 
         ``action_token_ids`` (robot bins or latent codes, already encoded by an action codec) are written
         in place of the one ``<action>`` placeholder of an assistant turn, as tokens, not as text, so they
-        never pass through the tokenizer's merges.
+        never pass through the tokenizer's merges. ``action_layout`` puts the state slot before them, or
+        (l1/flow heads) the action-query slots instead of them; slots are never labelled.
         """
+        if action_layout is not None and (action_token_ids is not None or action_layout.queries):
+            action_token_ids = action_layout.expansion(action_token_ids)
         messages = normalise_conversation(conversation)
         contents = [self._content_pieces(message["content"]) for message in messages]
         real = [
@@ -289,6 +339,7 @@ class MagmaProcessor(ProcessorMixin):
             sample.input_ids.extend(expansion)
             sample.labels.extend([IGNORE_INDEX] * len(expansion))
             self._check_length(len(sample.input_ids) + len(ids) - position - 1, "with its images ")
+        sample.mark_slots(self.tokens.pad_token_id)
         return sample
 
     def _check_length(self, length: int, what: str = "") -> None:
@@ -396,6 +447,7 @@ class MagmaProcessor(ProcessorMixin):
             labels=labels if bool((labels != IGNORE_INDEX).any()) else None,
             pixel_values=torch.cat(crops) if crops else None,
             image_grids=torch.tensor(grids, dtype=torch.long) if grids else None,
+            **_collate_action_fields(samples, length, padding_side),
         )
 
     def __call__(
@@ -403,9 +455,13 @@ class MagmaProcessor(ProcessorMixin):
         prompts: Content | Sequence[Content],
         images: Sequence[Sequence[ImageInput]] | Sequence[ImageInput] | None = None,
         system: str | None = None,
+        action_layout: ActionLayout | None = None,
+        states: Sequence[Sequence[float]] | None = None,
     ) -> ModelInputs:
         """Generation inputs, left-padded: one prompt or several, each a string with ``<image>`` placeholders
-        or a list of content parts (``prompt_content`` builds one from a template and untrusted values)."""
+        or a list of content parts (``prompt_content`` builds one from a template and untrusted values).
+        ``action_layout`` ends every prompt with the state slot (``states``: one normalised state per prompt)
+        and the action queries, as the ``<action>`` placeholder of a training sample begins."""
         single = isinstance(prompts, str) or (
             isinstance(prompts, list | tuple) and bool(prompts) and isinstance(prompts[0], dict)
         )
@@ -422,11 +478,52 @@ class MagmaProcessor(ProcessorMixin):
         for prompt, prompt_images in zip(prompt_list, image_lists, strict=True):
             turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
             samples.append(self.encode(turns, prompt_images, add_generation_prompt=True))
+        if action_layout is not None and (action_layout.state or action_layout.queries):
+            if action_layout.state and (states is None or len(states) != len(samples)):
+                raise ValueError(f"the model takes a state: give one per prompt ({len(samples)})")
+            for index, sample in enumerate(samples):
+                expansion = action_layout.expansion()
+                sample.input_ids += expansion
+                sample.labels += [IGNORE_INDEX] * len(expansion)
+                sample.mark_slots(self.tokens.pad_token_id)
+                sample.state = None if states is None else [float(value) for value in states[index]]
         return self.collate(samples, padding_side="left")
 
     def decode(self, token_ids: torch.Tensor | Sequence[int], skip_special_tokens: bool = True) -> str:
         ids = token_ids.tolist() if isinstance(token_ids, torch.Tensor) else list(token_ids)
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+def _collate_action_fields(samples: Sequence[EncodedSample], length: int, padding_side: str) -> dict[str, Any]:
+    """``action_slots``, ``states``, ``action_targets`` and ``action_mask`` of a batch, each only where some
+    sample has it (rows without get no slots, zero states and all-False masks)."""
+    fields: dict[str, Any] = {}
+    if any(sample.slots is not None for sample in samples):
+        slots = torch.full((len(samples), length), NO_SLOT, dtype=torch.long)
+        for row, sample in enumerate(samples):
+            if sample.slots is not None:
+                n = len(sample.slots)
+                span = slice(0, n) if padding_side == "right" else slice(length - n, length)
+                slots[row, span] = torch.tensor(sample.slots, dtype=torch.long)
+        fields["action_slots"] = slots
+    with_state = [sample.state for sample in samples if sample.state is not None]
+    if with_state:
+        states = torch.zeros((len(samples), len(with_state[0])), dtype=torch.float32)
+        for row, sample in enumerate(samples):
+            if sample.state is not None:
+                states[row] = torch.tensor(sample.state, dtype=torch.float32)
+        fields["states"] = states
+    with_targets = [sample.action_targets for sample in samples if sample.action_targets is not None]
+    if with_targets:
+        steps, dims = len(with_targets[0]), len(with_targets[0][0])
+        targets = torch.zeros((len(samples), steps, dims), dtype=torch.float32)
+        mask = torch.zeros((len(samples), steps), dtype=torch.bool)
+        for row, sample in enumerate(samples):
+            if sample.action_targets is not None:
+                targets[row] = torch.tensor(sample.action_targets, dtype=torch.float32)
+                mask[row] = torch.tensor(sample.action_mask or [True] * steps, dtype=torch.bool)
+        fields["action_targets"], fields["action_mask"] = targets, mask
+    return fields
 
 
 register_available()  # transformers' Auto classes, now that this module is complete (magma.auto_registration)

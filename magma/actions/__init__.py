@@ -16,6 +16,7 @@ from magma.actions.robot import (
     ActionStatistics,
     RobotActionCodec,
     load_action_statistics,
+    load_state_statistics,
     save_action_statistics,
     select_statistics,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "format_ui_action",
     "format_vwa_action",
     "load_action_statistics",
+    "load_state_statistics",
     "parse_aitw_action",
     "parse_som_answer",
     "parse_ui_action",

@@ -143,10 +143,35 @@ class ActionStatistics:
         )
 
 
-def save_action_statistics(path: str | os.PathLike, stats: Mapping[str, ActionStatistics]) -> None:
-    """Write `{dataset key: {"action": {...}}}` JSON atomically (temporary file, then rename)."""
-    payload = {key: {"action": value.to_dict()} for key, value in stats.items()}
+def save_action_statistics(
+    path: str | os.PathLike,
+    stats: Mapping[str, ActionStatistics],
+    state_stats: Mapping[str, ActionStatistics] | None = None,
+) -> None:
+    """Write `{dataset key: {"action": {...}, "state": {...}}}` JSON atomically (temporary file, then rename);
+    "state" (the proprioceptive state's statistics, for models that take it) only where given."""
+    payload: dict[str, dict[str, Any]] = {key: {"action": value.to_dict()} for key, value in stats.items()}
+    for key, value in (state_stats or {}).items():
+        payload.setdefault(key, {})["state"] = value.to_dict()
     write_json_atomically(Path(path), payload)
+
+
+def load_state_statistics(path: str | os.PathLike) -> dict[str, ActionStatistics]:
+    """The proprioceptive-state statistics of a statistics file, by dataset key (datasets without are left
+    out; every state dimension is normalised unless the file gives a mask)."""
+    load_action_statistics(path)  # the file's own checks
+    payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    stats = {}
+    for dataset_key, entry in payload.items():
+        if isinstance(entry.get("state"), dict):
+            try:
+                state = entry["state"]
+                stats[dataset_key] = ActionStatistics.from_dict(state, default_mask=[True] * len(state.get("q01", [])))
+            except ActionStatisticsError as error:
+                raise ActionStatisticsError(
+                    f"{error.reason} (the state statistics of dataset {dataset_key!r} in {path})", key=error.key
+                ) from error
+    return stats
 
 
 def load_action_statistics(path: str | os.PathLike) -> dict[str, ActionStatistics]:

@@ -229,14 +229,25 @@ def lerobot_shards(
     camera: Annotated[str | None, typer.Option("--camera", help="The video key to use (default: the first).")] = None,
     frame_stride: Annotated[int, typer.Option("--frame-stride", help="Use every n-th frame.")] = 1,
     samples_per_shard: ShardOption = 1000,
+    chunk_length: Annotated[
+        int,
+        typer.Option(
+            "--chunk-length", help="Future actions per sample (rows, masked past an episode's end), for chunk heads."
+        ),
+    ] = 1,
 ) -> None:
-    """Turn robot episodes into training shards (the sample contract, actions as floats) plus the
-    dataset_statistics.json the trainer's robot action codec reads."""
+    """Turn robot episodes into training shards (the sample contract, actions as floats, the proprioceptive
+    state) plus the dataset_statistics.json (action and state statistics) the trainer reads."""
     from data_tools.lerobot_dataset import LeRobotDatasetReader, episodes_to_shards
 
     reader = LeRobotDatasetReader(dataset)
     shards, statistics = episodes_to_shards(
-        reader, out, samples_per_shard=samples_per_shard, camera=camera, frame_stride=frame_stride
+        reader,
+        out,
+        samples_per_shard=samples_per_shard,
+        camera=camera,
+        frame_stride=frame_stride,
+        chunk_length=chunk_length,
     )
     typer.echo(f"{len(shards)} shards in {out}; action statistics: {statistics}")
 

@@ -15,14 +15,14 @@ from data_tools.config_files import (
     load_config_file,
     seed_problems,
 )
-from magma.config import optimizer_problems
+from magma.config import ACTION_HEADS, optimizer_problems
 from magma.data.config import DataConfig
 from magma.data.encoding import check_action_codecs
 from magma.data.loader import check_sources
 from magma.training.run_config import MixedPrecision, RunConfig, Schedule, run_problems
 
 TRAIN_CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs" / "train"
-MODULES = ("vision_tower", "projector", "language_model")
+MODULES = ("vision_tower", "projector", "language_model", "action_head")  # action_head: when the model has one
 
 
 @dataclass
@@ -46,6 +46,7 @@ class OptimConfig:
     vision_tower: ModuleOptimConfig = field(default_factory=ModuleOptimConfig)
     projector: ModuleOptimConfig = field(default_factory=ModuleOptimConfig)
     language_model: ModuleOptimConfig = field(default_factory=ModuleOptimConfig)
+    action_head: ModuleOptimConfig = field(default_factory=ModuleOptimConfig)  # state projector, queries, l1/flow
 
 
 @dataclass
@@ -78,6 +79,12 @@ class TrainConfig(RunConfig):
     optim: OptimConfig = field(default_factory=OptimConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # The robot action head (None: the model's own; a new model's is the token head). Setting any of these
+    # rebuilds the head with the data's action and state sizes (action.action_dim/state_dim from the robot
+    # source's statistics); its other settings (action.flow_steps, action.loss_weight, ...) are model_overrides.
+    action_head: str | None = None  # tokens | l1 | flow
+    chunk_length: int | None = None  # actions per sample and per answer (the shards need as many rows)
+    use_state: bool | None = None  # feed the proprioceptive state (the shards' "state", normalised)
 
     def global_batch_size(self, world_size: int) -> int:
         return self.data.batch_size * self.grad_accum_steps * world_size
@@ -143,6 +150,12 @@ def validate_train_config(config: TrainConfig, source: str) -> None:
         problems.append(f"data.split='{config.data.split}' must be auto, shards or samples")
     if not config.data.sources:
         problems.append("data.sources is empty; list at least one source with shards")
+    if config.action_head is not None and config.action_head not in ACTION_HEADS:
+        problems.append(f"action_head={config.action_head!r} must be one of {ACTION_HEADS} (or null: the model's)")
+    if config.chunk_length is not None:
+        count_problems(problems, 1, {"chunk_length": config.chunk_length})
+        if config.chunk_length > 256:
+            problems.append(f"chunk_length={config.chunk_length} must be at most 256")
     trained = [name for name in MODULES if getattr(config.optim, name).train]
     if not trained and not config.lora.enabled:
         problems.append("every module is frozen (optim.*.train=false) and LoRA is off: nothing would train")

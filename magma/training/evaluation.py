@@ -28,6 +28,8 @@ class EvalTotals:
     ui_correct: int = 0
     ui_samples: int = 0
     samples: int = 0
+    action_loss_sum: float = 0.0  # the l1/flow head's loss x its values
+    action_values: int = 0
 
     def as_tensor(self) -> torch.Tensor:
         return torch.tensor([float(getattr(self, name)) for name in self.__dataclass_fields__], dtype=torch.float64)
@@ -37,7 +39,7 @@ class EvalTotals:
         names = list(cls.__dataclass_fields__)
         return cls(
             **{
-                name: (float(v) if name == "loss_sum" else int(v))
+                name: (float(v) if name.endswith("loss_sum") else int(v))
                 for name, v in zip(names, values.tolist(), strict=True)
             }
         )
@@ -50,6 +52,8 @@ class EvalTotals:
             metrics[f"{prefix}/action_token_accuracy"] = self.action_correct / self.action_tokens
         if self.ui_samples:
             metrics[f"{prefix}/ui_exact_match"] = self.ui_correct / self.ui_samples
+        if self.action_values:
+            metrics[f"{prefix}/action_loss"] = self.action_loss_sum / self.action_values
         return metrics
 
 

@@ -54,7 +54,9 @@ def set_trainable(model: MagmaForCausalLM, optim: OptimConfig, lora_enabled: boo
     train. Returns trainable parameter counts per module."""
     counts = {}
     for module_name in MODULES:
-        module: nn.Module = getattr(model, module_name)
+        module: nn.Module | None = getattr(model, module_name)
+        if module is None:  # no action head
+            continue
         train = getattr(optim, module_name).train
         for name, parameter in module.named_parameters():
             if module_name == "language_model" and lora_enabled:
@@ -99,7 +101,9 @@ def parameter_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
     without (biases, norms)."""
     groups = []
     for module_name in MODULES:
-        module: nn.Module = getattr(model, module_name)
+        module: nn.Module | None = getattr(model, module_name)
+        if module is None:
+            continue
         lr = getattr(optim, module_name).lr or optim.lr
         groups += weight_decay_groups(module.named_parameters(), optim.weight_decay, module_name, lr)
     return groups

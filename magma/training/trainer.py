@@ -21,7 +21,14 @@ from typing import Any
 
 import torch
 
-from magma.actions import ACTION_STATISTICS_FILENAME, ActionStatistics
+from data_tools.config_files import ConfigError
+from magma.actions import (
+    ACTION_STATISTICS_FILENAME,
+    ActionStatistics,
+    load_action_statistics,
+    load_state_statistics,
+    select_statistics,
+)
 from magma.checkpoint import load_checkpoint_action_statistics
 from magma.data.encoding import SampleEncoder
 from magma.data.loader import build_eval_loader, build_train_loader
@@ -53,8 +60,43 @@ def inherited_action_statistics(config: TrainConfig) -> dict[str, ActionStatisti
     return load_checkpoint_action_statistics(config.model) if statistics_file.is_file() else {}
 
 
+def action_head_fields(config: TrainConfig, model: MagmaForCausalLM) -> dict[str, Any]:
+    """The ``action`` settings the recipe asks for (``action_head``, ``chunk_length``, ``use_state``), with the
+    action and state sizes of its first robot source; empty when it asks for none."""
+    asked = {name: getattr(config, name, None) for name in ("action_head", "chunk_length", "use_state")}
+    if all(value is None for value in asked.values()):  # (GRPO's config has none of them)
+        return {}
+    current = model.config.action
+    fields: dict[str, Any] = {
+        "head": asked["action_head"] or current.head,
+        "chunk_length": asked["chunk_length"] or current.chunk_length,
+    }
+    robot = [source for source in config.data.sources if source.action_codec == "robot"]
+    if not robot:
+        raise ConfigError(
+            "action_head / chunk_length / use_state need a robot source in data.sources (action_codec: robot)"
+        )
+    source = robot[0]
+    fields["action_dim"] = select_statistics(
+        load_action_statistics(source.statistics), source.statistics_key
+    ).action_dim
+    use_state = current.state_dim > 0 if asked["use_state"] is None else asked["use_state"]
+    fields["state_dim"] = 0
+    if use_state:
+        states = load_state_statistics(source.statistics)
+        key = source.statistics_key or (next(iter(states)) if len(states) == 1 else None)
+        if key not in states:
+            raise ConfigError(
+                f"use_state=true but {source.statistics} has no state statistics for source '{source.name}'; rebuild "
+                "the shards with `agent data lerobot-shards` (it writes them) or set use_state=false"
+            )
+        fields["state_dim"] = states[key].action_dim
+    return fields
+
+
 def load_model_and_processor(config: TrainConfig) -> tuple[MagmaForCausalLM, MagmaProcessor]:
-    """A checkpoint directory (fine-tuning) or a model preset/YAML (new weights, seeded by config.seed)."""
+    """A checkpoint directory (fine-tuning) or a model preset/YAML (new weights, seeded by config.seed);
+    then the action head the recipe asks for (a changed head starts from fresh weights)."""
     source = Path(config.model)
     if (source / "config.json").is_file():
         model = MagmaForCausalLM.from_pretrained(source, dtype=torch.float32)
@@ -62,17 +104,28 @@ def load_model_and_processor(config: TrainConfig) -> tuple[MagmaForCausalLM, Mag
         if config.gradient_checkpointing:
             model.language_model.activation_checkpointing_enable()
             model.vision_tower.set_gradient_checkpointing(True)
-        return model.train(), processor
-    overrides = list(config.model_overrides)
-    if config.gradient_checkpointing:
-        overrides += ["text.gradient_checkpointing=true", "vision.gradient_checkpointing=true"]
-    model = MagmaForCausalLM.from_config(config.model, overrides)
-    return model.train(), MagmaProcessor.from_config(model.config)
+    else:
+        overrides = list(config.model_overrides)
+        if config.gradient_checkpointing:
+            overrides += ["text.gradient_checkpointing=true", "vision.gradient_checkpointing=true"]
+        model = MagmaForCausalLM.from_config(config.model, overrides)
+        processor = MagmaProcessor.from_config(model.config)
+    fields = action_head_fields(config, model)
+    if fields and any(getattr(model.config.action, key) != value for key, value in fields.items()):
+        model.set_action_head(**fields)
+    processor.config.action = model.config.action
+    return model.train(), processor
 
 
 def label_tokens(batch: TrainBatch) -> int:
     labels = batch.inputs.labels
     return 0 if labels is None else int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def action_values(batch: TrainBatch) -> int:
+    """The chunk values the l1/flow head's loss averages in this batch (valid steps x action dimensions)."""
+    targets, mask = batch.inputs.action_targets, batch.inputs.action_mask
+    return 0 if targets is None or mask is None else int(mask.sum()) * int(targets.shape[-1])
 
 
 def batch_digest(batches: list[TrainBatch]) -> str:
@@ -119,29 +172,42 @@ class Trainer(TrainingRun):
         global_batch = config.global_batch_size(world)
         step_started = time.perf_counter()
         micro_batches = [next(self.batches) for _ in range(config.grad_accum_steps)]
-        local_tokens = sum(label_tokens(batch) for batch in micro_batches)
-        step_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum"))
+        local = [
+            sum(label_tokens(batch) for batch in micro_batches),
+            sum(action_values(batch) for batch in micro_batches),
+        ]
+        step_tokens, step_values = (
+            int(v) for v in accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum").tolist()
+        )
+        weight = accelerator.unwrap_model(self.model).config.action.loss_weight
         loss_sum = torch.zeros((), device=accelerator.device)
+        action_loss_sum = torch.zeros((), device=accelerator.device)
         for index, batch in enumerate(micro_batches):
             with accelerator.accumulate(self.model), accelerator.autocast():
                 out = self.model(**batch.inputs.to(accelerator.device).as_kwargs())
-                # mean loss -> this batch's share of the step's tokens; undo accelerate's 1/accum
-                # and DDP's 1/world averaging, so the gradient is the global token mean
-                share = out.num_label_tokens / max(step_tokens, 1)
-                accelerator.backward(out.loss * share * config.grad_accum_steps * world)
-                loss_sum += out.loss.detach().float() * out.num_label_tokens
+                # mean losses -> this batch's share of the step's label tokens (LM) and chunk values (l1/flow
+                # head); undo accelerate's 1/accum and DDP's 1/world averaging, so the gradient is the global mean
+                objective = out.lm_loss * (out.num_label_tokens / max(step_tokens, 1))
+                if out.action_loss is not None:
+                    objective = objective + weight * out.action_loss * (out.num_action_values / max(step_values, 1))
+                    action_loss_sum += out.action_loss.detach().float() * out.num_action_values
+                accelerator.backward(objective * config.grad_accum_steps * world)
+                loss_sum += out.lm_loss.detach().float() * out.num_label_tokens
                 if accelerator.sync_gradients and config.optim.max_grad_norm > 0:
                     grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), config.optim.max_grad_norm)
                 else:
                     grad_norm = None
                 if index == len(micro_batches) - 1:  # before the update: a diverged step is never applied
-                    stop_if_diverged(accelerator, state.step + 1, {"training loss": loss_sum}, self.run, grad_norm)
+                    losses = {"training loss": loss_sum, "action head loss": action_loss_sum}
+                    stop_if_diverged(accelerator, state.step + 1, losses, self.run, grad_norm)
                 self.optimizer.step()
                 if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
                     self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
         state.label_tokens += step_tokens
-        step_loss = float(accelerator.reduce(loss_sum, "sum")) / max(step_tokens, 1)
+        lm_loss = float(accelerator.reduce(loss_sum, "sum")) / max(step_tokens, 1)
+        action_loss = float(accelerator.reduce(action_loss_sum, "sum")) / max(step_values, 1)
+        step_loss = lm_loss + weight * action_loss  # the objective: the LM's token mean plus the weighted head loss
         state.last_loss = step_loss
         samples_per_s = global_batch / (time.perf_counter() - step_started)
         metrics = {
@@ -152,6 +218,8 @@ class Trainer(TrainingRun):
             "label_tokens": step_tokens,
             "batch_digest": batch_digest(micro_batches),
         }
+        if step_values:
+            metrics |= {"lm_loss": lm_loss, "action_loss": action_loss, "action_values": step_values}
         progress = {"loss": f"{step_loss:.4f}", "samples_per_s": f"{samples_per_s:.1f}"}
         return StepResult(metrics, samples=global_batch, progress=progress)
 
@@ -201,8 +269,12 @@ class Trainer(TrainingRun):
                     break  # every process stops at the same count, so the forward passes stay in step
                 with accelerator.autocast():
                     out = self.model(**batch.inputs.to(accelerator.device).as_kwargs(), return_label_predictions=True)
-                if counts and out.label_predictions is not None:
-                    scorer.add(totals, batch, out.loss, out.num_label_tokens, out.label_predictions)
+                if counts and out.label_predictions is not None and batch.inputs.labels is not None:
+                    scorer.add(totals, batch, out.lm_loss, out.num_label_tokens, out.label_predictions)
+                if counts and out.action_loss is not None:
+                    totals.action_loss_sum += float(out.action_loss) * out.num_action_values
+                    totals.action_values += out.num_action_values
+                    totals.samples += 0 if batch.inputs.labels is not None else len(batch.sample_ids)
             reduced = EvalTotals.from_tensor(accelerator.reduce(totals.as_tensor().to(accelerator.device), "sum").cpu())
             metrics |= reduced.metrics(f"eval/{source.name}")
             for name in overall.__dataclass_fields__:
@@ -230,6 +302,7 @@ class Trainer(TrainingRun):
                 directory,
                 tokenizer=self.processor.tokenizer,
                 action_statistics=inherited_action_statistics(self.config) | self.encoder.robot_statistics() or None,
+                state_statistics=self.encoder.state_statistics() or None,
             )
 
     def summary_fields(self) -> dict[str, Any]:
