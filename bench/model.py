@@ -1,4 +1,4 @@
-"""Model benchmarks on CPU: training-step throughput, KV-cache generation speed, training-step memory.
+"""Model benchmarks on CPU: training throughput and memory, KV-cache generation speed, action-chunk speed.
 
 Each figure is one JSON line on stdout (``{"name", "value", "unit", "baseline", "ratio", ...}``);
 progress goes to stderr. Figures, per model config:
@@ -15,8 +15,16 @@ progress goes to stderr. Figures, per model config:
   Each measurement runs in a fresh process: peak RSS (VmHWM, reset through /proc/self/clear_refs)
   minus the RSS just before the step, with gradient buffers already allocated (as in a training loop
   that keeps them), so the figure is activations, logits and temporaries.
+* ``action_chunk_per_s/<config>/<head>``: chunks/s of ``MagmaRobotPolicy.act`` giving an H=8 chunk of
+  7-D actions from one observation (a 224x224 image and an instruction), per action head: ``tokens``
+  (8 x 7 = 56 greedy tokens constrained to the action bins, KV cache; the baseline), ``l1`` and
+  ``flow`` (``action.flow_steps`` Euler steps) from one forward pass, and ``l1_state8`` (l1 with an
+  8-D proprioceptive state). Ratio is token chunk time / head chunk time; ``time_vs_tokens`` is its
+  inverse. The heads run interleaved, round by round, so machine load falls on all alike; the
+  figures carry ``os.getloadavg()``. Random weights and made-up action statistics. With a CUDA device
+  the Magma-8B shape runs too (bf16, tokens vs l1); without one it is skipped with a note.
 
-Usage: ``python bench/model.py [--configs magma-tiny magma-100m] [--quick] [--threads 2]``
+Usage: ``python bench/model.py [--configs magma-tiny magma-100m] [--quick] [--threads 2] [--only chunks]``
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import contextlib
 import ctypes
 import gc
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -44,9 +53,12 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout without an inst
 
 import report  # noqa: E402  (bench/report.py)
 
+from magma.actions import ActionStatistics, RobotActionCodec  # noqa: E402
 from magma.config import load_config  # noqa: E402
+from magma.configuration_magma import MagmaConfig  # noqa: E402
 from magma.model import IGNORE_INDEX, MagmaForCausalLM, default_dtype  # noqa: E402
-from magma.processor import MagmaProcessor, ModelInputs  # noqa: E402
+from magma.policies.robot import MagmaRobotPolicy  # noqa: E402
+from magma.processor import MagmaProcessor, ModelInputs, prompt_content  # noqa: E402
 
 SEED = 0
 DEVICE = torch.device("cpu")  # --device; on CUDA the model runs in bf16
@@ -54,6 +66,13 @@ IMAGE_SIZE = (240, 320)  # (height, width): a multi-crop grid for both configs
 LABEL_FRACTION = 0.25  # share of the batch's real tokens that carry a label
 REALISTIC_VOCAB = 32000
 MEMORY_MODES = ("labelled", "full")
+SECTIONS = ("train", "generate", "memory", "chunks")
+CHUNK_LENGTH = 8  # H actions per chunk
+CHUNK_ACTION_DIM = 7  # D: a 6-DoF end-effector delta + gripper
+CHUNK_STATE_DIM = 8  # the l1_state8 variant's proprioceptive state
+CHUNK_IMAGE_SIZE = (224, 224)
+CHUNK_INSTRUCTION = "put the red cube in the blue bowl"
+CHUNK_LARGE_CONFIG = "magma-8b"  # measured on CUDA only
 
 PROMPTS = [
     "<image>\nWhat is the robot arm doing in this picture?",
@@ -79,6 +98,7 @@ class Plan:
     gen_tokens: int
     gen_min_time_s: float  # repeat a generate call until this much time has passed (at most 5 runs)
     memory_vocabs: tuple[int | None, ...]
+    chunk_runs: int  # timed act() calls per head, after one warm-up call each
 
 
 def plan_for(config_name: str, quick: bool) -> Plan:
@@ -91,6 +111,7 @@ def plan_for(config_name: str, quick: bool) -> Plan:
             gen_tokens=16,
             gen_min_time_s=0.0,
             memory_vocabs=(REALISTIC_VOCAB,),
+            chunk_runs=3,
         )
     if config_name == "magma-100m":  # ~4-5 s per training step on 2 cores: few steps, batch-1 generation
         return Plan(
@@ -101,6 +122,7 @@ def plan_for(config_name: str, quick: bool) -> Plan:
             gen_tokens=32,
             gen_min_time_s=0.0,
             memory_vocabs=(None, REALISTIC_VOCAB),
+            chunk_runs=5,
         )
     return Plan(
         batch=4,
@@ -110,6 +132,7 @@ def plan_for(config_name: str, quick: bool) -> Plan:
         gen_tokens=64,
         gen_min_time_s=1.0,
         memory_vocabs=(None, REALISTIC_VOCAB),
+        chunk_runs=7,
     )
 
 
@@ -117,8 +140,16 @@ def log(message: str) -> None:
     report.log("model", message)
 
 
-def emit(name: str, value: float, unit: str, baseline: str | None = None, ratio: float | None = None, **extra) -> None:
-    report.emit(name, value, unit, baseline, ratio, device=str(DEVICE), **extra)
+def emit(
+    name: str,
+    value: float,
+    unit: str,
+    baseline: str | None = None,
+    ratio: float | None = None,
+    device: torch.device | None = None,
+    **extra,
+) -> None:
+    report.emit(name, value, unit, baseline, ratio, device=str(device or DEVICE), **extra)
 
 
 def overrides_for(vocab: int | None) -> list[str]:
@@ -437,6 +468,158 @@ def bench_memory(config_name: str, plan: Plan, threads: int) -> None:
         emit(f"train_step_peak_mem_mib_full_logits/{suffix}", full["peak_extra_mib"], "MiB", **extra)
 
 
+# ---- 4. action chunks: the one-pass heads against token decoding ------------------------------------------
+@dataclass(frozen=True)
+class ChunkVariant:
+    """One policy to time: its figure label, action head and proprioceptive state size."""
+
+    label: str
+    head: str
+    state_dim: int = 0
+
+
+CHUNK_VARIANTS = (
+    ChunkVariant("tokens", "tokens"),
+    ChunkVariant("l1", "l1"),
+    ChunkVariant("flow", "flow"),
+    ChunkVariant(f"l1_state{CHUNK_STATE_DIM}", "l1", CHUNK_STATE_DIM),
+)
+CHUNK_VARIANTS_LARGE = CHUNK_VARIANTS[:2]  # the 8B shape: tokens vs l1
+TOKEN_BASELINE = (
+    f"token head: {CHUNK_LENGTH} x {CHUNK_ACTION_DIM} greedy tokens constrained to the action bins, KV cache"
+)
+
+
+def chunk_config(config_name: str, variant: ChunkVariant) -> MagmaConfig:
+    overrides = [
+        f"action.head={variant.head}",
+        f"action.chunk_length={CHUNK_LENGTH}",
+        f"action.state_dim={variant.state_dim}",
+    ]
+    if variant.head != "tokens":  # the token head takes D from the action statistics
+        overrides.append(f"action.action_dim={CHUNK_ACTION_DIM}")
+    config = load_config(config_name, overrides)
+    if config.tokenizer is None:  # magma-8b ships no tokenizer: drive its shape with the tiny tokenizer's ids
+        bundled = load_config("magma-tiny")
+        config.tokens, config.tokenizer = bundled.tokens, bundled.tokenizer
+    return config
+
+
+def made_up_statistics(dim: int, seed: int, gripper: bool) -> ActionStatistics:
+    """Statistics of random data; with ``gripper`` the last dimension is left unnormalised, as a gripper is."""
+    values = np.random.default_rng(seed).normal(size=(256, dim))
+    return ActionStatistics.compute(values, mask=[True] * (dim - 1) + [not gripper])
+
+
+def chunk_policy(config_name: str, variant: ChunkVariant, device: torch.device) -> MagmaRobotPolicy:
+    """A policy as a user builds it (model + processor + codec), random weights, on ``device``."""
+    config = chunk_config(config_name, variant)
+    torch.manual_seed(SEED)
+    with device:  # build in place: the 8B shape never passes through CPU memory
+        model = MagmaForCausalLM(config)
+    model = model.to(device, default_dtype(device))
+    codec = RobotActionCodec(made_up_statistics(CHUNK_ACTION_DIM, SEED, gripper=True), config.tokens.base_vocab_size)
+    state_statistics = made_up_statistics(variant.state_dim, SEED + 1, gripper=False) if variant.state_dim else None
+    return MagmaRobotPolicy(
+        model,
+        MagmaProcessor.from_config(config),
+        codec,
+        state_statistics=state_statistics,
+        generator=torch.Generator(device=device).manual_seed(SEED),
+    )
+
+
+def load_average() -> list[float]:
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def bench_chunks(
+    config_name: str, device: torch.device, variants: tuple[ChunkVariant, ...], runs: int, threads: int
+) -> None:
+    """Time ``act`` per head, the heads interleaved round by round so that load changes touch all alike."""
+    policies = {variant.label: chunk_policy(config_name, variant, device) for variant in variants}
+    rng = np.random.default_rng(SEED)
+    observation = {
+        "image": rng.integers(0, 256, (*CHUNK_IMAGE_SIZE, 3), dtype=np.uint8),
+        "state": rng.normal(size=CHUNK_STATE_DIM),  # read only by the policies whose model takes a state
+    }
+    tokens = policies["tokens"]
+    prompt = prompt_content(tokens.prompt, instruction=CHUNK_INSTRUCTION)
+    prompt_len = int(tokens.processor(prompt, [observation["image"]]).input_ids.shape[1])
+    log(
+        f"{config_name}: action chunks H={CHUNK_LENGTH} D={CHUNK_ACTION_DIM} on {device}, prompt {prompt_len} "
+        f"tokens, heads {', '.join(policies)}, 1 warm-up + {runs} timed calls each"
+    )
+    for label, policy in policies.items():
+        policy.reset({"instruction": CHUNK_INSTRUCTION})
+        chunk = policy.act(observation)  # warm-up
+        if chunk.shape != (CHUNK_LENGTH, CHUNK_ACTION_DIM) or not np.all(np.isfinite(chunk)):
+            raise RuntimeError(
+                f"{label}: act gave a {chunk.shape} chunk, expected finite {CHUNK_LENGTH}x{CHUNK_ACTION_DIM}"
+            )
+    load_before = load_average()
+    wall: dict[str, list[float]] = {label: [] for label in policies}
+    cpu: dict[str, list[float]] = {label: [] for label in policies}
+    for _ in range(runs):
+        for label, policy in policies.items():
+            synchronize()
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            policy.act(observation)  # returns numpy: the device work is done
+            wall[label].append(time.perf_counter() - start_wall)
+            cpu[label].append(time.process_time() - start_cpu)
+    load_after = load_average()
+    if tokens.invalid_outputs:
+        log(f"{config_name}: WARNING {tokens.invalid_outputs} token chunks were not valid actions")
+    token_s = statistics.median(wall["tokens"])
+    for variant in variants:
+        policy, median_s = policies[variant.label], statistics.median(wall[variant.label])
+        extra = {
+            "config": config_name,
+            "head": variant.head,
+            "state_dim": variant.state_dim,
+            "chunk_length": CHUNK_LENGTH,
+            "action_dim": CHUNK_ACTION_DIM,
+            "image": f"{CHUNK_IMAGE_SIZE[1]}x{CHUNK_IMAGE_SIZE[0]}",
+            "prompt_len": prompt_len,
+            "runs": runs,
+            "median_s": round(median_s, 4),
+            "min_s": round(min(wall[variant.label]), 4),  # the least disturbed call, for a loaded machine
+            "median_cpu_s": round(statistics.median(cpu[variant.label]), 4),
+            "dtype": str(policy.model.dtype).removeprefix("torch."),
+            "threads": threads if device.type == "cpu" else None,
+            "load_avg_before": load_before,
+            "load_avg_after": load_after,
+            "cpu_count": os.cpu_count(),
+        }
+        name = f"action_chunk_per_s/{config_name}/{variant.label}"
+        if variant.head == "tokens":
+            emit(name, 1 / median_s, "chunks/s", device=device, new_tokens=CHUNK_LENGTH * CHUNK_ACTION_DIM, **extra)
+            log(f"{config_name}: tokens {median_s:.3f} s per chunk")
+            continue
+        if variant.head == "flow":
+            extra["flow_steps"] = policy.action.flow_steps
+        emit(
+            name,
+            1 / median_s,
+            "chunks/s",
+            baseline=TOKEN_BASELINE,
+            ratio=token_s / median_s,
+            device=device,
+            baseline_value=round(1 / token_s, 3),
+            time_vs_tokens=round(median_s / token_s, 4),
+            **extra,
+        )
+        log(f"{config_name}: {variant.label} {median_s:.3f} s per chunk, {token_s / median_s:.1f}x tokens")
+    log(f"{config_name}: load average {load_before} before, {load_after} after, {os.cpu_count()} CPUs")
+
+
+def bench_chunks_large(runs: int, threads: int) -> None:
+    if not torch.cuda.is_available():
+        log(f"{CHUNK_LARGE_CONFIG}: no CUDA device, its action-chunk figures (bf16, tokens vs l1) are skipped")
+        return
+    bench_chunks(CHUNK_LARGE_CONFIG, torch.device("cuda"), CHUNK_VARIANTS_LARGE, runs, threads)
+
+
 # ---- driver ----------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -444,9 +627,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--configs",
         nargs="+",
         default=None,
-        help="model configs to measure (default: magma-tiny magma-100m; magma-tiny with --quick)",
+        help=(
+            "model configs to measure (default: magma-tiny magma-100m, and "
+            f"{CHUNK_LARGE_CONFIG} for the chunks section where CUDA is present; magma-tiny with --quick); "
+            f"{CHUNK_LARGE_CONFIG} runs the chunks section only"
+        ),
     )
     parser.add_argument("--quick", action="store_true", help="a fast smoke run: magma-tiny, fewer steps and tokens")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(SECTIONS),
+        help="run only these sections (default: all); e.g. --only chunks for the action-chunk speeds alone",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2, as on CI)")
     parser.add_argument("--device", default="cpu", help="cpu (default, fp32) or cuda (bf16)")
     parser.add_argument("--measure-memory", nargs=2, metavar=("MODE", "CONFIG"), help=argparse.SUPPRESS)
@@ -467,20 +661,29 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--measure-memory MODE must be one of {MEMORY_MODES}")
         measure_memory_child(mode, config_name, args.vocab, args.batch)
         return
-    configs = args.configs or (["magma-tiny"] if args.quick else ["magma-tiny", "magma-100m"])
+    requested = args.configs or (["magma-tiny"] if args.quick else ["magma-tiny", "magma-100m", CHUNK_LARGE_CONFIG])
+    sections = set(args.only)
     started = time.perf_counter()
-    for config_name in configs:
+    for config_name in [name for name in requested if name != CHUNK_LARGE_CONFIG]:
         plan = plan_for(config_name, args.quick)
-        model, processor = build_model(config_name)
-        log(
-            f"{config_name}: {model.parameter_counts()['total'] / 1e6:.1f}M parameters "
-            f"on {DEVICE}, {args.threads} threads"
-        )
-        bench_train_step(config_name, model, processor, plan, args.threads)
-        bench_generate(config_name, model, processor, plan, args.threads)
-        del model
-        gc.collect()
-        bench_memory(config_name, plan, args.threads)
+        if sections & {"train", "generate"}:
+            model, processor = build_model(config_name)
+            log(
+                f"{config_name}: {model.parameter_counts()['total'] / 1e6:.1f}M parameters "
+                f"on {DEVICE}, {args.threads} threads"
+            )
+            if "train" in sections:
+                bench_train_step(config_name, model, processor, plan, args.threads)
+            if "generate" in sections:
+                bench_generate(config_name, model, processor, plan, args.threads)
+            del model
+            gc.collect()
+        if "memory" in sections:
+            bench_memory(config_name, plan, args.threads)
+        if "chunks" in sections:
+            bench_chunks(config_name, DEVICE, CHUNK_VARIANTS, plan.chunk_runs, args.threads)
+    if CHUNK_LARGE_CONFIG in requested and "chunks" in sections:
+        bench_chunks_large(plan_for(CHUNK_LARGE_CONFIG, args.quick).chunk_runs, args.threads)
     log(f"done in {time.perf_counter() - started:.1f} s")
 
 
