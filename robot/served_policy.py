@@ -8,11 +8,15 @@ episodes of several robots never mix. Requests of several clients are run togeth
 generate call); otherwise each session's ``act`` is called in turn (the per-item fallback).
 
 A Magma checkpoint without robot action statistics (a UI/web fine-tune) is served for chat only: its
-robot sessions refuse every request, naming the missing file and the fix.
+robot sessions refuse every request, naming the missing file and the fix. A robot-action checkpoint answers
+what its action head gives: one action, or a chunk of ``action.chunk_length`` actions; its metadata says
+which head, how many actions, and the sizes of the actions and of the state it reads
+(:class:`MagmaPolicySpec`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 from collections.abc import Callable
@@ -32,6 +36,14 @@ POLICY_NAMES = ("magma", "lapa", "scripted")
 
 class PolicyLoadError(UserFacingError, ValueError):
     """An unknown policy name, a missing model, or a custom factory that does not give a ServedPolicy."""
+
+
+@dataclass
+class MagmaPolicySpec(PolicySpec):
+    """A served Magma checkpoint's spec: the metadata also names its action head (``tokens``, ``l1``,
+    ``flow``); ``chunk_length``, ``action_dim`` and ``state_dim`` are the checkpoint's."""
+
+    action_head: str = "tokens"
 
 
 @dataclass
@@ -127,24 +139,26 @@ class ChatOnlySession:
         )
 
 
-def load_magma(model: str | None, spec: PolicySpec, name: str = "magma", statistics_key: str | None = None):
+def load_magma(
+    model: str | None,
+    spec: PolicySpec,
+    name: str = "magma",
+    statistics_key: str | None = None,
+    chunk_length: int | None = None,
+    state_dim: int | None = None,
+) -> ServedPolicy:
     """A Magma checkpoint: robot actions (``magma.policies.robot.MagmaRobotPolicy``) and its chat model, or
     chat alone when the checkpoint has no action statistics (a UI/web fine-tune); robot clients are then
-    refused with the reason (:class:`ChatOnlySession`)."""
+    refused with the reason (:class:`ChatOnlySession`). ``chunk_length`` and ``state_dim`` (``--chunk-length``,
+    ``--state-dim``; None: the checkpoint's) must be the checkpoint's when given."""
     from robot.openai_chat import ChatModel
 
     if not model:
         raise PolicyLoadError(f"--policy {name} needs --model DIR (a Magma checkpoint directory)")
-    if spec.chunk_length != 1:
-        raise PolicyLoadError(
-            f"--chunk-length {spec.chunk_length}: a {name} checkpoint answers one action per observation; "
-            "leave --chunk-length at 1 (it is for policies that plan ahead, such as --policy scripted)"
-        )
     if not Path(model).is_dir():
         raise PolicyLoadError(f"--model '{model}' is not a checkpoint directory; give the folder with config.json")
     device = "cuda" if _cuda_available() else "cpu"
     spec.policy, spec.model_id = name, spec.model_id or Path(model).resolve().name
-    spec.chunk_length = 1
     if not (Path(model) / ACTION_STATISTICS_FILENAME).is_file():
         if statistics_key is not None:
             raise PolicyLoadError(
@@ -153,6 +167,9 @@ def load_magma(model: str | None, spec: PolicySpec, name: str = "magma", statist
             )
         chat_model, processor = _load_chat_model(model, device)
         spec.action_statistics = None
+        spec.chunk_length = 1
+        if state_dim is not None:
+            spec.state_dim = state_dim
         return ServedPolicy(
             spec=spec,
             make_session=lambda: ChatOnlySession(model),
@@ -160,18 +177,36 @@ def load_magma(model: str | None, spec: PolicySpec, name: str = "magma", statist
             processor=processor,
             serves_actions=False,
         )
+    from magma.checkpoint import load_checkpoint_config
     from magma.policies.robot import MagmaRobotPolicy
 
+    action = load_checkpoint_config(model).action  # checked before the weights load
+    _check_matches_checkpoint("--chunk-length", chunk_length, action.chunk_length, "action.chunk_length", model)
+    if action.state_dim:
+        _check_matches_checkpoint("--state-dim", state_dim, action.state_dim, "action.state_dim", model)
     policy = MagmaRobotPolicy.from_pretrained(model, statistics_key=statistics_key, device=device)
-    spec.action_dim = policy.codec.action_dim
-    spec.action_statistics = policy.codec.stats.to_dict()
+    common = {entry.name: getattr(spec, entry.name) for entry in dataclasses.fields(PolicySpec)}
+    served_spec = MagmaPolicySpec(**common, action_head=action.head)
+    served_spec.chunk_length = action.chunk_length
+    # a model without state input reads none; --state-dim still makes clients send one of that size
+    served_spec.state_dim = action.state_dim or (state_dim if state_dim is not None else spec.state_dim)
+    served_spec.action_dim = policy.codec.action_dim
+    served_spec.action_statistics = policy.codec.stats.to_dict()
     return ServedPolicy(
-        spec=spec,
+        spec=served_spec,
         make_session=lambda: _MagmaSession(policy),
         act_batch=lambda sessions, observations: _magma_batch(policy, sessions, observations),
-        chat=ChatModel(policy.model, policy.processor, spec.model_id),
+        chat=ChatModel(policy.model, policy.processor, served_spec.model_id),
         processor=policy.processor,
     )
+
+
+def _check_matches_checkpoint(option: str, asked: int | None, saved: int, field: str, model: str) -> None:
+    if asked is not None and asked != saved:
+        raise PolicyLoadError(
+            f"{option} {asked}: checkpoint '{model}' was trained with {field}={saved}, and serves exactly that; "
+            f"pass {option} {saved} or leave {option} out"
+        )
 
 
 def _load_chat_model(directory: str, device: str) -> tuple[Any, Any]:
@@ -202,14 +237,28 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def load_served_policy(name: str, model: str | None, spec: PolicySpec, statistics_key: str | None = None):
+def load_served_policy(
+    name: str,
+    model: str | None,
+    spec: PolicySpec,
+    statistics_key: str | None = None,
+    chunk_length: int | None = None,
+    state_dim: int | None = None,
+) -> ServedPolicy:
     """``magma`` | ``lapa`` | ``scripted`` | ``package.module:factory`` (``factory(model, spec) -> ServedPolicy``).
 
     ``lapa`` serves a latent-VLA checkpoint fine-tuned to robot actions by the lapa pipeline: that
     checkpoint is a robot-action Magma checkpoint (same format, same codec), so it loads as ``magma``.
+    ``chunk_length`` and ``state_dim`` are what the command line asked for (None: not asked): a checkpoint
+    serves its own and refuses others; any other policy gets them in ``spec`` (``spec``'s own when None).
+    The spec to serve is the returned policy's ``spec``.
     """
     if name in ("magma", "lapa"):
-        return load_magma(model, spec, name=name, statistics_key=statistics_key)
+        return load_magma(model, spec, name, statistics_key, chunk_length, state_dim)
+    if chunk_length is not None:
+        spec.chunk_length = chunk_length
+    if state_dim is not None:
+        spec.state_dim = state_dim
     if name == "scripted":
         return load_scripted(model, spec)
     if ":" not in name:

@@ -2,8 +2,9 @@
 
 1. record: Meta-World's scripted experts on a few tasks, seeds 1000.. (held apart from the evaluation's
    seeds 0..N-1), as a LeRobot v3 dataset with instructions, and as training shards;
-2. train: magma-tiny from new weights on those shards (``agent train --config metaworld-demo-tiny``: its
-   progress bar and metrics.jsonl), and the same weights untrained, as the baseline;
+2. train: magma-tiny from new weights on those shards (``agent train --config metaworld-demo-tiny``: the l1
+   action-chunk head with the arm's state; its progress bar and metrics.jsonl), and the same weights untrained,
+   as the baseline;
 3. evaluate: the trained policy, the untrained one and the expert on held-out seeds through the
    ``agent run metaworld`` runner (results.jsonl, report.html, an mp4 per episode);
 4. daemon: the trained policy served (``agent serve``) drives Meta-World's arm through the control daemon
@@ -44,8 +45,8 @@ STAGE_OUTPUTS = {
 }
 TRAIN_SEED_BASE = 1000  # demonstrations from seeds 1000..; evaluation on seeds 0..N-1, never seen in training
 RECORD_MAX_STEPS = 200  # the experts solve these tasks in under 100 steps; a slower episode is dropped
-# The daemon's rate here: magma-tiny answers one action in about 80 ms on a CPU core (request, image processing,
-# 4 decoded tokens), so the 20 Hz of configs/robot/sim-metaworld.yaml would skip every late answer and hold.
+# The daemon's rate here: on a busy CPU core magma-tiny's answer (request, image processing, one forward pass for
+# the chunk) and Meta-World's software render take tens of milliseconds each; 5 Hz leaves room for both.
 DAEMON_HZ = 5
 MARKER_FILE = "demo.json"
 MADE_BY = "agent demo"
@@ -64,12 +65,13 @@ class DemoStageError(UserFacingError, RuntimeError):
 class DemoSettings:
     """Everything that decides the demo's results; a second run must give the same to reuse stages."""
 
-    tasks: list[str] = field(default_factory=lambda: ["drawer-close", "window-close", "button-press-topdown"])
+    tasks: list[str] = field(default_factory=lambda: ["window-close", "button-press-topdown", "reach"])
     episodes: int = 15  # expert demonstrations per task
     eval_episodes: int = 6  # held-out seeds 0..N-1 per task and policy
     train_steps: int = 800
     image_size: int = 64
     max_steps: int = 120  # per evaluation (and daemon) episode
+    execute_steps: int = 4  # of each action chunk the trained policy answers, steps run before it plans again
     recipe: str = "metaworld-demo-tiny"
     seed: int = 0
 
@@ -81,6 +83,7 @@ class DemoSettings:
                 ("eval_episodes", self.eval_episodes),
                 ("train_steps", self.train_steps),
                 ("max_steps", self.max_steps),
+                ("execute_steps", self.execute_steps),
             )
             if value < 1
         ]
@@ -93,7 +96,8 @@ def rerun_command(out: Path, settings: DemoSettings, stage: str | None = None) -
     """The ``agent demo`` command line of these settings (only what differs from the defaults)."""
     defaults, parts = DemoSettings(), ["agent demo", f"--out {out}"]
     options = {"episodes": "--episodes", "eval_episodes": "--eval-episodes", "train_steps": "--train-steps",
-               "image_size": "--image-size", "max_steps": "--max-steps"}  # fmt: skip
+               "image_size": "--image-size", "max_steps": "--max-steps",
+               "execute_steps": "--execute-steps"}  # fmt: skip
     if settings.tasks != defaults.tasks:
         parts.append(f"--tasks {','.join(settings.tasks)}")
     parts += [f"{flag} {getattr(settings, name)}" for name, flag in options.items()
@@ -245,7 +249,8 @@ class Demo:
             return MetaWorldExpert(task=robot.task, state_key="observation.state")
 
         summary = record_episodes(make_robot, make_expert, s.episodes * len(s.tasks), dataset, CONTROL_HZ)
-        episodes_to_shards(LeRobotDatasetReader(dataset), shards, dataset_name="metaworld")
+        chunk_length = self.recipe_chunk_length()  # as many future actions per sample as the head plans
+        episodes_to_shards(LeRobotDatasetReader(dataset), shards, dataset_name="metaworld", chunk_length=chunk_length)
         return {
             "dataset": str(dataset),
             "shards": str(shards),
@@ -255,6 +260,16 @@ class Demo:
         }
 
     # ---- 2. training -----------------------------------------------------------------------------
+    def recipe_chunk_length(self) -> int:
+        """The recipe's ``chunk_length`` (1 when it sets none), read before its shards exist."""
+        import yaml
+
+        from magma.training.config import TRAIN_CONFIG_DIR
+
+        path = Path(self.settings.recipe)
+        path = path if path.suffix in (".yaml", ".yml") else TRAIN_CONFIG_DIR / f"{self.settings.recipe}.yaml"
+        return int(yaml.safe_load(path.read_text()).get("chunk_length") or 1)
+
     def train_config(self) -> Any:
         from magma.training.config import load_train_config
 
@@ -274,10 +289,10 @@ class Demo:
     def stage_train(self) -> dict[str, Any]:
         from accelerate.utils import set_seed
 
-        from magma.checkpoint import load_checkpoint_action_statistics
+        from magma.checkpoint import load_checkpoint_action_statistics, load_checkpoint_state_statistics
         from magma.model import MagmaForCausalLM
         from magma.processor import MagmaProcessor
-        from magma.training.trainer import Trainer
+        from magma.training.trainer import Trainer, action_head_fields
 
         config, run_dir = self.train_config(), self.path("train")
         if not (run_dir / "summary.json").is_file():
@@ -286,10 +301,14 @@ class Demo:
         # the baseline: the same preset's new weights (the training's seed), with the same action statistics
         set_seed(self.settings.seed)
         untrained = MagmaForCausalLM.from_config(config.model, list(config.model_overrides))
+        fields = action_head_fields(config, untrained)
+        if fields:
+            untrained.set_action_head(**fields)  # the trained model's head, new weights
         untrained.save_pretrained(
             self.path("untrained"),
             tokenizer=MagmaProcessor.from_config(untrained.config).tokenizer,
             action_statistics=load_checkpoint_action_statistics(run_dir / "final"),
+            state_statistics=load_checkpoint_state_statistics(run_dir / "final") or None,
         )
         return {
             "checkpoint": str(run_dir / "final"),
@@ -318,6 +337,7 @@ class Demo:
                 image_size=s.image_size,
                 max_steps=s.max_steps,
                 fast_render=True,
+                execute_steps=None if arm == "expert" else self.execute_steps(),
             )
             run_dir = self.path("eval", arm)
             options = RunOptions(resume=(run_dir / "run.json").is_file(), retry_errors=True, progress=True)
@@ -328,6 +348,11 @@ class Demo:
                 f"  {arm:<9}: " + ", ".join(f"{t} {c['successes']}/{c['episodes']}" for t, c in report[arm].items())
             )
         return {"success": report}
+
+    def execute_steps(self) -> int | None:
+        """The steps of each chunk run before planning again (None: the model answers single actions)."""
+        chunk_length = self.recipe_chunk_length()
+        return None if chunk_length == 1 else min(self.settings.execute_steps, chunk_length)
 
     # ---- 4. the daemon ---------------------------------------------------------------------------
     def stage_daemon(self) -> dict[str, Any]:
@@ -516,13 +541,17 @@ def render_report(
         f"<code>{e(daemon['run_dir'])}</code> (summary.json, metrics.jsonl).</p>"
     )
     tasks = ",".join(settings.tasks)
+    head = checkpoint_action_head(Path(train["checkpoint"]))
+    chunk = head.get("chunk_length", 1)
+    chunk_option = f" --chunk-length {chunk}" if chunk > 1 else ""
+    execute_option = f" --execute-steps {min(settings.execute_steps, chunk)}" if chunk > 1 else ""
     commands = [
         ("This demo at a larger scale (more data, steps, pixels; same held-out seeds)",
          f"agent demo --out runs/demo-large --tasks {tasks} --episodes 100 --eval-episodes 20 "
          "--train-steps 20000 --image-size 128 --max-steps 300"),
         ("1. Expert data on all of MT10 (seeds 0..N-1)",
          "agent data record-sim --env metaworld --task MT10 --episodes 100 --image-size 128 --fast-render "
-         "--out data/mt10\nagent data lerobot-shards --dataset data/mt10 --out data/mt10-shards"),
+         f"--out data/mt10\nagent data lerobot-shards --dataset data/mt10 --out data/mt10-shards{chunk_option}"),
         ("2. A bigger preset on a GPU (or several: configs/accelerate/ddp.yaml, fsdp.yaml, deepspeed-zero2.yaml)",
          "accelerate launch --config_file configs/accelerate/single-gpu.yaml -m magma.cli.app train "
          f"--config {settings.recipe} model=magma-100m max_steps=20000 data.batch_size=32 \\\n"
@@ -530,7 +559,7 @@ def render_report(
          "  data.sources.0.statistics=data/mt10-shards/dataset_statistics.json"),
         ("3. Evaluation on every MT10 task",
          f"agent run metaworld --tasks MT10 --episodes 50 --policy magma --checkpoint runs/{settings.recipe}/final "
-         "--image-size 128 --max-steps 500 --out runs/eval-mt10"),
+         f"--image-size 128 --max-steps 500{execute_option} --out runs/eval-mt10"),
         ("4. The trained policy behind the daemon",
          f"agent serve --policy magma --model runs/{settings.recipe}/final --image-size 128 --state-dim 39 &\n"
          "agent robot run --config sim-metaworld robot.args.task=push robot.args.image_size=128 episode.episodes=10"),
@@ -550,7 +579,8 @@ small {{ color: #57606a; }}
 </style></head><body>
 <h1>agent demo: Meta-World, expert data &rarr; training &rarr; evaluation &rarr; daemon</h1>
 <p>{len(settings.tasks)} Meta-World v3 task(s); {record["episodes"]} expert demonstrations ({record["frames"]} frames,
-{settings.image_size} px, seeds {TRAIN_SEED_BASE}+); magma-tiny trained {train["steps"]} steps from new weights
+{settings.image_size} px, seeds {TRAIN_SEED_BASE}+); magma-tiny trained {train["steps"]} steps from new weights,
+{e(head_text(head, settings))}
 (recipe <code>{e(settings.recipe)}</code>); evaluation on held-out seeds 0..{settings.eval_episodes - 1},
 {settings.max_steps} steps at most. Stage wall times: {seconds}.</p>
 <h2>Success on held-out seeds</h2>
@@ -564,6 +594,25 @@ small {{ color: #57606a; }}
 <h2>At a larger scale</h2>{command_html}
 </body></html>
 """
+
+
+def checkpoint_action_head(checkpoint: Path) -> dict[str, Any]:
+    """The ``action`` group of a checkpoint's config.json (empty for one saved before action heads)."""
+    try:
+        return dict(json.loads((checkpoint / "config.json").read_text()).get("action") or {})
+    except (OSError, ValueError):
+        return {}
+
+
+def head_text(head: dict[str, Any], settings: DemoSettings) -> str:
+    """How the trained policy acts, in words: its head, chunk and state input."""
+    kind, chunk = head.get("head", "tokens"), head.get("chunk_length", 1)
+    text = f"{kind} action head"
+    if chunk > 1:
+        text += f", chunks of {chunk} actions ({min(settings.execute_steps, chunk)} run per plan)"
+    if head.get("state_dim"):
+        text += f", the arm's {head['state_dim']}-D state as input"
+    return text
 
 
 def screenshot_report(report: Path, png: Path, timeout_s: float = 60.0) -> dict[str, Any]:

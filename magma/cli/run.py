@@ -45,6 +45,14 @@ StatisticsOption = Annotated[
     str | None, typer.Option("--statistics-key", help="Which dataset's action statistics to decode with.")
 ]
 VideosOption = Annotated[bool, typer.Option("--videos/--no-videos", help="Write an mp4 of every episode.")]
+ExecuteStepsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--execute-steps",
+        help="For a policy that answers chunks of H actions: run K of them open loop, then plan again (1: plan "
+        "every step; default: the whole chunk). At most H.",
+    ),
+]
 # the UI environments'
 ModelOption = Annotated[
     str | None, typer.Option("--model", help="A Magma checkpoint DIR (magma) or the endpoint's model name (openai).")
@@ -271,6 +279,7 @@ def run_mujoco(
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", help="Steps per episode (default: the task's own).")
     ] = None,
+    execute_steps: ExecuteStepsOption = None,
     videos: VideosOption = True,
     workers: WorkersOption = 1,
     out: OutOption = None,
@@ -283,7 +292,8 @@ def run_mujoco(
 
     names = list(TASKS) if tasks == "all" else [get_task(name.strip()).name for name in tasks.split(",")]
     _run_simulator("mujoco", names, episodes, policy, checkpoint, server, statistics_key, image_size, None,
-                   max_steps, videos, workers, out, resume, retry_errors, progress)  # fmt: skip
+                   max_steps, videos, workers, out, resume, retry_errors, progress,
+                   execute_steps=execute_steps)  # fmt: skip
 
 
 @run_app.command("metaworld")
@@ -311,6 +321,7 @@ def run_metaworld(
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", help="Steps per episode (default: Meta-World's 500).")
     ] = None,
+    execute_steps: ExecuteStepsOption = None,
     videos: VideosOption = True,
     workers: WorkersOption = 1,
     out: OutOption = None,
@@ -323,7 +334,7 @@ def run_metaworld(
 
     _run_simulator("metaworld", resolve_tasks(tasks), episodes, policy, checkpoint, server, statistics_key,
                    image_size, camera, max_steps, videos, workers, out, resume, retry_errors, progress,
-                   fast_render)  # fmt: skip
+                   fast_render, execute_steps)  # fmt: skip
 
 
 def _run_simulator(
@@ -344,11 +355,14 @@ def _run_simulator(
     retry_errors: bool,
     progress: bool,
     fast_render: bool = False,
+    execute_steps: int | None = None,
 ) -> None:
     from magma.evaluation.runner import RunOptions
     from magma.evaluation.sim_suite import SimRunSettings, run_sim_suite
 
     _check_policy(policy, ROBOT_POLICIES, env)
+    if execute_steps is not None and execute_steps < 1:
+        raise typer.BadParameter(f"--execute-steps must be at least 1 (1 plans again every step), got {execute_steps}")
     if policy != "scripted" and workers > 1:
         raise typer.BadParameter(f"--policy {policy} runs one episode at a time; drop --workers")
     out_dir = _out_dir(out, env, resume)
@@ -365,31 +379,42 @@ def _run_simulator(
         camera=camera,
         max_steps=max_steps,
         fast_render=fast_render,
+        execute_steps=execute_steps,
     )
-    make_policy = sim_policy_factory(env, policy, checkpoint, server, statistics_key)
+    make_policy = sim_policy_factory(env, policy, checkpoint, server, statistics_key, execute_steps)
     options = RunOptions(workers=workers, resume=resume, retry_errors=retry_errors, progress=progress)
     results = run_sim_suite(settings, out_dir, make_policy, options, videos=videos)
     _print_summary(results, out_dir, "task")
 
 
 def sim_policy_factory(
-    env: str, policy: str, checkpoint: str | None, server: str, statistics_key: str | None
+    env: str,
+    policy: str,
+    checkpoint: str | None,
+    server: str,
+    statistics_key: str | None,
+    execute_steps: int | None = None,
 ) -> Callable[[Any, str], Any]:
     """``make_policy(env, task)`` for a simulator run: the simulator's privileged expert (one per episode), one
     Magma policy loaded once, or one client of a policy served by ``agent serve`` (it reconnects with
-    back-off). Here, at the top, because the remote client is ``robot``'s."""
+    back-off). Here, at the top, because the remote client is ``robot``'s. ``execute_steps`` is checked against
+    the policy's chunk length where that is known before the run (a served policy's, at its first answer)."""
+    from magma.evaluation.sim_suite import check_execute_steps
+
     if policy == "magma":
         if not checkpoint:
             raise typer.BadParameter("--policy magma needs --checkpoint DIR (a model trained on robot actions)")
         from magma.policies.robot import MagmaRobotPolicy
 
         shared = MagmaRobotPolicy.from_pretrained(checkpoint, statistics_key=statistics_key)
+        check_execute_steps(execute_steps, shared.chunk_length)
         return lambda environment, task: shared
     if policy == "remote":
         from robot.policy_client import PolicyClient
 
         client = PolicyClient(server)
         return lambda environment, task: client
+    check_execute_steps(execute_steps, 1)  # the scripted experts answer one action at a time
     if env == "metaworld":
         from envs.metaworld.expert import MetaWorldExpert
 

@@ -27,7 +27,14 @@ def serve(
     ] = None,
     cameras: Annotated[str, typer.Option("--cameras", help="Observation image keys, comma-separated.")] = "image",
     image_size: Annotated[int, typer.Option("--image-size", help="Camera images, pixels per side.")] = 128,
-    state_dim: Annotated[int, typer.Option("--state-dim", help="Robot state size the policy takes (0: none).")] = 13,
+    state_dim: Annotated[
+        int | None,
+        typer.Option(
+            "--state-dim",
+            help="Robot state size the policy takes (0: none; default: a checkpoint's own, else 13). A checkpoint "
+            "trained with a state refuses another size.",
+        ),
+    ] = None,
     control_hz: Annotated[float, typer.Option("--control-hz", help="Control rate the policy was trained at.")] = 10.0,
     statistics_key: Annotated[
         str | None, typer.Option("--statistics-key", help="Which dataset's action statistics to decode with.")
@@ -73,11 +80,14 @@ def serve(
         typer.Option("--max-choices", help="Most choices (OpenAI's n) one chat request may ask for."),
     ] = 8,
     chunk_length: Annotated[
-        int,
+        int | None,
         typer.Option(
-            "--chunk-length", help="Actions per answer, for policies that can plan ahead (scripted: 1 to 256)."
+            "--chunk-length",
+            help="Actions per answer, for policies that can plan ahead (scripted: 1 to 256; default 1). A "
+            "checkpoint answers the chunks its action head was trained for (action.chunk_length) and refuses "
+            "another length.",
         ),
-    ] = 1,
+    ] = None,
 ) -> None:
     """Load a policy once and serve it until SIGINT/SIGTERM: ws://HOST:PORT/ in openpi's websocket protocol
     (openpi's WebsocketClientPolicy, our PolicyClient and the robot daemon), GET /healthz, and the OpenAI
@@ -106,19 +116,20 @@ def serve(
     )
     config.check()  # before a model is loaded
     check_range("image_size", image_size, 1, 65535, "pixels per side", integer=True)
-    check_range("state_dim", state_dim, 0, 1_000_000, "an integer", integer=True)
+    if state_dim is not None:
+        check_range("state_dim", state_dim, 0, 1_000_000, "an integer", integer=True)
     check_range("control_hz", control_hz, 0.001, 100_000.0, "hertz")
-    check_range("chunk_length", chunk_length, 1, 256, "actions per answer", integer=True)
+    if chunk_length is not None:
+        check_range("chunk_length", chunk_length, 1, 256, "actions per answer", integer=True)
     keys = [key.strip() for key in cameras.split(",") if key.strip()]
     spec = PolicySpec(
         policy=policy,
         model_id="",
-        state_dim=state_dim,
         control_hz=control_hz,
-        chunk_length=chunk_length,
         cameras={key: [image_size, image_size, 3] for key in keys},
     )
-    served = load_served_policy(policy, model, spec, statistics_key)
+    served = load_served_policy(policy, model, spec, statistics_key, chunk_length, state_dim)
+    spec = served.spec
     server = PolicyServer(served, config)
     routes = "GET /healthz" + (", POST /v1/chat/completions, GET /v1/models" if served.chat is not None else "")
     chat_only = "" if served.serves_actions else "; chat only: the checkpoint has no robot action statistics"
