@@ -240,7 +240,8 @@ def test_lerobot_episodes_train_the_l1_head_with_state_and_serve_chunks(tmp_path
         "chunk_length": CHUNK,
         "use_state": True,
         "data": {"batch_size": 4, "num_workers": 0, "shuffle_buffer": 8, "max_length": 256, "sources": [source]},
-        "optim": {"lr": 1e-3, "schedule": "constant"},
+        "optim": {"lr": 1e-3, "schedule": "constant", "vision_tower": {"train": False}},
+        "lora": {"enabled": True, "r": 4, "alpha": 8},  # LoRA on the LM; the new head trains whole
         "logging": {"progress": False},
     }
     (tmp_path / "chunks.yaml").write_text(yaml.safe_dump(config))
@@ -249,6 +250,9 @@ def test_lerobot_episodes_train_the_l1_head_with_state_and_serve_chunks(tmp_path
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [line for line in lines if "action_loss" in line]
     assert len(steps) == 3 and all(line["action_values"] > 0 for line in steps)
+    trainable = json.loads((tmp_path / "run" / "summary.json").read_text())["trainable_parameters"]
+    assert trainable["vision_tower"] == 0 and trainable["action_head"] > 0
+    assert 0 < trainable["language_model"] < 50_000  # adapters only
     policy = MagmaRobotPolicy.from_pretrained(tmp_path / "run" / "final")
     assert policy.model.config.action.head == "l1" and policy.model.config.action.state_dim == 4
     policy.reset({"instruction": "pick up the red cube"})
