@@ -54,7 +54,7 @@ def set_trainable(model: MagmaForCausalLM, optim: OptimConfig, lora_enabled: boo
     train. Returns trainable parameter counts per module."""
     counts = {}
     for module_name in MODULES:
-        module: nn.Module | None = getattr(model, module_name)
+        module: nn.Module | None = getattr(model, module_name, None)
         if module is None:  # no action head
             continue
         train = getattr(optim, module_name).train
@@ -101,7 +101,7 @@ def parameter_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
     without (biases, norms)."""
     groups = []
     for module_name in MODULES:
-        module: nn.Module | None = getattr(model, module_name)
+        module: nn.Module | None = getattr(model, module_name, None)
         if module is None:
             continue
         lr = getattr(optim, module_name).lr or optim.lr
