@@ -8,7 +8,8 @@ import json
 
 import pytest
 import torch
-from agent_cli import agent, assert_one_clear_error
+from agent_cli import assert_one_clear_error
+from cli_in_process import agent_in_process
 from safetensors import safe_open
 
 from magma.checkpoint import CheckpointError, load_checkpoint_config, weight_files
@@ -134,14 +135,14 @@ def test_what_the_layout_cannot_hold_is_one_clear_error(tmp_path, tiny_model, ti
 def test_cli_exports_a_checkpoint(tmp_path, tiny_model, tiny_processor, tiny_inputs):
     checkpoint = tiny_model.save_pretrained(tmp_path / "ckpt", tokenizer=tiny_processor.tokenizer)
     out = tmp_path / "magma-hf"
-    result = agent(
+    result = agent_in_process(
         "model", "export", str(checkpoint), str(out), "--layout", "magma-hf", "--vision-backbone", "convnextxxlarge"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.equal(
         logits_of(MagmaForCausalLM.from_pretrained(out), tiny_inputs), logits_of(tiny_model, tiny_inputs)
     )
-    refused = agent("model", "export", str(checkpoint), str(tmp_path / "other"), "--layout", "magma-hf")
+    refused = agent_in_process("model", "export", str(checkpoint), str(tmp_path / "other"), "--layout", "magma-hf")
     assert_one_clear_error(refused, "vision.dims", "--vision-backbone")
 
 

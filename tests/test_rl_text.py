@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_in_process import agent_in_process
 
 from data_tools.config_files import ConfigError
 from magma.model import MagmaForCausalLM
@@ -19,7 +19,6 @@ from magma.rl.text_task import TextTask
 from magma.rl.trainer import GRPOTrainer
 from magma.training.launch import accelerate_agent_command
 
-AGENT = [sys.executable, "-m", "magma.cli.app"]
 REPO = Path(__file__).resolve().parent.parent
 QUIET = ["logging.progress=false"]
 
@@ -110,7 +109,7 @@ def test_agent_rl_grpo_command_in_two_processes(tmp_path):
     assert summary["trajectories"] == 2 * 2 * 64  # two steps of 8 prompts x 8 completions in each process
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps[:2] == [1, 2]
-    again = subprocess.run(AGENT + args, capture_output=True, text=True, timeout=1200)
+    again = agent_in_process(*args)  # the refusals need no process of their own
     assert again.returncode == 2 and "already holds a run" in again.stderr and "Traceback" not in again.stderr
-    bad = subprocess.run([*AGENT, *args[:4], "sampling.group_size=1"], capture_output=True, text=True, timeout=1200)
+    bad = agent_in_process(*args[:4], "sampling.group_size=1")
     assert bad.returncode == 2 and "group_size" in bad.stderr and "Traceback" not in bad.stderr

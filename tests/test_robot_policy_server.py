@@ -19,6 +19,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+from cli_in_process import agent_in_process
 from local_servers import wait_for
 from PIL import Image
 from websockets.sync.client import connect
@@ -71,7 +72,7 @@ def sim_observation() -> dict:
     }
 
 
-def test_bad_requests_get_typed_errors_and_the_server_goes_on_serving():
+def test_bad_requests_get_typed_errors_and_the_server_goes_on_serving(monkeypatch):
     port = free_port()
     server = start_server(["--policy", "scripted", "--token", "s3cret", "--max-message-mb", "0.05"], port)
     try:
@@ -140,22 +141,10 @@ def test_bad_requests_get_typed_errors_and_the_server_goes_on_serving():
     finally:
         stop_process(server)
 
-    public = subprocess.run(
-        [*AGENT, "serve", "--host", "0.0.0.0", "--port", str(free_port())],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env={**os.environ, "AGENT_POLICY_TOKEN": ""},
-    )
+    monkeypatch.setenv("AGENT_POLICY_TOKEN", "")  # the refusals need no process of their own
+    public = agent_in_process("serve", "--host", "0.0.0.0", "--port", str(free_port()))
     assert public.returncode == 2 and "--token" in public.stderr and "Traceback" not in public.stderr
-    unknown = subprocess.run(
-        [*AGENT, "serve", "--policy", "telepathy", "--port", str(free_port())],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    unknown = agent_in_process("serve", "--policy", "telepathy", "--port", str(free_port()))
     assert unknown.returncode == 2 and "unknown policy 'telepathy'" in unknown.stderr
 
 
@@ -319,11 +308,9 @@ def test_openai_chat_completions_and_robot_actions_from_one_magma_checkpoint(
             finally:
                 env.close()
             assert result.steps == 4 and result.instruction
-        remote_run = subprocess.run(
-            [*AGENT, "run", "mujoco", "--tasks", "reach", "--policy", "remote", "--server",
-             f"ws://127.0.0.1:{port}", "--episodes", "1", "--image-size", "32", "--no-videos",
-             "--out", str(tmp_path / "remote-run")],
-            capture_output=True, text=True, timeout=1200,
+        remote_run = agent_in_process(
+            "run", "mujoco", "--tasks", "reach", "--policy", "remote", "--server", f"ws://127.0.0.1:{port}",
+            "--episodes", "1", "--image-size", "32", "--no-videos", "--out", str(tmp_path / "remote-run"),
         )  # fmt: skip
         assert remote_run.returncode == 0, remote_run.stderr[-2000:]
         assert "reach" in remote_run.stdout and (tmp_path / "remote-run" / "results.jsonl").exists()
@@ -333,7 +320,7 @@ def test_openai_chat_completions_and_robot_actions_from_one_magma_checkpoint(
 
         monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{port}/v1")
         monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-        settings = WebRunSettings(tasks=["classifieds:0"], policy="openai", model="ckpt", max_steps=2)
+        settings = WebRunSettings(tasks=["classifieds:0"], policy="openai", model="ckpt", max_steps=1)
         (record,) = run_web_suite(settings, WebRunOptions(), tmp_path / "web", web_policy_factory("openai", "ckpt"))
         assert record["status"] == "done" and record["steps"] >= 1 and record["success"] is False
         steps = (tmp_path / "web" / "trajectories" / "classifieds_0" / "steps.jsonl").read_text().splitlines()

@@ -3,12 +3,9 @@ and the whole loop: record -> training shards -> train magma-tiny -> run it as a
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from cli_in_process import agent_in_process
 
 from data_tools.lerobot_dataset import LeRobotDatasetReader, episodes_to_shards
 from data_tools.sample_format import validate_sample
@@ -17,9 +14,6 @@ from robot.interfaces import InvalidRobotActionError, NotConnectedError
 from robot.recording import record_episodes
 from robot.safety import SafetyLimits
 from robot.sim import SimCamera, SimRobot
-
-REPO = Path(__file__).resolve().parent.parent
-AGENT = [sys.executable, "-m", "magma.cli.app"]
 
 
 def test_sim_robot_clips_actions_and_reports_what_it_sent():
@@ -96,10 +90,9 @@ def test_recorded_expert_episodes_become_shards_a_model_trains_on_and_runs(tmp_p
     }
     Trainer(train_config_from(config, [], "test")).train()
 
-    result = subprocess.run(
-        [*AGENT, "run", "mujoco", "--tasks", "pick_place", "--episodes", "1", "--policy", "magma",
-         "--checkpoint", str(tmp_path / "run" / "final"), "--image-size", "64", "--out", str(tmp_path / "eval")],
-        capture_output=True, text=True, timeout=1200, cwd=REPO,
+    result = agent_in_process(
+        "run", "mujoco", "--tasks", "pick_place", "--episodes", "1", "--policy", "magma",
+        "--checkpoint", str(tmp_path / "run" / "final"), "--image-size", "64", "--out", str(tmp_path / "eval"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert (
@@ -109,10 +102,7 @@ def test_recorded_expert_episodes_become_shards_a_model_trains_on_and_runs(tmp_p
 
 
 def test_agent_run_scripted_prints_a_success_table(tmp_path):
-    result = subprocess.run(
-        [*AGENT, "run", "mujoco", "--tasks", "reach", "--episodes", "2", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=1200, cwd=REPO,
-    )  # fmt: skip
+    result = agent_in_process("run", "mujoco", "--tasks", "reach", "--episodes", "2", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reach" in result.stdout and "100.0%" in result.stdout
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
@@ -120,43 +110,28 @@ def test_agent_run_scripted_prints_a_success_table(tmp_path):
     episode_page = (tmp_path / "trajectories" / "reach_001" / "index.html").read_text()
     assert '<video src="../../trajectories/reach_001/episode.mp4"' in episode_page
     assert (tmp_path / "trajectories" / "reach_001" / "episode.mp4").stat().st_size > 0
-    again = subprocess.run(  # a finished run resumed runs nothing again; other settings are refused
-        [*AGENT, "run", "mujoco", "--tasks", "reach", "--episodes", "2", "--out", str(tmp_path), "--resume"],
-        capture_output=True, text=True, timeout=1200, cwd=REPO,
-    )  # fmt: skip
+    # a finished run resumed runs nothing again; other settings are refused
+    again = agent_in_process("run", "mujoco", "--tasks", "reach", "--episodes", "2", "--out", str(tmp_path), "--resume")
     assert again.returncode == 0 and "100.0%" in again.stdout, again.stderr[-3000:]
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
-    other = subprocess.run(
-        [*AGENT, "run", "mujoco", "--tasks", "reach", "--episodes", "3", "--out", str(tmp_path), "--resume"],
-        capture_output=True, text=True, timeout=1200, cwd=REPO,
-    )  # fmt: skip
+    other = agent_in_process("run", "mujoco", "--tasks", "reach", "--episodes", "3", "--out", str(tmp_path), "--resume")
     assert other.returncode == 2 and "episodes" in other.stderr and "Traceback" not in other.stderr
-    unknown = subprocess.run(
-        [*AGENT, "run", "mujoco", "--tasks", "juggle"], capture_output=True, text=True, timeout=1200, cwd=REPO
-    )
+    unknown = agent_in_process("run", "mujoco", "--tasks", "juggle")
     assert unknown.returncode == 2 and "juggle" in unknown.stderr and "Traceback" not in unknown.stderr
-    foreign = subprocess.run(  # a web option for a MuJoCo run is refused, not silently ignored
-        [*AGENT, "run", "mujoco", "--grading", "official"],
-        capture_output=True, text=True, timeout=1200, cwd=REPO,
-    )  # fmt: skip
+    foreign = agent_in_process("run", "mujoco", "--grading", "official")  # a web option is refused, not ignored
     message = " ".join(foreign.stderr.split())
     assert foreign.returncode == 2 and "--grading" in message and "Traceback" not in message, foreign.stderr
-    own_help = subprocess.run(  # each environment's help lists its own options only
-        [*AGENT, "run", "mujoco", "--help"], capture_output=True, text=True, timeout=1200, cwd=REPO
-    )
+    own_help = agent_in_process("run", "mujoco", "--help")  # each environment's help lists its own options only
     assert "--episodes" in own_help.stdout and "--grading" not in own_help.stdout
 
 
 def test_record_sim_cli_writes_a_lerobot_dataset(tmp_path):
-    result = subprocess.run(
-        [*AGENT, "data", "record-sim", "--task", "reach", "--episodes", "2", "--out", str(tmp_path / "ds"),
-         "--image-size", "32"],
-        capture_output=True, text=True, timeout=1200, cwd=REPO,
-    )  # fmt: skip
+    result = agent_in_process(
+        "data", "record-sim", "--task", "reach", "--episodes", "2", "--out", str(tmp_path / "ds"), "--image-size", "32"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert LeRobotDatasetReader(tmp_path / "ds").num_episodes == 2
-    shards = subprocess.run(
-        [*AGENT, "data", "lerobot-shards", "--dataset", str(tmp_path / "ds"), "--out", str(tmp_path / "shards")],
-        capture_output=True, text=True, timeout=1200, cwd=REPO,
-    )  # fmt: skip
+    shards = agent_in_process(
+        "data", "lerobot-shards", "--dataset", str(tmp_path / "ds"), "--out", str(tmp_path / "shards")
+    )
     assert shards.returncode == 0 and (tmp_path / "shards" / "dataset_statistics.json").exists()

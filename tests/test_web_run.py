@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_in_process import agent_in_process
 
 from data_tools.errors import UserFacingError
 from envs.web.task_selection import parse_id_list, select_tasks
@@ -31,10 +32,6 @@ if not Path("/usr/bin/chromium").exists():
 
 AGENT = [sys.executable, "-m", "magma.cli.app"]
 VWA_DIR = Path(__file__).resolve().parents[2] / "shared" / "vwa"
-
-
-def agent(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*AGENT, *args], capture_output=True, text=True, timeout=1200, **kwargs)
 
 
 def results_of(out: Path) -> list[dict]:
@@ -116,12 +113,12 @@ def test_agent_run_visualwebarena_workers_kill_resume_and_report(tmp_path):
     finished = {record["key"] for record in results_of(out)}
     assert 2 <= len(finished) < 6
 
-    refused = agent(*args, "--out", str(out))
+    refused = agent_in_process(*args, "--out", str(out))  # the kill above needed a process; the rest do not
     assert refused.returncode == 2 and "--resume" in refused.stderr
-    changed = agent(*args, "--max-steps", "5", "--out", str(out), "--resume")
+    changed = agent_in_process(*args, "--max-steps", "5", "--out", str(out), "--resume")
     assert changed.returncode == 2 and "max_steps" in changed.stderr
 
-    resumed = agent(*args, "--out", str(out), "--resume")
+    resumed = agent_in_process(*args, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     rerun = {line.split()[1] for line in resumed.stderr.splitlines() if line.startswith(("ok", "fail"))}
     assert rerun and not rerun & finished  # finished tasks are not run again
@@ -222,7 +219,7 @@ def test_unreachable_chat_endpoint_is_one_clear_error(monkeypatch, tmp_path):
 def test_magma_web_policy_runs_a_task_from_a_checkpoint(tiny_model, tiny_processor, tmp_path):
     checkpoint = tiny_model.save_pretrained(tmp_path / "ckpt", tokenizer=tiny_processor.tokenizer)
     out = tmp_path / "run"
-    result = agent(
+    result = agent_in_process(
         "run",
         "web",
         "--policy",
@@ -232,7 +229,7 @@ def test_magma_web_policy_runs_a_task_from_a_checkpoint(tiny_model, tiny_process
         "--tasks",
         "shopping:0",
         "--max-steps",
-        "2",
+        "1",
         "--out",
         str(out),
     )

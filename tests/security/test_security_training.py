@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from agent_cli import agent, assert_one_clear_error
+from agent_cli import assert_one_clear_error
+from cli_in_process import agent_in_process
 from safetensors.torch import load_file
 
 from data_tools.config_files import ConfigError
@@ -96,13 +97,17 @@ def test_a_learning_rate_that_is_not_a_positive_number_is_refused_at_load(lr):
 
 
 def test_a_learning_rate_that_is_not_a_positive_number_is_one_line_through_the_cli():
-    result = agent("train", "--config", "pretrain-tiny", "optim.lr=inf")  # was: exit 0, an all-NaN checkpoint
+    result = agent_in_process(
+        "train", "--config", "pretrain-tiny", "optim.lr=inf"
+    )  # was: exit 0, an all-NaN checkpoint
     assert_one_clear_error(result, "optim.lr=", "must be a finite number > 0")
 
 
 def test_rl_and_lapa_refuse_non_finite_numbers_through_the_cli():
-    assert_one_clear_error(agent("rl", "grpo", "--config", "text-digits", "optim.lr=inf"), "optim.lr=inf")
-    lapa = agent("lapa", "train", "--config", "lapa-tiny", "optim.lr=nan", "quantizer.heads=0", "data.window_s=-1")
+    assert_one_clear_error(agent_in_process("rl", "grpo", "--config", "text-digits", "optim.lr=inf"), "optim.lr=inf")
+    lapa = agent_in_process(
+        "lapa", "train", "--config", "lapa-tiny", "optim.lr=nan", "quantizer.heads=0", "data.window_s=-1"
+    )
     assert_one_clear_error(lapa, "optim.lr=nan", "quantizer.heads=0 must be >= 1", "data.window_s=-1.0")
 
 
@@ -143,7 +148,7 @@ def test_a_diverging_run_stops_with_a_message_exports_nothing_and_keeps_its_last
     path = write_yaml(
         tmp_path / "diverge.yaml", train_config(corpus, run_dir, optim={"lr": 1e30}, checkpoint={"every": 1})
     )
-    result = agent("train", "--config", str(path))
+    result = agent_in_process("train", "--config", str(path))
     assert_one_clear_error(
         result, "training stopped at step", "not finite", "mixed_precision=bf16", "last good checkpoint"
     )
@@ -154,7 +159,7 @@ def test_a_diverging_run_stops_with_a_message_exports_nothing_and_keeps_its_last
     weights = load_file(str(run_dir / "checkpoints" / checkpoints[-1] / "model.safetensors"))
     assert all(torch.isfinite(tensor).all() for tensor in weights.values())  # the last checkpoint is finite
     # ... and resumable: --resume loads it and stops at the same step with the same message
-    resumed = agent("train", "--config", str(path), "--resume")
+    resumed = agent_in_process("train", "--config", str(path), "--resume")
     assert_one_clear_error(resumed, f"training stopped at step {stopped_at}")
     assert checkpoint_names(run_dir) == checkpoints and not (run_dir / "final").exists()
 
@@ -284,7 +289,9 @@ def test_fine_tuning_from_a_cut_checkpoint_is_one_line_through_the_cli(corpus, t
     directory = tiny_model.save_pretrained(tmp_path / "base", tokenizer=tiny_processor.tokenizer)
     cut_in_half(directory / "model.safetensors")
     path = write_yaml(tmp_path / "tune.yaml", train_config(corpus, tmp_path / "run", model=str(directory)))
-    assert_one_clear_error(agent("train", "--config", str(path)), str(directory / "model.safetensors"), "re-export")
+    assert_one_clear_error(
+        agent_in_process("train", "--config", str(path)), str(directory / "model.safetensors"), "re-export"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -318,12 +325,12 @@ def test_resuming_from_a_cut_checkpoint_names_the_file_and_the_earlier_checkpoin
     cut_in_half(run_dir / "checkpoints" / "step-00000002" / broken)
 
     path = write_yaml(tmp_path / "resume.yaml", config | {"max_steps": 3})
-    result = agent("train", "--config", str(path), "--resume")
+    result = agent_in_process("train", "--config", str(path), "--resume")
     assert_one_clear_error(result, broken, "step-00000002", "the checkpoint of step 1", "--resume")
     assert (run_dir / "checkpoints" / "step-00000002").is_dir()  # nothing was deleted for the user
 
     # the way on that the message names: move the broken checkpoint away and resume from the one before
     (run_dir / "checkpoints" / "step-00000002").rename(tmp_path / "broken-step-2")
-    again = agent("train", "--config", str(path), "--resume")
+    again = agent_in_process("train", "--config", str(path), "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 3
