@@ -171,9 +171,9 @@ class SampleEncoder:
             images = [load_image(data) for data in raw.images]
         except ImageLoadError as err:
             raise SampleRejected("corrupt image", f"{where}: {err}") from None
-        source = self.sources[raw.source]
+        source = self.sources.get(raw.source)
         robot: dict[str, object] = {}
-        if source.action_codec == "robot" and raw.record.get("actions") is not None:
+        if source is not None and source.action_codec == "robot" and raw.record.get("actions") is not None:
             try:
                 robot = self.robot_fields(raw, where)
             except ValueError as err:
