@@ -188,14 +188,16 @@ class Demo:
                 self.log(f"[demo {number}/{len(STAGES)}] {name}: done before, reused ({marker})")
                 continue
             if only is not None:
+                # this stage's outputs and every later stage's were made from what this redoes: a later
+                # stage must not resume from them (an evaluation of the previous training, say)
                 for later in STAGES[number - 1 :]:
-                    self.marker(later).unlink(missing_ok=True)  # the later ones were made from what this redoes
-                for output in STAGE_OUTPUTS[name]:
-                    target = self.path(output)
-                    if target.is_dir():
-                        shutil.rmtree(target)
-                    else:
-                        target.unlink(missing_ok=True)
+                    self.marker(later).unlink(missing_ok=True)
+                    for output in STAGE_OUTPUTS[later]:
+                        target = self.path(output)
+                        if target.is_dir():
+                            shutil.rmtree(target)
+                        else:
+                            target.unlink(missing_ok=True)
             self.log(f"[demo {number}/{len(STAGES)}] {name}: {self.describe(name)} ...")
             started = time.perf_counter()
             try:
