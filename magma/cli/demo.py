@@ -2,7 +2,7 @@
 
 1. record: Meta-World's scripted experts on a few tasks, seeds 1000.. (held apart from the evaluation's
    seeds 0..N-1), as a LeRobot v3 dataset with instructions, and as training shards;
-2. train: magma-tiny from new weights on those shards (``agent train --config metaworld-demo-tiny``: the l1
+2. train: magma-tiny from new weights on those shards (``agent train --config metaworld-demo-tiny``: the flow
    action-chunk head with the arm's state; its progress bar and metrics.jsonl), and the same weights untrained,
    as the baseline;
 3. evaluate: the trained policy, the untrained one and the expert on held-out seeds through the
