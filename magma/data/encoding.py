@@ -60,6 +60,14 @@ def _chunk_rows(actions: np.ndarray, mask: list[bool] | None, length: int, where
     return rows[:length], valid[:length]
 
 
+def source_state_statistics(source: SourceConfig) -> ActionStatistics | None:
+    """The proprioceptive-state statistics of a robot source (its ``statistics_key``, or the file's only
+    dataset), or None when its statistics file has none for it."""
+    states = load_state_statistics(source.statistics)
+    key = source.statistics_key or (next(iter(states)) if len(states) == 1 else None)
+    return states.get(key) if key is not None else None
+
+
 class SampleEncoder:
     """Picklable callable run in dataloader workers: RawSample -> EncodedSample or SampleRejected.
 
@@ -92,20 +100,19 @@ class SampleEncoder:
             )
         if not action.state_dim:
             return
-        states = load_state_statistics(source.statistics)
-        key = source.statistics_key or (next(iter(states)) if len(states) == 1 else None)
-        if key not in states:
+        state = source_state_statistics(source)
+        if state is None:
             raise DataSourceError(
                 f"the model takes a state (action.state_dim={action.state_dim}) but {source.statistics} has no state "
                 f"statistics for source '{source.name}'; rebuild the shards with `agent data lerobot-shards` "
                 "(it writes them) or set action.state_dim=0"
             )
-        if states[key].action_dim != action.state_dim:
+        if state.action_dim != action.state_dim:
             raise DataSourceError(
-                f"source '{source.name}' has a {states[key].action_dim}-D state ({source.statistics}) but the "
-                f"model's action.state_dim={action.state_dim}; set action.state_dim={states[key].action_dim}"
+                f"source '{source.name}' has a {state.action_dim}-D state ({source.statistics}) but the "
+                f"model's action.state_dim={action.state_dim}; set action.state_dim={state.action_dim}"
             )
-        self.state_normalizers[source.name] = RobotActionCodec(states[key], self.base_vocab_size)
+        self.state_normalizers[source.name] = RobotActionCodec(state, self.base_vocab_size)
 
     def robot_statistics(self) -> dict[str, ActionStatistics]:
         """The robot action statistics in use, by source name: saved next to every exported checkpoint."""

@@ -26,11 +26,10 @@ from magma.actions import (
     ACTION_STATISTICS_FILENAME,
     ActionStatistics,
     load_action_statistics,
-    load_state_statistics,
     select_statistics,
 )
 from magma.checkpoint import load_checkpoint_action_statistics
-from magma.data.encoding import SampleEncoder
+from magma.data.encoding import SampleEncoder, source_state_statistics
 from magma.data.loader import build_eval_loader, build_train_loader
 from magma.data.records import TrainBatch
 from magma.model import IGNORE_INDEX, MagmaForCausalLM
@@ -83,14 +82,13 @@ def action_head_fields(config: TrainConfig, model: MagmaForCausalLM) -> dict[str
     use_state = current.state_dim > 0 if asked["use_state"] is None else asked["use_state"]
     fields["state_dim"] = 0
     if use_state:
-        states = load_state_statistics(source.statistics)
-        key = source.statistics_key or (next(iter(states)) if len(states) == 1 else None)
-        if key not in states:
+        state = source_state_statistics(source)
+        if state is None:
             raise ConfigError(
                 f"use_state=true but {source.statistics} has no state statistics for source '{source.name}'; rebuild "
                 "the shards with `agent data lerobot-shards` (it writes them) or set use_state=false"
             )
-        fields["state_dim"] = states[key].action_dim
+        fields["state_dim"] = state.action_dim
     return fields
 
 
