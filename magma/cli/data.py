@@ -273,3 +273,28 @@ def lerobot_merge(
 
     summary = merge_datasets(out, inputs, data_file_size_mb=data_file_size_mb, video_file_size_mb=video_file_size_mb)
     typer.echo(summary.format())
+
+
+@data_app.command("search-traces")
+def search_traces(
+    run_dir: Annotated[str, typer.Argument(help="The --out folder of `agent run ... --search rmcts`.")],
+    out: OutOption,
+    max_images: Annotated[
+        int,
+        typer.Option(
+            "--max-images",
+            help="Images per sample: the step's Set-of-Mark screenshot and the first explored states; "
+            "later states carry their element listing as text (0: text only).",
+        ),
+    ] = 4,
+    successful_only: Annotated[
+        bool, typer.Option("--successful-only", help="Only the trees of tasks that succeeded (results.jsonl).")
+    ] = False,
+    samples_per_shard: ShardOption = 1000,
+) -> None:
+    """Exploratory learning (ExACT): turn a searched run's trees into multi-turn training samples (the
+    actions explored, each state's evaluation, the backtracks, the executed choice), one per searched step."""
+    from magma.search.traces import write_search_traces
+
+    summary = write_search_traces(run_dir, out, max_images, successful_only, samples_per_shard)
+    typer.echo(summary.format(run_dir, out))

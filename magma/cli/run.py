@@ -58,6 +58,56 @@ ModelOption = Annotated[
     str | None, typer.Option("--model", help="A Magma checkpoint DIR (magma) or the endpoint's model name (openai).")
 ]
 MaxStepsOption = Annotated[int, typer.Option("--max-steps", help="Steps per task.")]
+# test-time search (the UI environments')
+SearchOption = Annotated[
+    str,
+    typer.Option(
+        "--search",
+        help="none (the policy acts alone) or rmcts (Reflective MCTS, ExACT: candidates from the policy, a value per "
+        "state, backtracking by reset and replay; the tree goes into the report).",
+    ),
+]
+SimulationsOption = Annotated[int, typer.Option("--search-simulations", help="Simulations per executed step.")]
+DepthOption = Annotated[int, typer.Option("--search-depth", help="Actions a simulation looks ahead.")]
+BranchingOption = Annotated[
+    int, typer.Option("--search-branching", help="Candidates the policy draws per expanded state.")
+]
+TotalOption = Annotated[
+    int | None, typer.Option("--search-total", help="Simulations over the whole task (default: no cap).")
+]
+ValueOption = Annotated[
+    str,
+    typer.Option(
+        "--value",
+        help="grader (the task's own grader: a privileged oracle value, for studying the search) or model "
+        "(--value-model).",
+    ),
+]
+ValueModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--value-model", help="The value model's name at an OpenAI-compatible endpoint (a VLM, or `agent serve`)."
+    ),
+]
+ValueUrlOption = Annotated[
+    str | None, typer.Option("--value-base-url", help="The value model's endpoint (default: OPENAI_BASE_URL).")
+]
+DebateOption = Annotated[
+    bool,
+    typer.Option("--debate/--single-judge", help="ExACT's debate (for, against, judgement) or one judge call."),
+]
+ReflectionsOption = Annotated[
+    bool,
+    typer.Option(
+        "--reflections/--no-reflections",
+        help="Write contrastive reflections after each task (RUN_DIR/reflections.jsonl) and show similar tasks' "
+        "lessons to the policy.",
+    ),
+]
+TemperatureOption = Annotated[
+    float, typer.Option("--temperature", help="The policy's sampling temperature for candidates.")
+]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seeds the stochastic policies' draws.")]
 
 
 def _out_dir(out: str | None, env: str, resume: bool) -> Path:
@@ -74,6 +124,38 @@ def _check_retry(retry_errors: bool, resume: bool) -> None:
 def _check_policy(policy: str, allowed: tuple[str, ...], env: str) -> None:
     if policy not in allowed:
         raise typer.BadParameter(f"--policy for `agent run {env}` must be one of {', '.join(allowed)}, got {policy!r}")
+
+
+def _search_settings(
+    search: str,
+    simulations: int,
+    depth: int,
+    branching: int,
+    total: int | None,
+    value: str,
+    value_model: str | None,
+    value_base_url: str | None,
+    debate: bool,
+    reflections: bool,
+    temperature: float,
+    seed: int,
+) -> Any:
+    from magma.search.episode import search_settings
+
+    return search_settings(
+        search,
+        simulations=simulations,
+        depth=depth,
+        branching=branching,
+        total=total,
+        value=value,
+        value_model=value_model,
+        value_base_url=value_base_url,
+        debate=debate,
+        reflections=reflections,
+        temperature=temperature,
+        seed=seed,
+    )
 
 
 def _print_summary(results: list[dict[str, Any]], out_dir: Path, group_name: str) -> None:
@@ -98,10 +180,14 @@ def run_web(
         typer.Option(
             "--policy",
             help="oracle (the bundled tasks' recorded trajectories), openai (OPENAI_BASE_URL / OPENAI_API_KEY; "
-            "`agent serve` is one) or magma.",
+            "`agent serve` is one), magma, or random (random clicks on listed elements).",
         ),
     ] = "oracle",
     model: ModelOption = None,
+    oracle_noise: Annotated[
+        float | None,
+        typer.Option("--oracle-noise", help="The oracle takes a random action with this probability (a weak policy)."),
+    ] = None,
     max_steps: MaxStepsOption = 30,
     workers: WorkersOption = 1,
     auth_dir: Annotated[
@@ -121,6 +207,18 @@ def run_web(
             "about page images; without one those tasks are reported undecided.",
         ),
     ] = None,
+    search: SearchOption = "none",
+    search_simulations: SimulationsOption = 10,
+    search_depth: DepthOption = 4,
+    search_branching: BranchingOption = 5,
+    search_total: TotalOption = None,
+    value: ValueOption = "grader",
+    value_model: ValueModelOption = None,
+    value_base_url: ValueUrlOption = None,
+    debate: DebateOption = False,
+    reflections: ReflectionsOption = True,
+    temperature: TemperatureOption = 1.0,
+    seed: SeedOption = 0,
     out: OutOption = None,
     resume: ResumeOption = False,
     retry_errors: RetryOption = False,
@@ -131,7 +229,9 @@ def run_web(
         WEB_POLICIES,
         WebRunOptions,
         WebRunSettings,
+        check_weak_policy,
         run_web_suite,
+        web_candidate_factory,
         web_policy_factory,
     )
 
@@ -147,9 +247,16 @@ def run_web(
         max_steps=max_steps,
         grading_mode=grading,
         judge_model=judge_model,
-    )
+        oracle_noise=oracle_noise,
+        search=_search_settings(search, search_simulations, search_depth, search_branching, search_total, value,
+                                value_model, value_base_url, debate, reflections, temperature, seed),
+    )  # fmt: skip
+    check_weak_policy(policy, oracle_noise)
     options = WebRunOptions(workers=workers, auth_dir=auth_dir, images_root=images_root, retry_errors=retry_errors)
-    factory = web_policy_factory(policy, model)
+    if settings.search is not None:
+        factory = web_candidate_factory(policy, model, settings.search, oracle_noise)
+    else:
+        factory = web_policy_factory(policy, model, oracle_noise, seed)
     results = run_web_suite(settings, options, out_dir, factory, resume=resume, progress=progress)
     _print_summary(results, out_dir, "site")
 
@@ -162,7 +269,12 @@ def run_miniwob(
     ] = "all",
     episodes: EpisodesOption = 3,
     policy: Annotated[
-        str, typer.Option("--policy", help="openai (OPENAI_BASE_URL / OPENAI_API_KEY; `agent serve` is one) or magma.")
+        str,
+        typer.Option(
+            "--policy",
+            help="openai (OPENAI_BASE_URL / OPENAI_API_KEY; `agent serve` is one), magma, or random (random clicks "
+            "on listed elements).",
+        ),
     ] = "openai",
     model: ModelOption = None,
     max_steps: MaxStepsOption = 10,
@@ -175,6 +287,18 @@ def run_miniwob(
         ),
     ] = None,
     workers: WorkersOption = 1,
+    search: SearchOption = "none",
+    search_simulations: SimulationsOption = 10,
+    search_depth: DepthOption = 4,
+    search_branching: BranchingOption = 5,
+    search_total: TotalOption = None,
+    value: ValueOption = "grader",
+    value_model: ValueModelOption = None,
+    value_base_url: ValueUrlOption = None,
+    debate: DebateOption = False,
+    reflections: ReflectionsOption = True,
+    temperature: TemperatureOption = 1.0,
+    seed: SeedOption = 0,
     out: OutOption = None,
     resume: ResumeOption = False,
     retry_errors: RetryOption = False,
@@ -202,9 +326,12 @@ def run_miniwob(
         model=model,
         max_steps=max_steps,
         time_limit_ms=time_limit_ms,
-    )
+        search=_search_settings(search, search_simulations, search_depth, search_branching, search_total, value,
+                                value_model, value_base_url, debate, reflections, temperature, seed),
+    )  # fmt: skip
     options = RunOptions(workers=workers, resume=resume, retry_errors=retry_errors, progress=progress)
-    results = run_miniwob_suite(settings, out_dir, miniwob_policy_factory(policy, model), options)
+    factory = miniwob_policy_factory(policy, model, settings.search, seed)
+    results = run_miniwob_suite(settings, out_dir, factory, options)
     _print_summary(results, out_dir, "task")
 
 
@@ -213,8 +340,16 @@ def run_android(
     tasks: Annotated[
         str | None, typer.Option("--tasks", help="A JSON file of tasks (default: the bundled task list).")
     ] = None,
-    policy: Annotated[str, typer.Option("--policy", help="scripted (the tasks' demos), openai or magma.")] = "scripted",
+    policy: Annotated[
+        str, typer.Option("--policy", help="scripted (the tasks' demos), openai, magma, or random (random taps).")
+    ] = "scripted",
     model: ModelOption = None,
+    scripted_noise: Annotated[
+        float | None,
+        typer.Option(
+            "--scripted-noise", help="The scripted demo takes a random action with this probability (a weak policy)."
+        ),
+    ] = None,
     max_steps: MaxStepsOption = 20,
     device: Annotated[
         str | None,
@@ -226,6 +361,18 @@ def run_android(
     record: Annotated[
         str | None, typer.Option("--record", help="Also write the episodes as training shards into DIR.")
     ] = None,
+    search: SearchOption = "none",
+    search_simulations: SimulationsOption = 10,
+    search_depth: DepthOption = 4,
+    search_branching: BranchingOption = 5,
+    search_total: TotalOption = None,
+    value: ValueOption = "grader",
+    value_model: ValueModelOption = None,
+    value_base_url: ValueUrlOption = None,
+    debate: DebateOption = False,
+    reflections: ReflectionsOption = True,
+    temperature: TemperatureOption = 1.0,
+    seed: SeedOption = 0,
     out: OutOption = None,
     resume: ResumeOption = False,
     retry_errors: RetryOption = False,
@@ -236,6 +383,7 @@ def run_android(
         ANDROID_POLICIES,
         AndroidRunOptions,
         AndroidRunSettings,
+        android_candidate_factory,
         android_policy_factory,
         run_android_suite,
     )
@@ -247,11 +395,20 @@ def run_android(
     host, _, port = endpoint.rpartition(":")
     if not host or not port.isdigit() or client not in ("", "adbutils", "adb"):
         raise typer.BadParameter(f"--adb must be HOST:PORT or HOST:PORT/adbutils|adb, got {adb!r}")
-    settings = AndroidRunSettings(policy=policy, model=model, max_steps=max_steps, device=device)
+    if scripted_noise is not None and (policy != "scripted" or not 0.0 <= scripted_noise <= 1.0):
+        raise typer.BadParameter(f"--scripted-noise {scripted_noise} goes with --policy scripted and is in [0, 1]")
+    settings = AndroidRunSettings(
+        policy=policy, model=model, max_steps=max_steps, device=device, scripted_noise=scripted_noise,
+        search=_search_settings(search, search_simulations, search_depth, search_branching, search_total, value,
+                                value_model, value_base_url, debate, reflections, temperature, seed),
+    )  # fmt: skip
     if tasks:
         settings.tasks = tasks
     options = AndroidRunOptions(adb_host=host, adb_port=int(port), client=client or "adbutils", record_dir=record)
-    factory = android_policy_factory(policy, model)
+    if settings.search is not None:
+        factory = android_candidate_factory(policy, model, settings.search, scripted_noise)
+    else:
+        factory = android_policy_factory(policy, model, scripted_noise, seed)
     results = run_android_suite(settings, options, out_dir, factory, resume, None, retry_errors, progress)
     _print_summary(results, out_dir, "group")
     if record:

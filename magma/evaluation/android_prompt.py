@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from magma.policies.web import MAX_LISTING_CHARS, WebPrompt
+from magma.policies.web import MAX_LISTING_CHARS, WebPrompt, lessons_text
 
 ANDROID_SYSTEM_PROMPT = """You operate an Android phone to complete a task. Each turn you see a screenshot in \
 which the interactive elements carry numbered marks, the same elements listed as [id] [class] [text] [state], \
@@ -28,7 +28,7 @@ def android_turn_text(observation: dict[str, Any], task: dict[str, Any], history
     goal = str(task.get("instruction") or observation.get("instruction") or "")
     previous = "\n".join(f"{index + 1}. {action}" for index, action in enumerate(history)) or "None"
     app = f"{observation.get('package', '')}/{observation.get('activity', '')}"
-    return f"GOAL: {goal}\nAPP: {app}\nELEMENTS:\n{listing}\nPREVIOUS ACTIONS:\n{previous}"
+    return f"GOAL: {goal}\nAPP: {app}\nELEMENTS:\n{listing}\n{lessons_text(task)}PREVIOUS ACTIONS:\n{previous}"
 
 
 def android_prompt(

@@ -34,12 +34,13 @@ from magma.evaluation.results import EpisodeResult
 from magma.evaluation.runner import Attempt, RunOptions, RunUnit, run_suite
 from magma.evaluation.ui_episode import EarlyStopRules, run_ui_episode, write_steps
 from magma.policies import Policy
+from magma.search.episode import SearchRun, SearchSettings
 
-ANDROID_POLICIES = ("scripted", "openai", "magma")
+ANDROID_POLICIES = ("scripted", "openai", "magma", "random")
 SIMULATED = "simulated"
 EARLY_STOP_ACTION = json.dumps({"SET_TASK_STATUS": "IMPOSSIBLE"})
 
-AndroidPolicyFactory = Callable[[Any, AndroidTask], Policy]
+AndroidPolicyFactory = Callable[[Any, AndroidTask], Policy]  # a candidate policy when the run searches
 # the phone, not the task: such failures are rerun by --resume once the device is back
 DEVICE_GONE_ERRORS = (
     AdbServerUnreachableError,
@@ -61,6 +62,8 @@ class AndroidRunSettings:
     device: str | None = None  # a serial, "simulated", or None for the only attached device
     parse_failures: int = 3
     repeated_actions: int = 5
+    scripted_noise: float | None = None  # the scripted demo takes a random action with this probability
+    search: SearchSettings | None = None  # test-time search (Reflective MCTS); None: the policy acts alone
 
 
 @dataclass
@@ -85,8 +88,9 @@ class AndroidWorker:
         settings: AndroidRunSettings,
         options: AndroidRunOptions,
         make_policy: AndroidPolicyFactory,
+        search: SearchRun | None = None,
     ) -> None:
-        self.env, self.options, self.make_policy = env, options, make_policy
+        self.env, self.options, self.make_policy, self.search = env, options, make_policy, search
         self.rules = EarlyStopRules(settings.parse_failures, settings.repeated_actions)
         self.recorder = AndroidRecorder(env) if options.record_dir else None
 
@@ -98,6 +102,16 @@ class AndroidWorker:
         attempt.phase = "policy"
         policy = self.make_policy(self.env, task)
         task_info = {"instruction": task.goal, "task_id": task.task_id, "images": [], "observation": observation}
+        if self.search is not None:
+            from magma.search.environments import AndroidSearchEnvironment
+
+            result, records = self.search.episode(
+                AndroidSearchEnvironment(self.env, task), episode_env, policy, task_info, attempt.result, self.rules,
+                attempt.trajectory_dir, self.options.save_images, described_action, EARLY_STOP_ACTION,
+                restart_record=lambda: episode_env.reset(options={"task": task})[0],
+            )  # fmt: skip
+            write_steps(records, attempt.trajectory_dir)
+            return result
         saved = attempt.trajectory_dir if self.options.save_images else None
         result, records = run_ui_episode(
             episode_env,
@@ -162,7 +176,9 @@ def run_android_suite(
     )
     try:
         env.connect()  # no device, unauthorised, offline: one message, before anything is written
-        return run_suite(units, settings, out_dir, lambda index: AndroidWorker(env, settings, options, make_policy),
+        search = SearchRun(settings.search, out_dir) if settings.search is not None else None
+        return run_suite(units, settings, out_dir,
+                         lambda index: AndroidWorker(env, settings, options, make_policy, search),
                          run_options)  # fmt: skip
     finally:
         env.close()
@@ -170,31 +186,64 @@ def run_android_suite(
             server.stop()
 
 
-def android_policy_factory(policy: str, model: str | None) -> AndroidPolicyFactory:
-    """Fresh per-episode policies that share what is expensive (a loaded model, an HTTP client)."""
+def android_candidate_factory(
+    policy: str, model: str | None, search: SearchSettings, scripted_noise: float | None = None
+) -> AndroidPolicyFactory:
+    """Candidate-proposing policies for a searched run, in the Android action grammar."""
+    from magma.evaluation.android_prompt import ANDROID_SYSTEM_PROMPT, android_prompt
+    from magma.evaluation.web_suite import chat_model_name, shared_magma_policy, task_seed
+    from magma.search import candidates
+
+    if policy == "scripted":
+        from envs.android.scripted import ScriptedAndroidPolicy
+
+        noise = scripted_noise or 0.0
+        return lambda env, task: candidates.NoisyOracle(
+            ScriptedAndroidPolicy(env, task.demo), noise, task_seed(search.seed, task.task_id), grammar="android"
+        )
+    if policy == "random":
+        return lambda env, task: candidates.RandomUIPolicy(task_seed(search.seed, task.task_id), grammar="android")
+    if policy == "openai":
+        from magma.policies.openai_chat import ChatClient
+
+        client = ChatClient(chat_model_name(model), temperature=search.temperature)
+        return lambda env, task: candidates.ChatCandidates(client, android_prompt, ANDROID_SYSTEM_PROMPT)
+    if policy == "magma":
+        import threading
+
+        shared, lock = shared_magma_policy(model), threading.Lock()
+        return lambda env, task: candidates.MagmaCandidates(
+            shared.model, shared.processor, search.temperature, seed=task_seed(search.seed, task.task_id),
+            generation_lock=lock, prompt=android_prompt,
+        )  # fmt: skip
+    raise UserFacingError(f"--policy {policy!r} is not an Android policy; use one of {', '.join(ANDROID_POLICIES)}")
+
+
+def android_policy_factory(
+    policy: str, model: str | None, scripted_noise: float | None = None, seed: int = 0
+) -> AndroidPolicyFactory:
+    """Fresh per-episode policies that share what is expensive (a loaded model, an HTTP client). ``random``
+    and the scripted demo with ``scripted_noise`` act on one draw of their candidate policy per step."""
+    if policy == "random" or (policy == "scripted" and scripted_noise is not None):
+        from magma.search.candidates import SampledPolicy
+
+        make_candidates = android_candidate_factory(policy, model, SearchSettings(seed=seed), scripted_noise)
+        return lambda env, task: SampledPolicy(make_candidates(env, task))
     if policy == "scripted":
         from envs.android.scripted import ScriptedAndroidPolicy
 
         return lambda env, task: ScriptedAndroidPolicy(env, task.demo)
-    if policy == "openai":
-        import os
+    from magma.evaluation.android_prompt import ANDROID_SYSTEM_PROMPT, android_prompt
+    from magma.evaluation.web_suite import chat_model_name, shared_magma_policy
 
-        from magma.evaluation.android_prompt import ANDROID_SYSTEM_PROMPT, android_prompt
+    if policy == "openai":
         from magma.policies.openai_chat import ChatClient, OpenAIChatPolicy
 
-        name = model or os.environ.get("OPENAI_MODEL")
-        if not name:
-            raise UserFacingError("--policy openai needs --model NAME (the endpoint's model name) or OPENAI_MODEL")
-        client = ChatClient(name)
+        client = ChatClient(chat_model_name(model))
         return lambda env, task: OpenAIChatPolicy(client, system=ANDROID_SYSTEM_PROMPT, prompt=android_prompt)
     if policy == "magma":
-        if not model or not Path(model).is_dir():
-            raise UserFacingError(f"--policy magma needs --model DIR, a Magma checkpoint directory (got {model!r})")
-        import torch
-
-        from magma.evaluation.android_prompt import android_prompt
         from magma.policies.web import MagmaWebPolicy
 
-        shared = MagmaWebPolicy.from_pretrained(model, device="cuda" if torch.cuda.is_available() else "cpu")
+        shared = shared_magma_policy(model)
         return lambda env, task: MagmaWebPolicy(shared.model, shared.processor, prompt=android_prompt)
     raise UserFacingError(f"--policy {policy!r} is not an Android policy; use one of {', '.join(ANDROID_POLICIES)}")

@@ -48,6 +48,7 @@ class EpisodeResult:
     error_kind: str | None = None  # the failure's category (magma.evaluation.task_failures) when status is "error"
     worker: int = 0
     video: str | None = None  # the episode's mp4, relative to the run directory
+    search: dict[str, Any] | None = None  # a searched task's figures (magma.search.tree.SearchStats, as a dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,6 +77,7 @@ _RECORD_TYPES: dict[str, tuple[type, ...]] = {
     "error_kind": _OPTIONAL_TEXT,
     "worker": (int,),
     "video": _OPTIONAL_TEXT,
+    "search": (dict, type(None)),
 }
 # what a line that lacks a field reads as (an old or hand-written line); ``key`` and ``status`` have none
 _RECORD_DEFAULTS: dict[str, Any] = {
@@ -96,6 +98,7 @@ _RECORD_DEFAULTS: dict[str, Any] = {
     "error_kind": None,
     "worker": 0,
     "video": None,
+    "search": None,
 }
 RECORD_STATUSES = ("done", "error")
 
@@ -114,6 +117,8 @@ def _field_ok(name: str, value: Any) -> bool:
         return False
     if isinstance(value, list):
         return all(isinstance(item, str) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(item, int | float | type(None)) for item in value.values())
     return True
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,13 @@ from magma.evaluation.results import EpisodeResult
 from magma.evaluation.runner import Attempt, RunOptions, RunUnit, run_suite
 from magma.evaluation.ui_episode import EarlyStopRules, run_ui_episode, save_step_image, write_steps
 from magma.policies import Policy
+from magma.search.episode import SearchRun, SearchSettings
 
-WEB_POLICIES = ("oracle", "openai", "magma")
+WEB_POLICIES = ("oracle", "openai", "magma", "random")
 
 PolicyFactory = Callable[[Any, SelectedTask, dict[str, str]], Policy]
+# a searched run's: (env, task key, the task's oracle steps or None, site URLs) -> a candidate-proposing policy
+CandidateFactory = Callable[[Any, str, list[dict[str, Any]] | None, dict[str, str]], Any]
 
 
 @dataclass
@@ -39,6 +43,8 @@ class WebRunSettings:
     judge_model: str | None = None  # a chat model for fuzzy_match and eval_vqa (else those stay undecided)
     parse_failures: int = 3
     repeated_actions: int = 5
+    oracle_noise: float | None = None  # the oracle takes a random action with this probability (a weak policy)
+    search: SearchSettings | None = None  # test-time search (Reflective MCTS); None: the policy acts alone
 
 
 @dataclass
@@ -66,12 +72,18 @@ class WebWorker:
     device_errors: tuple[type[BaseException], ...] = ()
 
     def __init__(
-        self, index: int, settings: WebRunSettings, options: WebRunOptions, out_dir: Path, make_policy: PolicyFactory
+        self,
+        index: int,
+        settings: WebRunSettings,
+        options: WebRunOptions,
+        out_dir: Path,
+        make_policy: PolicyFactory | CandidateFactory,
+        search: SearchRun | None = None,
     ) -> None:
         from envs.web.browser import ChromiumBrowser
         from envs.web.tasks import site_urls_from_environment
 
-        self.settings, self.options, self.make_policy = settings, options, make_policy
+        self.settings, self.options, self.make_policy, self.search = settings, options, make_policy, search
         self.rules = EarlyStopRules(settings.parse_failures, settings.repeated_actions)
         self.sites: Any = None
         self.environments: dict[bool, Any] = {}
@@ -87,9 +99,13 @@ class WebWorker:
             return self.official_urls
         if self.sites is None:
             self.sites = start_sites()
+        self._reset_sites()
+        return site_urls_from_environment({name.upper(): url for name, url in self.sites.items()})
+
+    def _reset_sites(self) -> None:
+        """The bundled sites' data as shipped, and fresh logins (before a task, and a search's backtrack)."""
         self.sites.reset()
         _site_login_states(self.sites, self.bundled_auth)
-        return site_urls_from_environment({name.upper(): url for name, url in self.sites.items()})
 
     def _environment(self, bundled: bool) -> Any:
         from envs.web.env import WebEnv
@@ -127,11 +143,21 @@ class WebWorker:
         attempt.phase = "start_page"
         observation, _ = env.reset(options={"task": task})
         attempt.phase = "policy"
-        policy = self.make_policy(env, selected, urls)
         task_info = {"instruction": task.intent, "task_id": selected.key, "images": images}
         task_info["observation"] = observation
-        saved = attempt.trajectory_dir if self.options.save_images else None
-        result, records = run_ui_episode(env, policy, task_info, attempt.result, self.rules, saved)
+        if self.search is not None:
+            from magma.search.environments import WebSearchEnvironment
+
+            candidates = self.make_policy(env, selected.key, selected.oracle, urls)
+            environment = WebSearchEnvironment(env, task, self._reset_sites if selected.bundled else None)
+            result, records = self.search.episode(
+                environment, env, candidates, task_info, attempt.result, self.rules, attempt.trajectory_dir,
+                self.options.save_images,
+            )  # fmt: skip
+        else:
+            policy = self.make_policy(env, selected, urls)
+            saved = attempt.trajectory_dir if self.options.save_images else None
+            result, records = run_ui_episode(env, policy, task_info, attempt.result, self.rules, saved)
         write_steps(records, attempt.trajectory_dir)
         return result
 
@@ -147,15 +173,17 @@ def run_web_suite(
     settings: WebRunSettings,
     options: WebRunOptions,
     out_dir: str | Path,
-    make_policy: PolicyFactory,
+    make_policy: PolicyFactory | CandidateFactory,
     resume: bool = False,
     on_result: Callable[[EpisodeResult], None] | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run every selected task not finished yet; returns all results of the run directory, in task order."""
+    """Run every selected task not finished yet; returns all results of the run directory, in task order.
+    ``make_policy`` is a ``CandidateFactory`` (``web_candidate_factory``) when ``settings.search`` is set."""
     out_dir = Path(out_dir)
     selected = select_tasks(settings.tasks)
     check_tasks_runnable(selected, settings)
+    search = SearchRun(settings.search, out_dir) if settings.search is not None else None
     units = [RunUnit(task.key, task.site, tuple(task.eval_types), payload=task) for task in selected]
     run_options = RunOptions(
         workers=options.workers,
@@ -168,7 +196,11 @@ def run_web_suite(
         on_result=on_result,
     )
     return run_suite(
-        units, settings, out_dir, lambda index: WebWorker(index, settings, options, out_dir, make_policy), run_options
+        units,
+        settings,
+        out_dir,
+        lambda index: WebWorker(index, settings, options, out_dir, make_policy, search),
+        run_options,
     )
 
 
@@ -178,6 +210,7 @@ def check_tasks_runnable(selected: list[SelectedTask], settings: WebRunSettings)
 
     if settings.policy not in WEB_POLICIES:
         raise UserFacingError(f"--policy {settings.policy!r} is not a web policy; use one of {', '.join(WEB_POLICIES)}")
+    check_weak_policy(settings.policy, settings.oracle_noise)
     if settings.policy == "oracle":
         without = [task.key for task in selected if not task.oracle]
         if without:
@@ -196,30 +229,89 @@ def check_tasks_runnable(selected: list[SelectedTask], settings: WebRunSettings)
                 pass  # this one task's config: recorded as its error when it runs, the others go on
 
 
-def web_policy_factory(policy: str, model: str | None) -> PolicyFactory:
-    """A factory of fresh per-episode policies that share what is expensive (a loaded model, an HTTP client)."""
+def check_weak_policy(policy: str, oracle_noise: float | None) -> None:
+    if oracle_noise is not None and (policy != "oracle" or not 0.0 <= oracle_noise <= 1.0):
+        raise UserFacingError(f"--oracle-noise {oracle_noise} goes with --policy oracle and is a probability in [0, 1]")
+
+
+def task_seed(seed: int, key: str) -> int:
+    """A task's own seed for a stochastic policy: the same task draws the same way in every run and worker."""
+    return (seed * 1_000_003 + zlib.crc32(key.encode("utf-8"))) % 2**31
+
+
+def web_candidate_factory(
+    policy: str, model: str | None, search: SearchSettings, oracle_noise: float | None = None
+) -> CandidateFactory:
+    """Candidate-proposing policies for a searched run (``magma.search.candidates``), sharing what is expensive."""
+    from magma.search import candidates
+
+    if policy == "oracle":
+        noise = oracle_noise or 0.0
+        from envs.web.oracle import WebOracle
+
+        return lambda env, key, steps, urls: candidates.NoisyOracle(
+            WebOracle(env, steps or [], urls), noise, task_seed(search.seed, key)
+        )
+    if policy == "random":
+        return lambda env, key, steps, urls: candidates.RandomUIPolicy(task_seed(search.seed, key))
+    if policy == "openai":
+        from magma.policies.openai_chat import ChatClient
+
+        client = ChatClient(chat_model_name(model), temperature=search.temperature)
+        return lambda env, key, steps, urls: candidates.ChatCandidates(client)
+    if policy == "magma":
+        shared = shared_magma_policy(model)
+        lock = threading.Lock()
+        return lambda env, key, steps, urls: candidates.MagmaCandidates(
+            shared.model, shared.processor, search.temperature, seed=task_seed(search.seed, key), generation_lock=lock
+        )
+    raise UserFacingError(f"--policy {policy!r} is not a web policy; use one of {', '.join(WEB_POLICIES)}")
+
+
+def chat_model_name(model: str | None) -> str:
+    """``--model`` or ``OPENAI_MODEL``: the endpoint's model name for ``--policy openai``."""
+    import os
+
+    name = model or os.environ.get("OPENAI_MODEL")
+    if not name:
+        raise UserFacingError("--policy openai needs --model NAME (the endpoint's model name) or OPENAI_MODEL")
+    return name
+
+
+def shared_magma_policy(model: str | None) -> Any:
+    """The ``--policy magma`` checkpoint, loaded once for every worker's policies."""
+    if not model or not Path(model).is_dir():
+        raise UserFacingError(f"--policy magma needs --model DIR, a Magma checkpoint directory (got {model!r})")
+    import torch
+
+    from magma.policies.web import MagmaWebPolicy
+
+    return MagmaWebPolicy.from_pretrained(model, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def web_policy_factory(
+    policy: str, model: str | None, oracle_noise: float | None = None, seed: int = 0
+) -> PolicyFactory:
+    """A factory of fresh per-episode policies that share what is expensive (a loaded model, an HTTP client).
+    ``random`` and the oracle with ``oracle_noise`` act on one draw of their candidate policy per step."""
+    if policy == "random" or (policy == "oracle" and oracle_noise is not None):
+        from magma.search.candidates import SampledPolicy
+
+        make_candidates = web_candidate_factory(policy, model, SearchSettings(seed=seed), oracle_noise)
+        return lambda env, selected, urls: SampledPolicy(make_candidates(env, selected.key, selected.oracle, urls))
     if policy == "oracle":
         from envs.web.oracle import WebOracle
 
         return lambda env, selected, urls: WebOracle(env, selected.oracle or [], urls)
     if policy == "openai":
-        import os
-
         from magma.policies.openai_chat import ChatClient, OpenAIChatPolicy
 
-        name = model or os.environ.get("OPENAI_MODEL")
-        if not name:
-            raise UserFacingError("--policy openai needs --model NAME (the endpoint's model name) or OPENAI_MODEL")
-        client = ChatClient(name)
+        client = ChatClient(chat_model_name(model))
         return lambda env, selected, urls: OpenAIChatPolicy(client)
     if policy == "magma":
-        if not model or not Path(model).is_dir():
-            raise UserFacingError(f"--policy magma needs --model DIR, a Magma checkpoint directory (got {model!r})")
-        import torch
-
         from magma.policies.web import MagmaWebPolicy
 
-        shared = MagmaWebPolicy.from_pretrained(model, device="cuda" if torch.cuda.is_available() else "cpu")
+        shared = shared_magma_policy(model)
         lock = threading.Lock()
         return lambda env, selected, urls: MagmaWebPolicy(shared.model, shared.processor, generation_lock=lock)
     raise UserFacingError(f"--policy {policy!r} is not a web policy; use one of {', '.join(WEB_POLICIES)}")

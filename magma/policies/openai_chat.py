@@ -79,25 +79,37 @@ class ChatClient:
         self.retries = retries
 
     def complete(self, messages: list[dict[str, Any]]) -> str:
-        body = json.dumps(
-            {
-                "model": self.model,
-                "messages": messages,
-                "temperature": self.temperature,
-                "max_tokens": self.max_tokens,
-            }
-        ).encode()
+        return self._choices(self._post(messages, 1), 1)[0]
+
+    def complete_many(self, messages: list[dict[str, Any]], n: int) -> list[str]:
+        """``n`` replies to the same messages (candidates for search): one request for ``n`` choices; an
+        endpoint that returns fewer (many serve one choice per request) is asked again for the rest."""
+        replies: list[str] = []
+        while len(replies) < n:
+            wanted = n - len(replies)
+            replies += self._choices(self._post(messages, wanted), wanted)
+        return replies[:n]
+
+    def _post(self, messages: list[dict[str, Any]], n: int) -> Any:
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+        if n > 1:
+            payload["n"] = n
+        body = json.dumps(payload).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        url = f"{self.base_url}/chat/completions"
+        url = self.url
         delay = 1.0
         for attempt in range(self.retries + 1):
             request = urllib.request.Request(url, data=body, headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    reply = json.loads(response.read())
-                break
+                    return json.loads(response.read())
             except urllib.error.HTTPError as error:
                 detail = error.read()[:300].decode("utf-8", "replace")
                 if error.code in RETRY_STATUSES and attempt < self.retries:
@@ -107,18 +119,33 @@ class ChatClient:
                 raise ChatEndpointError(
                     f"{url} answered HTTP {error.code}: {detail}; check the model name and key"
                 ) from error
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-                if attempt < self.retries:
+            except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError) as error:
+                if attempt < self.retries and not isinstance(error, ValueError):
                     time.sleep(delay)
                     delay *= 2
                     continue
+                if isinstance(error, ValueError):
+                    raise ChatEndpointError(f"{url} answered something that is not JSON: {error}") from error
                 raise ChatEndpointError(
                     f"cannot reach {url}: {error}; start the server or set OPENAI_BASE_URL to a reachable endpoint"
                 ) from error
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _choices(self, reply: Any, most: int) -> list[str]:
         try:
-            return str(reply["choices"][0]["message"]["content"] or "")
+            choices = reply["choices"]
+            texts = [str(choice["message"]["content"] or "") for choice in choices[:most]]
         except (KeyError, IndexError, TypeError) as error:
-            raise ChatEndpointError(f"{url} answered without choices[0].message.content: {str(reply)[:200]}") from error
+            raise ChatEndpointError(
+                f"{self.url} answered without choices[0].message.content: {str(reply)[:200]}"
+            ) from error
+        if not texts:
+            raise ChatEndpointError(f"{self.url} answered no choices: {str(reply)[:200]}")
+        return texts
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/chat/completions"
 
 
 class OpenAIChatPolicy:

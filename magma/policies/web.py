@@ -62,10 +62,19 @@ def web_prompt(
     previous = "\n".join(f"{index + 1}. {action}" for index, action in enumerate(history)) or "None"
     user = (
         f"OBJECTIVE: {objective}\nURL: {observation.get('url', '')}\nOPEN TABS:\n{tab_lines}\n"
-        f"ELEMENTS:\n{listing}\nPREVIOUS ACTIONS:\n{previous}"
+        f"ELEMENTS:\n{listing}\n{lessons_text(task)}PREVIOUS ACTIONS:\n{previous}"
     )
     images = [np.asarray(observation["image"])] if observation.get("image") is not None else []
     return WebPrompt(system, user, images + [np.asarray(image) for image in task_images])
+
+
+def lessons_text(task: dict[str, Any]) -> str:
+    """The reflections a searched run retrieved for this task (``magma.search.reflections``), as prompt lines;
+    empty without any."""
+    lessons = [str(lesson) for lesson in task.get("reflections") or []]
+    if not lessons:
+        return ""
+    return "LESSONS FROM EARLIER TASKS:\n" + "\n".join(f"- {lesson}" for lesson in lessons) + "\n"
 
 
 def build_web_prompt(

@@ -1,0 +1,197 @@
+"""Reflective MCTS (``agent run ... --search rmcts``) on real environments: the bundled web sites in Chromium
+(their data reset for every backtrack) and MiniWoB++ pages; the replay check; a reset failing mid-search;
+the value model failing; resume and bad options."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_cli import assert_one_clear_error
+from cli_in_process import agent_in_process
+
+from envs.android.tasks import BUNDLED_TASKS as BUNDLED_ANDROID_TASKS
+from envs.miniwob.env import MiniWoBEnv
+from envs.web.browser import ChromiumBrowser
+from magma.search.candidates import RandomUIPolicy
+from magma.search.environments import MiniWoBSearchEnvironment
+from magma.search.rmcts import ReflectiveMCTS, SearchBudget
+from magma.search.tree import TREE_FILE, SearchTree
+from magma.search.values import GraderValue
+
+if not Path("/usr/bin/chromium").exists():
+    pytest.skip("system Chromium not installed", allow_module_level=True)
+
+
+def results_of(out: Path) -> dict[str, dict[str, Any]]:
+    lines = (out / "results.jsonl").read_text().splitlines()
+    return {record["key"]: record for record in map(json.loads, filter(None, lines))}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with ChromiumBrowser() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def miniwob(browser):
+    environment = MiniWoBEnv(browser=browser, max_steps=4)
+    yield environment
+    environment.close()
+
+
+def test_search_with_the_grader_value_finds_the_oracle_path_a_noisy_oracle_misses(tmp_path):
+    """A url_match task and a program_html task that changes the shop's data (so every backtrack must reset the
+    sites): the oracle that acts at random half the time fails alone and succeeds with search."""
+    tasks = ["classifieds:1", "shopping:18"]
+    common = ["--tasks", *tasks[:1], "--tasks", tasks[1], "--policy", "oracle", "--oracle-noise", "0.5", "--seed", "3"]
+    common += ["--max-steps", "6", "--no-progress"]
+    alone = agent_in_process("run", "web", *common, "--out", str(tmp_path / "alone"))
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    searched = agent_in_process(
+        "run", "web", *common, "--search", "rmcts", "--search-simulations", "3", "--search-branching", "4",
+        "--search-depth", "2", "--out", str(tmp_path / "searched"),
+    )  # fmt: skip
+    assert searched.returncode == 0, searched.stderr[-3000:]
+    without, with_search = results_of(tmp_path / "alone"), results_of(tmp_path / "searched")
+    assert not all(without[key]["success"] for key in tasks), without  # the weak policy alone fails somewhere
+    for key in tasks:
+        record = with_search[key]
+        assert record["success"] is True, record
+        stats = record["search"]
+        assert stats["privileged_value"] == 1 and stats["simulations"] >= 3 and stats["replays"] >= 1
+        assert stats["replay_match_share"] == 1.0  # the bundled sites reset exactly: every replay matched
+        folder = tmp_path / "searched" / "trajectories" / key.replace(":", "_")
+        tree = SearchTree.load(folder)
+        assert tree.privileged and tree.value_kind == "grader"
+        executed = [tree.nodes[index] for index in tree.executed]
+        assert executed[-1].terminal and executed[-1].value == 1.0
+        assert [node.action for node in executed[1:]] == [
+            json.loads(line)["action"] for line in (folder / "steps.jsonl").read_text().splitlines()
+        ]  # the recorded episode is the executed path, replayed and graded by the environment
+        assert (folder / tree.nodes[0].image).is_file()
+    run = json.loads((tmp_path / "searched" / "run.json").read_text())
+    assert run["search"]["simulations"] == 3 and run["oracle_noise"] == 0.5
+
+
+def test_search_lifts_a_random_policy_on_miniwob_and_a_resume_keeps_the_budget(tmp_path):
+    options = ["--tasks", "click-link,focus-text", "--episodes", "2", "--policy", "random", "--max-steps", "4"]
+    options += ["--no-progress", "--seed", "1"]
+    alone = agent_in_process("run", "miniwob", *options, "--out", str(tmp_path / "alone"))
+    searched_options = [*options, "--search", "rmcts", "--search-simulations", "10", "--out", str(tmp_path / "s")]
+    searched = agent_in_process("run", "miniwob", *searched_options)
+    assert alone.returncode == 0 and searched.returncode == 0, searched.stderr[-3000:]
+    passed_alone = sum(bool(record["success"]) for record in results_of(tmp_path / "alone").values())
+    records = results_of(tmp_path / "s")
+    assert sum(bool(record["success"]) for record in records.values()) == 4 > passed_alone
+    assert all(record["search"]["environment_steps"] > record["steps"] for record in records.values())
+    report = (tmp_path / "s" / "report.html").read_text()
+    assert "click-link:000" in report
+    again = agent_in_process("run", "miniwob", *searched_options, "--resume")
+    assert again.returncode == 0 and results_of(tmp_path / "s") == records  # nothing ran again
+    other = [*options, "--search", "rmcts", "--search-simulations", "3", "--out", str(tmp_path / "s"), "--resume"]
+    assert_one_clear_error(agent_in_process("run", "miniwob", *other), "search differ")
+
+
+class DriftingSeeds(MiniWoBSearchEnvironment):
+    """A MiniWoB++ task whose restart draws another seed each time: a replay cannot reach the same page."""
+
+    def restart(self) -> dict[str, Any]:
+        self.seed += 1
+        return super().restart()
+
+
+class FailingRestart(MiniWoBSearchEnvironment):
+    """A task whose environment cannot be reset after the first start (a site that went away)."""
+
+    restarts = 0
+
+    def restart(self) -> dict[str, Any]:
+        self.restarts += 1
+        if self.restarts > 1:
+            raise ConnectionError("the task page stopped answering")
+        return super().restart()
+
+
+def test_a_replay_that_reaches_another_state_is_counted(miniwob):
+    search = ReflectiveMCTS(
+        DriftingSeeds(miniwob, "click-button-sequence", 0), RandomUIPolicy(0), GraderValue(), SearchBudget(8, 2, 4)
+    )
+    outcome = search.run({"instruction": "?"})
+    stats = outcome.tree.stats
+    assert stats.replays >= 1 and stats.replay_mismatches >= 1
+    mismatched = [backtrack for backtrack in outcome.tree.backtracks if not backtrack.matched]
+    assert mismatched and ("another listing" in mismatched[0].note or "replayed URL" in mismatched[0].note)
+    assert outcome.tree.to_json()["stats"]["replay_match_share"] < 1.0
+
+
+def test_a_reset_failing_mid_search_ends_the_search_and_keeps_the_path(miniwob):
+    environment = FailingRestart(miniwob, "click-button-sequence", 0)
+    outcome = ReflectiveMCTS(environment, RandomUIPolicy(0), GraderValue(), SearchBudget(8, 2, 4)).run({})
+    assert outcome.ended_early and "could not be reset" in outcome.ended_early
+    assert "stopped answering" in outcome.ended_early and outcome.tree.stats.restart_failures == 1
+    assert outcome.tree.nodes[0].reached and len(outcome.tree.executed) >= 1
+
+
+def test_an_unreachable_value_model_falls_back_to_the_policy_and_the_run_goes_on(tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        unused_port = probe.getsockname()[1]
+    out = tmp_path / "run"
+    result = agent_in_process(
+        "run", "miniwob", "--tasks", "click-button", "--episodes", "1", "--policy", "random", "--max-steps", "3",
+        "--search", "rmcts", "--search-simulations", "2", "--value", "model", "--value-model", "judge",
+        "--value-base-url", f"http://127.0.0.1:{unused_port}/v1", "--no-reflections", "--no-progress",
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (record,) = results_of(out).values()
+    assert record["status"] == "done" and record["search"]["value_failures"] >= 1
+    assert any("the policy's own choice stood in" in note for note in record["eval_notes"])
+    tree = json.loads((out / "trajectories" / "click-button_000" / TREE_FILE).read_text())
+    assert not tree["privileged"] and {node["value_source"] for node in tree["nodes"] if node["value"] is not None} == {
+        "policy-prior"
+    }
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (["--search", "rmcts", "--search-simulations", "0"], ["simulations must be at least 1", "--search none"]),
+        (["--search", "rmcts", "--search-branching", "0"], ["branching must be at least 1"]),
+        (["--search", "bfs"], ["'bfs' is not a search method"]),
+        (["--search", "rmcts", "--value", "model"], ["--value-model"]),
+        (["--policy", "random", "--oracle-noise", "0.5"], ["--oracle-noise", "--policy oracle"]),
+        (["--oracle-noise", "1.5"], ["probability in [0, 1]"]),
+    ],
+)
+def test_bad_search_options_are_one_clear_error(tmp_path, options, words):
+    result = agent_in_process("run", "web", "--tasks", "classifieds:1", *options, "--out", str(tmp_path / "r"))
+    assert_one_clear_error(result, *words)
+    assert not (tmp_path / "r").exists()
+
+
+def test_search_on_the_simulated_phone_lifts_a_noisy_scripted_policy(tmp_path):
+    """Android: backtracking runs each task's setup again (force stop, clear data, launch) and replays taps."""
+    wanted = ("dark_mode", "delete_item_2")
+    tasks = [task for task in json.loads(BUNDLED_ANDROID_TASKS.read_text()) if task.get("task_id") in wanted]
+    assert len(tasks) == 2
+    task_file = tmp_path / "tasks.json"
+    task_file.write_text(json.dumps(tasks))
+    options = ["--device", "simulated", "--tasks", str(task_file), "--policy", "scripted", "--scripted-noise", "0.5"]
+    options += ["--no-progress"]
+    alone = agent_in_process("run", "android", *options, "--out", str(tmp_path / "alone"))
+    searched = agent_in_process(
+        "run", "android", *options, "--search", "rmcts", "--search-simulations", "5", "--out", str(tmp_path / "s")
+    )
+    assert alone.returncode == 0 and searched.returncode == 0, searched.stderr[-3000:]
+    records = results_of(tmp_path / "s")
+    assert all(record["success"] for record in records.values()), records
+    assert not all(record["success"] for record in results_of(tmp_path / "alone").values())
+    assert all(record["search"]["replay_match_share"] in (None, 1.0) for record in records.values())
+    tree = SearchTree.load(tmp_path / "s" / "trajectories" / "dark_mode")
+    assert tree.nodes[tree.executed[-1]].terminal and tree.nodes[tree.executed[-1]].value == 1.0
