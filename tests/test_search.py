@@ -91,6 +91,10 @@ def test_search_lifts_a_random_policy_on_miniwob_and_a_resume_keeps_the_budget(t
     assert all(record["search"]["environment_steps"] > record["steps"] for record in records.values())
     report = (tmp_path / "s" / "report.html").read_text()
     assert "click-link:000" in report
+    traces = agent_in_process("data", "search-traces", str(tmp_path / "s"), "--out", str(tmp_path / "traces"))
+    assert traces.returncode == 0, traces.stderr[-3000:]
+    manifest = json.loads((tmp_path / "traces" / "search_traces.json").read_text())
+    assert manifest["samples"] >= 4, manifest  # at least one sample per searched task
     again = agent_in_process("run", "miniwob", *searched_options, "--resume")
     assert again.returncode == 0 and results_of(tmp_path / "s") == records  # nothing ran again
     other = [*options, "--search", "rmcts", "--search-simulations", "3", "--out", str(tmp_path / "s"), "--resume"]

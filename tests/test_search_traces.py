@@ -25,7 +25,7 @@ from magma.evaluation.web_suite import WebRunSettings
 from magma.search.candidates import RandomUIPolicy
 from magma.search.episode import SearchSettings
 from magma.search.rmcts import ReflectiveMCTS, SearchBudget
-from magma.search.traces import MANIFEST_FILE, TraceStats, replayed_walks, search_trace_samples
+from magma.search.traces import MANIFEST_FILE, TraceStats, recorded_walks, search_trace_samples
 from magma.search.tree import Backtrack, SearchStats, SearchTree
 from magma.search.values import GraderValue, ValueContext, ValueEstimate
 
@@ -233,9 +233,9 @@ def test_successful_only_leaves_out_failed_tasks(run_dir):
     ("budget", "seed"),
     [(SearchBudget(simulations=4, depth=2, branching=3), 1), (SearchBudget(3, 3, 2, total=5, exploration=0.5), 4)],
 )
-def test_the_replay_finds_the_order_the_search_entered_states(budget, seed):
+def test_the_walks_are_the_order_the_search_entered_states(budget, seed):
     tree, entered = searched_tree(budget, seed)
-    walks = replayed_walks(tree)
+    walks = recorded_walks(tree)
     assert walks is not None and walks.exact
     assert [node for step in sorted(walks.steps) for node in walks.steps[step]] == entered
     assert len(entered) > 3

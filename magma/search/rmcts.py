@@ -31,6 +31,7 @@ from magma.search.candidates import CandidatePolicy, canonical_action, group_can
 from magma.search.tree import (
     SAVED_LISTING_CHARS,
     Backtrack,
+    Decision,
     SearchNode,
     SearchTree,
     backpropagate,
@@ -134,6 +135,7 @@ class ReflectiveMCTS:
         self.instruction = ""
         self.failure_reasons: list[str] = []  # the value function's, in order
         self.exhausted: set[int] = set()  # nodes where a new draw brought no new action
+        self.entries = 0  # states reached so far (SearchNode.entered)
 
     # -- the environment -------------------------------------------------------------------------------
 
@@ -185,6 +187,8 @@ class ReflectiveMCTS:
     # -- nodes -----------------------------------------------------------------------------------------
 
     def _record_state(self, node: SearchNode, observation: dict[str, Any]) -> None:
+        node.entered, node.entered_at_step = self.entries, self.step_index
+        self.entries += 1
         listing = str(observation.get("som") or observation.get("text") or "")
         node.url = str(observation.get("url", ""))
         node.listing = listing[:SAVED_LISTING_CHARS]
@@ -320,6 +324,7 @@ class ReflectiveMCTS:
                 chosen = best_child(self.tree, current)
                 if chosen is None:
                     break
+                self.tree.decisions.append(Decision(step_index, chosen.id, chosen.q, chosen.visits))
                 if not chosen.reached:
                     self._go_to(current.id)
                     self._enter(chosen)

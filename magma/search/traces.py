@@ -4,9 +4,8 @@ Each executed step's search becomes one multi-turn sample of the training-sample
 at the step's state (``magma.policies.web.web_prompt``, so training sees what acting sees), then the walk in
 the order the search entered states: the action taken (the policy's reply), the state it led to, its
 evaluation (value and note), a "go back" turn wherever the next state entered is not a child of the last, and
-last the choice of the executed action. The tree does not save when a node was entered; the order is rebuilt
-by replaying the search's PUCT choices from the saved values, checked against the saved visit counts and
-value sums, else (a hand-made or changed tree) approximated by the order the nodes were made.
+last the choice of the executed action. The order is the one the search recorded (``SearchNode.entered``);
+a tree without that record (made by hand) is walked in the order its nodes were made.
 
 ``write_search_traces`` writes them as WebDataset shards (``agent data search-traces``).
 """
@@ -17,7 +16,7 @@ import logging
 import math
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,6 @@ from magma.search.tree import (
     SearchNode,
     SearchTree,
     SearchTreeError,
-    backpropagate,
-    best_child,
-    select_child,
 )
 
 _log = logging.getLogger(__name__)
@@ -93,88 +89,25 @@ def _number(value: Any) -> float:
 @dataclass
 class SearchWalks:
     """The nodes each executed step's search entered, in order (``steps``); whether that order is exact; and
-    the executed child's mean value and visits when it was chosen (``choices``, known from the replay only)."""
+    the executed child's mean value and visits when it was chosen (``choices``, from the tree's decisions)."""
 
     steps: dict[int, list[int]]
     exact: bool
     choices: dict[int, tuple[float, int]] = field(default_factory=dict)
 
 
-def replayed_walks(tree: SearchTree) -> SearchWalks | None:
-    """The nodes each executed step's search entered, in order, rebuilt by replaying ``magma.search.rmcts``'s
-    choices (PUCT, the saved values, the budget); None when the replay does not reproduce the saved visit
-    counts, value sums and executed path (a tree made another way)."""
-    budget = tree.budget
-    try:
-        per_step, depth = int(budget["simulations"]), int(budget["depth"])
-        exploration = float(budget.get("exploration", 1.0))
-        remaining = None if budget.get("total") is None else int(budget["total"])
-    except (KeyError, TypeError, ValueError):
+def recorded_walks(tree: SearchTree) -> SearchWalks | None:
+    """The nodes each executed step's search entered, in the order it entered them (``SearchNode.entered``,
+    recorded by ``magma.search.rmcts``), with the executed child's mean value and visits when it was chosen;
+    None for a tree that lacks the record (made by hand, or by another version)."""
+    reached = [node for node in tree.nodes if node.value is not None]
+    if any(node.entered is None or node.entered_at_step is None for node in reached):
         return None
-    shadow = SearchTree(nodes=[replace(node, visits=0, value_sum=0.0, expanded=False) for node in tree.nodes])
-    nodes = shadow.nodes
-    reached = {0}
-    simulations_left = tree.stats.simulations
-    walks: dict[int, list[int]] = {}
-    choices: dict[int, tuple[float, int]] = {}
-
-    def enter(node: SearchNode, walk: list[int]) -> float:
-        if node.value is None:
-            raise SearchTreeError(f"node {node.id} is entered but has no value")
-        reached.add(node.id)
-        walk.append(node.id)
-        return _number(node.value)
-
-    def simulate(root: SearchNode, walk: list[int]) -> None:
-        node, steps = root, 0
-        while node.expanded and node.children and not node.terminal and steps < depth:
-            child = select_child(shadow, node, exploration)
-            steps += 1
-            if child.id not in reached:
-                backpropagate(shadow, child.id, enter(child, walk), stop_at=root.id)
-                return
-            node = child
-        if node.terminal or steps >= depth or not tree.nodes[node.id].expanded:
-            backpropagate(shadow, node.id, float(node.value or 0.0), stop_at=root.id)
-            return
-        node.expanded = True
-        if not node.children:
-            backpropagate(shadow, node.id, float(node.value or 0.0), stop_at=root.id)
-            return
-        child = select_child(shadow, node, exploration)
-        backpropagate(shadow, child.id, enter(child, walk), stop_at=root.id)
-
-    try:
-        for step, root_id in enumerate(tree.executed):
-            root, walk = nodes[root_id], walks.setdefault(step, [])
-            if root.terminal:
-                break
-            count = per_step if remaining is None else min(remaining, per_step)
-            for _ in range(min(count, simulations_left)):
-                simulate(root, walk)
-                simulations_left -= 1
-            if remaining is not None:
-                remaining -= count
-            if tree.nodes[root_id].expanded:
-                root.expanded = True
-            if step + 1 >= len(tree.executed):
-                break
-            chosen = best_child(shadow, root)
-            if chosen is None or chosen.id != tree.executed[step + 1]:
-                return None
-            choices[step] = (chosen.q, chosen.visits)
-            if chosen.id not in reached:
-                enter(chosen, walk)
-    except (SearchTreeError, IndexError, TypeError, ValueError, ZeroDivisionError):
-        return None
-    saved_reached = {node.id for node in tree.nodes if node.value is not None}
-    if reached != saved_reached:
-        return None
-    for original, replayed in zip(tree.nodes, nodes, strict=True):
-        if original.visits != replayed.visits or not math.isclose(
-            _number(original.value_sum), replayed.value_sum, rel_tol=1e-9, abs_tol=1e-9
-        ):
-            return None
+    walks: dict[int, list[int]] = {step: [] for step in range(len(tree.executed))}
+    for node in sorted(reached, key=lambda node: node.entered):
+        if node.id != 0 and node.entered_at_step in walks:
+            walks[node.entered_at_step].append(node.id)
+    choices = {decision.step: (decision.q, decision.visits) for decision in tree.decisions}
     return SearchWalks(walks, True, choices)
 
 
@@ -188,8 +121,8 @@ def creation_walks(tree: SearchTree) -> SearchWalks:
 
 
 def exploration_walks(tree: SearchTree) -> SearchWalks:
-    """Each executed step's walk: replayed when the replay reproduces the tree, else approximated."""
-    return replayed_walks(tree) or creation_walks(tree)
+    """Each executed step's walk: as recorded, else (a tree without the record) approximated."""
+    return recorded_walks(tree) or creation_walks(tree)
 
 
 # -- one tree as samples -------------------------------------------------------------------------------

@@ -47,6 +47,8 @@ class SearchNode:
     prior: float = 1.0
     depth: int = 0  # actions from the task's start
     made_at_step: int = 0  # the executed step during whose search the node was made
+    entered: int | None = None  # when the search first reached the state: 0 the start, then 1, 2, ...
+    entered_at_step: int | None = None  # the executed step during whose search that was
     url: str = ""
     listing: str = ""  # the start of the Set-of-Mark listing (SAVED_LISTING_CHARS)
     digest: str = ""  # listing_digest of the whole listing
@@ -92,6 +94,16 @@ class Backtrack:
 
 
 @dataclass
+class Decision:
+    """An executed step's choice: the child executed, with its mean value and visits at that moment."""
+
+    step: int
+    node: int
+    q: float
+    visits: int
+
+
+@dataclass
 class SearchStats:
     """What one task's search cost and how it went."""
 
@@ -124,6 +136,7 @@ class SearchTree:
     nodes: list[SearchNode] = field(default_factory=list)
     executed: list[int] = field(default_factory=list)
     backtracks: list[Backtrack] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
     stats: SearchStats = field(default_factory=SearchStats)
     reflections_used: list[str] = field(default_factory=list)
 
@@ -157,6 +170,7 @@ class SearchTree:
             "budget": self.budget,
             "executed": self.executed,
             "backtracks": [asdict(backtrack) for backtrack in self.backtracks],
+            "decisions": [asdict(decision) for decision in self.decisions],
             "stats": {**asdict(self.stats), "replay_match_share": self.stats.replay_match_share},
             "reflections_used": self.reflections_used,
             "nodes": [node.to_json() for node in self.nodes],
@@ -182,6 +196,7 @@ class SearchTree:
                 nodes=nodes,
                 executed=[int(index) for index in record.get("executed", [])],
                 backtracks=[Backtrack(**item) for item in record.get("backtracks", [])],
+                decisions=[Decision(**item) for item in record.get("decisions", [])],
                 stats=SearchStats(**_known_fields(SearchStats, record.get("stats") or {})),
                 reflections_used=[str(text) for text in record.get("reflections_used", [])],
             )
