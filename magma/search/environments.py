@@ -17,21 +17,28 @@ from collections.abc import Callable
 from typing import Any
 
 
-class WebSearchEnvironment:
-    """A ``WebEnv`` on one task; ``reset_sites`` (bundled tasks) restores the sites' data before each start."""
+class TaskEnvironment:
+    """An env whose ``reset(options={"task": task})`` starts the task again; ``before_restart`` (optional)
+    restores what the reset does not (the bundled sites' data)."""
 
-    def __init__(self, env: Any, task: Any, reset_sites: Callable[[], None] | None = None) -> None:
-        self.env, self.task, self.reset_sites = env, task, reset_sites
-        self.max_steps = env.max_steps
+    def __init__(self, env: Any, task: Any, max_steps: int, before_restart: Callable[[], None] | None = None):
+        self.env, self.task, self.max_steps, self.before_restart = env, task, max_steps, before_restart
 
     def restart(self) -> dict[str, Any]:
-        if self.reset_sites is not None:
-            self.reset_sites()
+        if self.before_restart is not None:
+            self.before_restart()
         observation, _ = self.env.reset(options={"task": self.task})
         return observation
 
     def step(self, reply: str) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         return self.env.step(reply)
+
+
+class WebSearchEnvironment(TaskEnvironment):
+    """A ``WebEnv`` on one task; ``reset_sites`` (bundled tasks) restores the sites' data before each start."""
+
+    def __init__(self, env: Any, task: Any, reset_sites: Callable[[], None] | None = None) -> None:
+        super().__init__(env, task, env.max_steps, reset_sites)
 
     def grade(self, answer: str) -> float | None:
         from envs.web.grading import grade_task
@@ -46,37 +53,26 @@ class WebSearchEnvironment:
         return float(verdict.score)
 
 
-class MiniWoBSearchEnvironment:
+class MiniWoBSearchEnvironment(TaskEnvironment):
     """A ``MiniWoBEnv`` on one task and seed."""
 
     def __init__(self, env: Any, task: str, seed: int) -> None:
-        self.env, self.task, self.seed = env, task, seed
-        self.max_steps = env.max_steps
+        super().__init__(env, task, env.max_steps)
+        self.seed = seed
 
     def restart(self) -> dict[str, Any]:
         observation, _ = self.env.reset(seed=self.seed, options={"task": self.task})
         return observation
 
-    def step(self, reply: str) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
-        return self.env.step(reply)
-
     def grade(self, answer: str) -> float | None:
         return 0.0  # the page has not ended its episode: no reward yet
 
 
-class AndroidSearchEnvironment:
+class AndroidSearchEnvironment(TaskEnvironment):
     """An ``AndroidEnv`` on one task (its setup makes the start state again)."""
 
     def __init__(self, env: Any, task: Any) -> None:
-        self.env, self.task = env, task
-        self.max_steps = task.max_steps or env.config.max_steps  # what AndroidEnv.reset sets
-
-    def restart(self) -> dict[str, Any]:
-        observation, _ = self.env.reset(options={"task": self.task})
-        return observation
-
-    def step(self, reply: str) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
-        return self.env.step(reply)
+        super().__init__(env, task, task.max_steps or env.config.max_steps)  # what AndroidEnv.reset sets
 
     def grade(self, answer: str) -> float | None:
         from envs.android.tasks import evaluate_checks
