@@ -5,6 +5,7 @@ the value model failing; resume and bad options."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,73 @@ def test_search_on_the_simulated_phone_lifts_a_noisy_scripted_policy(tmp_path):
     assert all(record["search"]["replay_match_share"] in (None, 1.0) for record in records.values())
     tree = SearchTree.load(tmp_path / "s" / "trajectories" / "dark_mode")
     assert tree.nodes[tree.executed[-1]].terminal and tree.nodes[tree.executed[-1]].value == 1.0
+
+
+def test_the_magma_model_proposes_sampled_candidates(tiny_model, tiny_processor, tmp_path):
+    checkpoint = tiny_model.save_pretrained(tmp_path / "ckpt", tokenizer=tiny_processor.tokenizer)
+    out = tmp_path / "run"
+    result = agent_in_process(
+        "run", "miniwob", "--tasks", "click-button", "--episodes", "1", "--policy", "magma", "--model",
+        str(checkpoint), "--max-steps", "1", "--search", "rmcts", "--search-simulations", "2",
+        "--search-branching", "3", "--no-reflections", "--no-progress", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (record,) = results_of(out).values()
+    assert record["status"] == "done" and record["search"]["proposals"] >= 1
+    tree = SearchTree.load(out / "trajectories" / "click-button_000")
+    children = [tree.nodes[index] for index in tree.nodes[0].children]
+    assert children and all(child.reply for child in children)  # the untrained model's sampled text is kept
+    assert abs(sum(child.prior for child in children) - 1.0) < 1e-6 or len(children) < 3
+
+
+def test_a_chat_policy_searched_with_a_chat_value_model(chat_endpoint, tmp_path):
+    """One local endpoint serves two models: the actor proposes a wrong and the right button in turn, and the
+    judge scores a state 0.9 when the path clicked the right one (0 for an episode the wrong click ended); the
+    search executes the right click, reflects on the wrong one and shows that lesson in the next episode."""
+    right: dict[str, str] = {}
+    actor_calls = []
+
+    def answer(request: dict[str, Any]) -> str:
+        text = request["messages"][1]["content"][0]["text"]
+        if request["model"] == "actor":
+            wanted = re.search(r'"(.+?)"', text.split("OBJECTIVE: ", 1)[1].splitlines()[0]).group(1)
+            buttons = re.findall(r"\[(\d+)\] \[BUTTON\] \[(.*)\]", text)
+            right["id"] = next(element for element, label in buttons if label == wanted)
+            wrong = next((element for element, label in buttons if label != wanted), right["id"])
+            actor_calls.append(request.get("n", 1))
+            element = wrong if len(actor_calls) % 2 else right["id"]
+            return f"Trying a button. In summary, the next action I will perform is ```click [{element}]```"
+        if "ACTIONS SO FAR:" not in text:  # the reflection request: the lesson in one sentence
+            return "Click the button whose label the task quotes, not another one."
+        clicked_right = "id" in right and f"click [{right['id']}]" in text.split("ACTIONS SO FAR:", 1)[1]
+        score = 0.9 if clicked_right else 0.0 if "The agent has STOPPED" in text else 0.1
+        return f"The path so far. SCORE: {score}"
+
+    failures = []
+
+    def checked(request: dict[str, Any]) -> str:
+        try:
+            return answer(request)
+        except Exception as error:
+            failures.append(f"{error!r} {request['model']}")
+            raise
+
+    chat_endpoint.answer = checked
+    out = tmp_path / "run"
+    result = agent_in_process(
+        "run", "miniwob", "--tasks", "click-button", "--episodes", "2", "--policy", "openai", "--model", "actor",
+        "--max-steps", "2", "--search", "rmcts", "--search-simulations", "3", "--search-branching", "3",
+        "--value", "model", "--value-model", "judge", "--no-progress", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not failures, failures
+    records = results_of(out)
+    assert all(record["success"] is True and record["search"]["privileged_value"] == 0 for record in records.values())
+    assert actor_calls[0] == 3  # one request for 3 choices; the endpoint gives one, so it is asked again
+    tree = SearchTree.load(out / "trajectories" / "click-button_000")
+    assert tree.value_kind == "model" and not tree.privileged
+    assert tree.nodes[tree.executed[1]].value == 0.9  # the click the judge scored right
+    assert {node.value_source for node in tree.nodes if node.reached} == {"model"}
+    lessons = [json.loads(line)["lesson"] for line in (out / "reflections.jsonl").read_text().splitlines()]
+    assert lessons[0] == "Click the button whose label the task quotes, not another one."  # the judge wrote it
+    assert SearchTree.load(out / "trajectories" / "click-button_001").reflections_used[0] == lessons[0]

@@ -181,7 +181,7 @@ class MagmaCandidates:
                 temperature=self.temperature,
                 generator=self.generator,
             )
-        replies = [self.processor.decode(completion.tokens) for completion in completions]
+        replies = [self.processor.decode(completion.token_ids) for completion in completions]
         return [Candidate(reply, state.after(reply)) for reply in replies]
 
 
