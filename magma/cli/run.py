@@ -58,27 +58,40 @@ ModelOption = Annotated[
     str | None, typer.Option("--model", help="A Magma checkpoint DIR (magma) or the endpoint's model name (openai).")
 ]
 MaxStepsOption = Annotated[int, typer.Option("--max-steps", help="Steps per task.")]
-# test-time search (the UI environments')
+# test-time search (the UI environments'), shown in a panel of their own in --help
+SEARCH_PANEL = "Test-time search (--search rmcts)"
 SearchOption = Annotated[
     str,
     typer.Option(
         "--search",
+        rich_help_panel=SEARCH_PANEL,
         help="none (the policy acts alone) or rmcts (Reflective MCTS, ExACT: candidates from the policy, a value per "
         "state, backtracking by reset and replay; the tree goes into the report).",
     ),
 ]
-SimulationsOption = Annotated[int, typer.Option("--search-simulations", help="Simulations per executed step.")]
-DepthOption = Annotated[int, typer.Option("--search-depth", help="Actions a simulation looks ahead.")]
+SimulationsOption = Annotated[
+    int, typer.Option("--search-simulations", rich_help_panel=SEARCH_PANEL, help="Simulations per executed step.")
+]
+DepthOption = Annotated[
+    int, typer.Option("--search-depth", rich_help_panel=SEARCH_PANEL, help="Actions a simulation looks ahead.")
+]
 BranchingOption = Annotated[
-    int, typer.Option("--search-branching", help="Candidates the policy draws per expanded state.")
+    int,
+    typer.Option(
+        "--search-branching", rich_help_panel=SEARCH_PANEL, help="Candidates the policy draws per expanded state."
+    ),
 ]
 TotalOption = Annotated[
-    int | None, typer.Option("--search-total", help="Simulations over the whole task (default: no cap).")
+    int | None,
+    typer.Option(
+        "--search-total", rich_help_panel=SEARCH_PANEL, help="Simulations over the whole task (default: no cap)."
+    ),
 ]
 ValueOption = Annotated[
     str,
     typer.Option(
         "--value",
+        rich_help_panel=SEARCH_PANEL,
         help="grader (the task's own grader: a privileged oracle value, for studying the search) or model "
         "(--value-model).",
     ),
@@ -86,28 +99,43 @@ ValueOption = Annotated[
 ValueModelOption = Annotated[
     str | None,
     typer.Option(
-        "--value-model", help="The value model's name at an OpenAI-compatible endpoint (a VLM, or `agent serve`)."
+        "--value-model",
+        rich_help_panel=SEARCH_PANEL,
+        help="The value model's name at an OpenAI-compatible endpoint (a VLM, or `agent serve`).",
     ),
 ]
 ValueUrlOption = Annotated[
-    str | None, typer.Option("--value-base-url", help="The value model's endpoint (default: OPENAI_BASE_URL).")
+    str | None,
+    typer.Option(
+        "--value-base-url", rich_help_panel=SEARCH_PANEL, help="The value model's endpoint (default: OPENAI_BASE_URL)."
+    ),
 ]
 DebateOption = Annotated[
     bool,
-    typer.Option("--debate/--single-judge", help="ExACT's debate (for, against, judgement) or one judge call."),
+    typer.Option(
+        "--debate/--single-judge",
+        rich_help_panel=SEARCH_PANEL,
+        help="ExACT's debate (for, against, judgement) or one judge call.",
+    ),
 ]
 ReflectionsOption = Annotated[
     bool,
     typer.Option(
         "--reflections/--no-reflections",
+        rich_help_panel=SEARCH_PANEL,
         help="Write contrastive reflections after each task (RUN_DIR/reflections.jsonl) and show similar tasks' "
         "lessons to the policy.",
     ),
 ]
 TemperatureOption = Annotated[
-    float, typer.Option("--temperature", help="The policy's sampling temperature for candidates.")
+    float,
+    typer.Option(
+        "--temperature", rich_help_panel=SEARCH_PANEL, help="The policy's sampling temperature for candidates."
+    ),
 ]
-SeedOption = Annotated[int, typer.Option("--seed", help="Seeds the stochastic policies' draws.")]
+SeedOption = Annotated[
+    int, typer.Option("--seed", rich_help_panel=SEARCH_PANEL, help="Seeds the stochastic policies' draws.")
+]
 
 
 def _out_dir(out: str | None, env: str, resume: bool) -> Path:
