@@ -35,6 +35,7 @@ bench: install
 	$(PY) bench/android_env.py
 	$(PY) bench/metaworld_env.py
 	$(PY) bench/miniwob_env.py
+	$(PY) bench/search.py
 
 # Our wire and dataset contracts against the peers' own packages, each in its own venv (runs/.interop-venvs).
 # The Magma-8B export against Microsoft's own modeling code: MAGMA_CODE=DIR, the magma/ folder of

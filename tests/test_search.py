@@ -99,7 +99,7 @@ def test_search_lifts_a_random_policy_on_miniwob_and_a_resume_keeps_the_budget(t
     again = agent_in_process("run", "miniwob", *searched_options, "--resume")
     assert again.returncode == 0 and results_of(tmp_path / "s") == records  # nothing ran again
     other = [*options, "--search", "rmcts", "--search-simulations", "3", "--out", str(tmp_path / "s"), "--resume"]
-    assert_one_clear_error(agent_in_process("run", "miniwob", *other), "search differ")
+    assert_one_clear_error(agent_in_process("run", "miniwob", *other), "search.simulations differ")
 
 
 class DriftingSeeds(MiniWoBSearchEnvironment):

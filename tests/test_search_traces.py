@@ -26,7 +26,7 @@ from magma.search.candidates import RandomUIPolicy
 from magma.search.episode import SearchSettings
 from magma.search.rmcts import ReflectiveMCTS, SearchBudget
 from magma.search.traces import MANIFEST_FILE, TraceStats, recorded_walks, search_trace_samples
-from magma.search.tree import Backtrack, SearchStats, SearchTree
+from magma.search.tree import Backtrack, SearchStats, SearchTree, SearchTreeError
 from magma.search.values import GraderValue, ValueContext, ValueEstimate
 
 LISTING = "[1] [BUTTON] [Search]\n[2] [INPUT] [query]\n[3] [LINK] [Shoes]"
@@ -353,3 +353,27 @@ def test_the_report_draws_the_tree_and_survives_a_garbage_tree(run_dir, tmp_path
     assert "The search tree could not be read" in garbage
     report = (copy / "report.html").read_text()
     assert "search (simulations / env steps)" in report and "<td>6 / 14</td>" in report
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda tree: tree["nodes"][1].update(children=None),
+        lambda tree: tree.update(nodes="nodes"),
+        lambda tree: tree.update(nodes=[0, 1]),
+        lambda tree: tree.update(stats="fast"),
+        lambda tree: tree["nodes"][1].update(parent=None),
+        lambda tree: tree["nodes"][1].update(value="high"),
+        lambda tree: tree["nodes"][1].update(visits=-3),
+        lambda tree: tree["nodes"][0]["children"].append(0),
+    ],
+)
+def test_a_damaged_tree_is_one_clear_error(damage, tmp_path):
+    tree = SearchTree(task="t")
+    tree.add(None, value=0.5)
+    tree.add(0, reply="click [1]", action="click [1]", value=1.0, depth=1)
+    record = json.loads(json.dumps(tree.to_json()))
+    SearchTree.from_json(record)  # the undamaged tree loads
+    damage(record)
+    with pytest.raises(SearchTreeError, match=r"damaged|do not form a tree"):
+        SearchTree.from_json(record)

@@ -153,12 +153,12 @@ def failing_server():
 
 def test_http_500_then_skipped_after_failures_in_row(failing_server):
     client = ChatClient("judge", base_url=f"http://127.0.0.1:{failing_server.server_address[1]}/v1", api_key="")
-    value = ChatValue(client)  # the value's default: one retry
+    value = ChatValue(client)  # the value's default: no retry (the state falls back to the prior)
     started = time.monotonic()
     with pytest.raises(ValueUnavailableError, match="HTTP 500") as caught:
         value.evaluate(make_context())
     assert time.monotonic() - started < FAILURE_BOUND_S
-    assert failing_server.posts == 2 and "\n" not in str(caught.value)
+    assert failing_server.posts == 1 and "\n" not in str(caught.value)
     assert client.retries == 4  # the caller's client is not changed
 
     quick = ChatValue(client, debate=True, retries=0, skip_after_failures=2, skip_seconds=600)
@@ -166,9 +166,13 @@ def test_http_500_then_skipped_after_failures_in_row(failing_server):
     for _ in range(2):
         with pytest.raises(ValueUnavailableError, match=r"on the argument that the agent is on track: .*HTTP 500"):
             quick.evaluate(make_context())
-    with pytest.raises(ValueUnavailableError, match=r"skipped for .* after 2 failures in a row"):
+    with pytest.raises(ValueUnavailableError, match=r"skipped for .* after failures in a row"):
         quick.evaluate(make_context())
     assert failing_server.posts == 2  # the skipped state did not ask the endpoint
+    quick._skip_until = 0.0  # the skip is over: one more failure skips it again, twice as long
+    with pytest.raises(ValueUnavailableError, match="HTTP 500"):
+        quick.evaluate(make_context())
+    assert failing_server.posts == 3 and quick._skip_until - time.monotonic() > 1000
 
 
 def test_unreachable_endpoint_fails_quickly():

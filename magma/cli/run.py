@@ -110,6 +110,14 @@ ValueUrlOption = Annotated[
         "--value-base-url", rich_help_panel=SEARCH_PANEL, help="The value model's endpoint (default: OPENAI_BASE_URL)."
     ),
 ]
+ValueTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--value-timeout",
+        rich_help_panel=SEARCH_PANEL,
+        help="Seconds per value request (no retry: a state whose request fails takes the policy's prior).",
+    ),
+]
 DebateOption = Annotated[
     bool,
     typer.Option(
@@ -167,6 +175,7 @@ def _search_settings(
     reflections: bool,
     temperature: float,
     seed: int,
+    value_timeout: float = 30.0,
 ) -> Any:
     from magma.search.episode import search_settings
 
@@ -183,6 +192,7 @@ def _search_settings(
         reflections=reflections,
         temperature=temperature,
         seed=seed,
+        value_timeout_s=value_timeout,
     )
 
 
@@ -244,6 +254,7 @@ def run_web(
     value_model: ValueModelOption = None,
     value_base_url: ValueUrlOption = None,
     debate: DebateOption = False,
+    value_timeout: ValueTimeoutOption = 30.0,
     reflections: ReflectionsOption = True,
     temperature: TemperatureOption = 1.0,
     seed: SeedOption = 0,
@@ -277,7 +288,7 @@ def run_web(
         judge_model=judge_model,
         oracle_noise=oracle_noise,
         search=_search_settings(search, search_simulations, search_depth, search_branching, search_total, value,
-                                value_model, value_base_url, debate, reflections, temperature, seed),
+                                value_model, value_base_url, debate, reflections, temperature, seed, value_timeout),
     )  # fmt: skip
     check_weak_policy(policy, oracle_noise)
     options = WebRunOptions(workers=workers, auth_dir=auth_dir, images_root=images_root, retry_errors=retry_errors)
@@ -324,6 +335,7 @@ def run_miniwob(
     value_model: ValueModelOption = None,
     value_base_url: ValueUrlOption = None,
     debate: DebateOption = False,
+    value_timeout: ValueTimeoutOption = 30.0,
     reflections: ReflectionsOption = True,
     temperature: TemperatureOption = 1.0,
     seed: SeedOption = 0,
@@ -355,7 +367,7 @@ def run_miniwob(
         max_steps=max_steps,
         time_limit_ms=time_limit_ms,
         search=_search_settings(search, search_simulations, search_depth, search_branching, search_total, value,
-                                value_model, value_base_url, debate, reflections, temperature, seed),
+                                value_model, value_base_url, debate, reflections, temperature, seed, value_timeout),
     )  # fmt: skip
     options = RunOptions(workers=workers, resume=resume, retry_errors=retry_errors, progress=progress)
     factory = miniwob_policy_factory(policy, model, settings.search, seed)
@@ -398,6 +410,7 @@ def run_android(
     value_model: ValueModelOption = None,
     value_base_url: ValueUrlOption = None,
     debate: DebateOption = False,
+    value_timeout: ValueTimeoutOption = 30.0,
     reflections: ReflectionsOption = True,
     temperature: TemperatureOption = 1.0,
     seed: SeedOption = 0,
@@ -428,7 +441,7 @@ def run_android(
     settings = AndroidRunSettings(
         policy=policy, model=model, max_steps=max_steps, device=device, scripted_noise=scripted_noise,
         search=_search_settings(search, search_simulations, search_depth, search_branching, search_total, value,
-                                value_model, value_base_url, debate, reflections, temperature, seed),
+                                value_model, value_base_url, debate, reflections, temperature, seed, value_timeout),
     )  # fmt: skip
     if tasks:
         settings.tasks = tasks

@@ -140,7 +140,7 @@ def prepare_run_directory(out_dir: Path, settings: Any, resume: bool) -> dict[st
         if not resume:
             raise RunDirectoryError(f"{out_dir} already holds a run; pass --resume to continue it or another --out")
         recorded = read_run_settings(out_dir)
-        changed = sorted(key for key in wanted if recorded.get(key) != wanted[key])
+        changed = _changed_settings(recorded, wanted)
         if changed:
             raise RunDirectoryError(
                 f"--resume with other settings than the run in {out_dir} ({', '.join(changed)} differ); "
@@ -157,6 +157,18 @@ def prepare_run_directory(out_dir: Path, settings: Any, resume: bool) -> dict[st
     (out_dir / "trajectories").mkdir(exist_ok=True)
     write_json_atomically(run_file, wanted)
     return {}
+
+
+def _changed_settings(recorded: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
+    """The settings that differ, nested ones by their dotted name (``search.simulations``)."""
+    changed = []
+    for key in sorted(wanted):
+        old, new = recorded.get(key), wanted.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += _changed_settings(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changed.append(f"{prefix}{key}")
+    return changed
 
 
 class ResultLog:

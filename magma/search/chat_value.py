@@ -27,8 +27,9 @@ from magma.search.values import ValueContext, ValueEstimate, ValueUnavailableErr
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S = 60.0  # per request; the client's own (120 s) is long for one state of a search
-DEFAULT_RETRIES = 1  # the client's own (4, with back-off) can hold one state for minutes
+DEFAULT_TIMEOUT_S = 30.0  # per request; the client's own (120 s) is long for one state of a search
+DEFAULT_RETRIES = 0  # a failed state falls back to the prior; retrying it (the client's 4) holds the search
+MAX_SKIP_DOUBLINGS = 4  # a model that keeps failing is skipped for 1, 2, 4, 8, then 16 times skip_seconds
 NOTE_CHARS = 300  # the rationale kept in the tree
 ARGUMENT_CHARS = 2000  # a debater's argument as the judge reads it
 ERROR_CHARS = 300
@@ -126,7 +127,8 @@ class ChatValue:
     """The value from a chat model (``client``): a single judge, or ExACT's debate with ``debate=True``.
 
     ``timeout_s`` and ``retries`` replace the client's own for the value's requests (None keeps the client's);
-    ``skip_after_failures`` endpoint failures in a row make the value skip the model for ``skip_seconds``."""
+    ``skip_after_failures`` endpoint failures in a row make the value skip the model for ``skip_seconds``; after
+    a skip one failed request skips it again, for twice as long each time (up to 16x), until a request works."""
 
     name = "model"
     privileged = False
@@ -155,6 +157,7 @@ class ChatValue:
         self.skip_seconds = skip_seconds
         self._lock = threading.Lock()  # worker threads of one run share the value
         self._failures_in_row = 0
+        self._skips = 0  # skips since the last request that worked
         self._skip_until = 0.0
         self._last_failure = ""
 
@@ -186,7 +189,7 @@ class ChatValue:
             self._count_failure(reason)
             raise ValueUnavailableError(f"the value model failed on {what}: {reason}") from error
         with self._lock:
-            self._failures_in_row = 0
+            self._failures_in_row = self._skips = 0
         return reply
 
     def _check_not_skipped(self) -> None:
@@ -195,18 +198,20 @@ class ChatValue:
             last = self._last_failure
         if remaining > 0:
             raise ValueUnavailableError(
-                f"the value model is skipped for {remaining:.0f} s more after {self.skip_after_failures} failures "
-                f"in a row (last: {last})"
+                f"the value model is skipped for {remaining:.0f} s more after failures in a row (last: {last})"
             )
 
     def _count_failure(self, reason: str) -> None:
         with self._lock:
             self._failures_in_row += 1
             self._last_failure = reason
-            if self.skip_after_failures > 0 and self._failures_in_row >= self.skip_after_failures:
-                self._skip_until = time.monotonic() + self.skip_seconds
+            needed = 1 if self._skips else self.skip_after_failures  # after a skip, one more failure skips again
+            if self.skip_after_failures > 0 and self._failures_in_row >= needed:
+                seconds = self.skip_seconds * 2 ** min(self._skips, MAX_SKIP_DOUBLINGS)
+                self._skip_until = time.monotonic() + seconds
                 self._failures_in_row = 0
+                self._skips += 1
                 _log.warning(
-                    "value model %s failed %d times in a row (last: %s); not asked for %.0f s",
-                    self.client.url, self.skip_after_failures, reason, self.skip_seconds,
+                    "value model %s failed %d time(s) in a row (last: %s); not asked for %.0f s",
+                    self.client.url, needed, reason, seconds,
                 )  # fmt: skip

@@ -25,6 +25,13 @@ from magma.search.values import GraderValue, ValueFunction
 _log = logging.getLogger(__name__)
 SEARCH_METHODS = ("none", "rmcts")
 VALUE_KINDS = ("grader", "model")
+VALUE_OPTIONS = {  # the settings that mean nothing without a search, with their flags
+    "value": "--value",
+    "value_model": "--value-model",
+    "value_base_url": "--value-base-url",
+    "debate": "--debate",
+    "value_timeout_s": "--value-timeout",
+}
 
 
 @dataclass
@@ -41,6 +48,7 @@ class SearchSettings:
     value_model: str | None = None  # the endpoint's model name
     value_base_url: str | None = None  # default: OPENAI_BASE_URL
     debate: bool = False  # ExACT's debate (for, against, judgement) instead of a single judge
+    value_timeout_s: float = 30.0  # per value request; a state whose request fails takes the policy's prior
     reflections: bool = True
     temperature: float = 1.0  # the policy's sampling temperature for candidates
     seed: int = 0
@@ -56,12 +64,20 @@ class SearchSettings:
             raise UserFacingError(f"--value {self.value!r} is not a value; use grader or model")
         if self.value == "model" and not self.value_model:
             raise UserFacingError("--value model needs --value-model NAME (a chat model at OPENAI_BASE_URL)")
+        if not self.value_timeout_s > 0:
+            raise UserFacingError(f"--value-timeout must be a positive number of seconds, got {self.value_timeout_s}")
         self.budget()
 
 
 def search_settings(method: str, **values: Any) -> SearchSettings | None:
-    """The settings for ``--search METHOD`` (None for ``none``), checked."""
+    """The settings for ``--search METHOD`` (None for ``none``), checked. Value options given without a search
+    are refused rather than ignored."""
     if method == "none":
+        defaults = asdict(SearchSettings())
+        given = [name for name in VALUE_OPTIONS if name in values and values[name] != defaults[name]]
+        if given:
+            flags = ", ".join(VALUE_OPTIONS[name] for name in given)
+            raise UserFacingError(f"{flags} go with --search rmcts (a value scores the search's states); add it")
         return None
     settings = SearchSettings(method=method, **values)
     settings.check()
@@ -74,7 +90,8 @@ def make_value_function(settings: SearchSettings) -> ValueFunction:
     from magma.policies.openai_chat import ChatClient
     from magma.search.chat_value import ChatValue
 
-    return ChatValue(ChatClient(settings.value_model or "", base_url=settings.value_base_url), debate=settings.debate)
+    client = ChatClient(settings.value_model or "", base_url=settings.value_base_url)
+    return ChatValue(client, debate=settings.debate, timeout_s=settings.value_timeout_s)
 
 
 class ReplayPolicy:
@@ -170,7 +187,7 @@ class SearchRun:
             **asdict(tree.stats),
             "replay_match_share": tree.stats.replay_match_share,
             "nodes": len(tree.nodes),
-            "privileged_value": int(self.value.privileged),
+            "privileged_value": self.value.privileged,
         }
         tree.save(trajectory_dir)
         if self.reflections is not None:

@@ -200,16 +200,10 @@ class SearchTree:
                 stats=SearchStats(**_known_fields(SearchStats, record.get("stats") or {})),
                 reflections_used=[str(text) for text in record.get("reflections_used", [])],
             )
-        except (KeyError, TypeError, ValueError) as error:
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
             raise SearchTreeError(f"{where} is damaged ({error}); rerun the task with --search") from None
         count = len(tree.nodes)
-        broken = [
-            node.id
-            for index, node in enumerate(tree.nodes)
-            if node.id != index
-            or (node.parent is not None and not 0 <= node.parent < index)
-            or any(not isinstance(child, int) or not index < child < count for child in node.children)
-        ]
+        broken = [index for index, node in enumerate(tree.nodes) if not _node_fits(tree, node, index)]
         if not count or broken or any(not 0 <= index < count for index in tree.executed):
             raise SearchTreeError(f"{where} has nodes that do not form a tree (node {broken[:3] or 'list'})")
         return tree
@@ -222,6 +216,46 @@ class SearchTree:
         except (OSError, UnicodeDecodeError, ValueError) as error:
             raise SearchTreeError(f"cannot read {path}: {error}") from None
         return cls.from_json(record, str(path))
+
+
+_TEXT_FIELDS = ("reply", "url", "listing", "digest", "value_source", "value_note")
+_NUMBER_FIELDS = ("prior", "value_sum")
+_OPTIONAL_NUMBER_FIELDS = ("value", "reward")
+_COUNT_FIELDS = ("depth", "made_at_step", "visits")
+_OPTIONAL_COUNT_FIELDS = ("entered", "entered_at_step")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _node_fits(tree: SearchTree, node: SearchNode, index: int) -> bool:
+    """Whether a loaded node has its fields' types and its place in the tree (a parent before it, children
+    after it that name it as their parent)."""
+    count = len(tree.nodes)
+    if node.id != index or not isinstance(node.children, list) or not isinstance(node.terminal, bool):
+        return False
+    if not all(isinstance(getattr(node, name), str) for name in _TEXT_FIELDS):
+        return False
+    if not isinstance(node.action, str | None) or not isinstance(node.image, str | None):
+        return False
+    if not all(_is_number(getattr(node, name)) for name in _NUMBER_FIELDS):
+        return False
+    if not all(getattr(node, name) is None or _is_number(getattr(node, name)) for name in _OPTIONAL_NUMBER_FIELDS):
+        return False
+    counts = [getattr(node, name) for name in _COUNT_FIELDS]
+    counts += [getattr(node, name) for name in _OPTIONAL_COUNT_FIELDS if getattr(node, name) is not None]
+    if not all(isinstance(value, int) and not isinstance(value, bool) and value >= 0 for value in counts):
+        return False
+    if (index == 0) != (node.parent is None):
+        return False
+    if node.parent is not None and not (isinstance(node.parent, int) and 0 <= node.parent < index):
+        return False
+    return all(
+        isinstance(child, int) and not isinstance(child, bool) and index < child < count
+        and tree.nodes[child].parent == index
+        for child in node.children
+    )  # fmt: skip
 
 
 def _known_fields(kind: type, record: dict[str, Any]) -> dict[str, Any]:
