@@ -121,7 +121,7 @@ _SEARCH_STATS = (
     ("value calls", "value_calls", 0),
     ("value failures", "value_failures", 0),
     ("restart failures", "restart_failures", 0),
-    ("candidate batches", "proposals", 0),
+    ("candidate batches (proposals)", "proposals", 0),
     ("search seconds", "seconds", 1),
     ("policy seconds", "policy_seconds", 1),
     ("value seconds", "value_seconds", 1),
@@ -171,7 +171,7 @@ def _search_view(tree: Any) -> dict[str, Any]:
         "explored": sum(view["reached"] for view in views),
         "value_kind": tree.value_kind,
         "privileged": bool(tree.privileged),
-        "budget": sorted((str(name), str(value)) for name, value in tree.budget.items()),
+        "budget": sorted((str(name), "no cap" if value is None else str(value)) for name, value in tree.budget.items()),
         "executed": list(tree.executed),
         "stats": [(name, _figure(stats.get(key), digits)) for name, key, digits in _SEARCH_STATS],
         "backtracks": [
