@@ -119,9 +119,11 @@ def search_settings(args: argparse.Namespace, budget: int) -> Any:
 
     if budget == 0:
         return None
+    model_value = {"value": "model", "value_model": args.value_model, "value_base_url": args.value_base_url}
     return checked_settings(
-        "rmcts", simulations=budget, depth=args.depth, branching=args.branching, value="grader", seed=args.seed
-    )
+        "rmcts", simulations=budget, depth=args.depth, branching=args.branching, seed=args.seed,
+        **(model_value if args.value_model else {"value": "grader"}),
+    )  # fmt: skip
 
 
 def _progress(suite: str, budget: int) -> Any:
@@ -290,6 +292,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save-images", action="store_true", help="keep every node's screenshot (slower)")
     parser.add_argument("--skip-web", action="store_true", help="only the MiniWoB++ suite")
     parser.add_argument("--skip-miniwob", action="store_true", help="only the web suite")
+    parser.add_argument(
+        "--value-model", default=None, help="score states with this chat VLM (OpenAI-compatible) instead of the grader"
+    )
+    parser.add_argument("--value-base-url", default=None, help="the value model's endpoint (default OPENAI_BASE_URL)")
     parser.add_argument("--quick", action="store_true", help="two tasks per suite, budgets 1 and 5, 4 steps")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-search", help="where the runs go")
     args = parser.parse_args(argv)
@@ -334,8 +340,9 @@ def main(argv: list[str] | None = None) -> None:
         if not skipped
     ]
     rows: list[tuple[str, int, Figures]] = []
+    value_label = f"model {args.value_model} (not privileged)" if args.value_model else VALUE_LABEL
     for suite, runner, labels in suites:
-        labels = {**labels, "value_function": VALUE_LABEL, "depth": args.depth, "branching": args.branching}
+        labels = {**labels, "value_function": value_label, "depth": args.depth, "branching": args.branching}
         labels["max_steps"] = args.max_steps
         alone = None
         for budget in [0, *args.budgets]:
@@ -349,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
             emit_figures(suite, budget, mine, alone, labels)
             rows.append((suite, budget, mine))
     title = (
-        f"Test-time search (Reflective MCTS), value: {VALUE_LABEL}; depth {args.depth}, branching {args.branching}, "
+        f"Test-time search (Reflective MCTS), value: {value_label}; depth {args.depth}, branching {args.branching}, "
         f"max steps {args.max_steps}; web: noisy oracle p={args.noise:g}, miniwob: random clicks, "
         f"{args.episodes} seeds per task; budget = simulations per executed step (none: the policy alone)"
     )
