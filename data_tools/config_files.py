@@ -199,3 +199,16 @@ def find_config_file(name_or_path: str | Path, directory: Path, kind: str) -> Pa
         names = sorted(p.stem for p in directory.glob("*.yaml"))
         raise ConfigError(f"no {kind} config at '{path}'. Give a YAML path or one of the presets: {names}")
     return path
+
+
+def nested_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, saved value, current value)`` for each value that differs between two nested dicts (a key
+    missing on one side reads as None), in key order: what a resume compares its settings with."""
+    differences = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += nested_differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            differences.append((f"{prefix}{key}", old, new))
+    return differences

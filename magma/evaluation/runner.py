@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from data_tools.atomic_files import write_json_atomically
+from data_tools.config_files import nested_differences
 from data_tools.errors import UserFacingError
 from magma.evaluation.results import (
     REPORT_FILE,
@@ -140,7 +141,8 @@ def prepare_run_directory(out_dir: Path, settings: Any, resume: bool) -> dict[st
         if not resume:
             raise RunDirectoryError(f"{out_dir} already holds a run; pass --resume to continue it or another --out")
         recorded = read_run_settings(out_dir)
-        changed = _changed_settings(recorded, wanted)
+        recorded = {key: recorded.get(key) for key in wanted}  # a field this version no longer has is not compared
+        changed = [dotted for dotted, _, _ in nested_differences(recorded, wanted)]
         if changed:
             raise RunDirectoryError(
                 f"--resume with other settings than the run in {out_dir} ({', '.join(changed)} differ); "
@@ -157,18 +159,6 @@ def prepare_run_directory(out_dir: Path, settings: Any, resume: bool) -> dict[st
     (out_dir / "trajectories").mkdir(exist_ok=True)
     write_json_atomically(run_file, wanted)
     return {}
-
-
-def _changed_settings(recorded: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
-    """The settings that differ, nested ones by their dotted name (``search.simulations``)."""
-    changed = []
-    for key in sorted(wanted):
-        old, new = recorded.get(key), wanted.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            changed += _changed_settings(old, new, f"{prefix}{key}.")
-        elif old != new:
-            changed.append(f"{prefix}{key}")
-    return changed
 
 
 class ResultLog:

@@ -9,6 +9,7 @@ with back-off; a reply that cannot be had after that raises :class:`ChatEndpoint
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
 import os
@@ -77,6 +78,13 @@ class ChatClient:
         self.max_tokens = max_tokens
         self.timeout_s = timeout_s
         self.retries = retries
+
+    def with_limits(self, timeout_s: float | None = None, retries: int | None = None) -> ChatClient:
+        """A copy with another request timeout and retry count (None keeps this client's); this one is unchanged."""
+        limited = copy.copy(self)
+        limited.timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        limited.retries = self.retries if retries is None else retries
+        return limited
 
     def complete(self, messages: list[dict[str, Any]]) -> str:
         return self._choices(self._post(messages, 1), 1)[0]

@@ -12,7 +12,6 @@ dead endpoint costs the run seconds, not minutes.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import re
@@ -99,7 +98,7 @@ def parse_score(reply: str) -> tuple[float, str]:
     line_start = reply.rfind("\n", 0, match.start()) + 1
     line_end = reply.find("\n", match.end())
     rationale = reply[:line_start] + ("" if line_end < 0 else reply[line_end:])
-    return value, _one_line(rationale, NOTE_CHARS)
+    return value, one_line(rationale, NOTE_CHARS)
 
 
 def _number(token: str) -> float | None:
@@ -114,13 +113,14 @@ def _number(token: str) -> float | None:
         return None
 
 
-def _one_line(text: str, most: int) -> str:
+def one_line(text: str, most: int) -> str:
+    """``text`` on one line (runs of whitespace as one space), cut to ``most`` characters with an ellipsis."""
     text = " ".join(text.split())
     return text if len(text) <= most else text[: most - 3] + "..."
 
 
 def _snippet(reply: str) -> str:
-    return _one_line(reply, 120)
+    return one_line(reply, 120)
 
 
 class ChatValue:
@@ -145,11 +145,7 @@ class ChatValue:
         skip_after_failures: int = 3,
         skip_seconds: float = 60.0,
     ) -> None:
-        self.client = copy.copy(client)  # the caller's client keeps its own timeout and retries
-        if timeout_s is not None:
-            self.client.timeout_s = timeout_s
-        if retries is not None:
-            self.client.retries = retries
+        self.client = client.with_limits(timeout_s, retries)  # the caller's client keeps its own
         self.debate = debate
         self.max_image_side = max_image_side
         self.listing_chars = listing_chars
@@ -178,14 +174,14 @@ class ChatValue:
         )
         reply = self._ask("the debate's judgement", DEBATE_JUDGE_SYSTEM_PROMPT, debate, images)
         value, rationale = parse_score(reply)
-        return ValueEstimate(value, _one_line(f"debate judge: {rationale}", NOTE_CHARS), calls=3)
+        return ValueEstimate(value, one_line(f"debate judge: {rationale}", NOTE_CHARS), calls=3)
 
     def _ask(self, what: str, system: str, user: str, images: list[np.ndarray]) -> str:
         messages = chat_messages(system, user, images, self.max_image_side)
         try:
             reply = self.client.complete(messages)
         except ChatEndpointError as error:
-            reason = _one_line(str(error), ERROR_CHARS)
+            reason = one_line(str(error), ERROR_CHARS)
             self._count_failure(reason)
             raise ValueUnavailableError(f"the value model failed on {what}: {reason}") from error
         with self._lock:

@@ -10,7 +10,6 @@ cosine, deterministic, no model), which the policy's prompt shows.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -23,6 +22,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from magma.policies.openai_chat import ChatClient, chat_messages
+from magma.search.chat_value import one_line
 from magma.search.tree import SearchNode, SearchTree
 
 _log = logging.getLogger(__name__)
@@ -80,7 +80,13 @@ class ReflectionStore:
         per_task: int = 3,
     ) -> None:
         self.path = Path(path)
-        self.client = None if client is None else _quick_client(client)
+        self.client = (
+            None
+            if client is None
+            else client.with_limits(  # a lesson is not worth minutes of waiting
+                min(client.timeout_s, MODEL_TIMEOUT_S), min(client.retries, MODEL_RETRIES)
+            )
+        )
         self.k = k
         self.margin = margin
         self.per_task = per_task
@@ -186,7 +192,7 @@ class ReflectionStore:
         except Exception as error:  # a lesson is never worth failing the task for
             _log.warning("the reflection model failed (%s); the template lesson is used", error)
             return ""
-        return _cut(reply.strip().strip('"'), LESSON_CHARS)
+        return one_line(reply.strip().strip('"'), LESSON_CHARS)
 
     # -- retrieving ------------------------------------------------------------------------------------
 
@@ -259,7 +265,7 @@ def _facts(tree: SearchTree, parent: SearchNode, child: SearchNode) -> dict[str,
     better = best is not None and best.value > child.value
     alternative = f"`{best.action or UNPARSABLE}`, valued {best.value:.2f}" if better else "none scored higher"
     template = (
-        f'At {place}, for tasks like "{_cut(tree.instruction, 120)}", `{action}` led to {_outcome(parent, child)} '
+        f'At {place}, for tasks like "{one_line(tree.instruction, 120)}", `{action}` led to {_outcome(parent, child)} '
         f"(value {parent.value:.2f} -> {child.value:.2f}); "
         + (f"prefer `{best.action or 'another action'}`, which scored {best.value:.2f}." if better else (
             "no other action tried there scored higher; try a different approach."
@@ -281,7 +287,7 @@ def _reasoning(reply: str) -> str:
     start = reply.rfind("```", 0, reply.rfind("```")) if reply.count("```") >= 2 else -1
     if start <= 0:
         return ""
-    return _cut(_ACTION_LEAD_IN.sub("", reply[:start]), REASONING_CHARS)
+    return one_line(_ACTION_LEAD_IN.sub("", reply[:start]), REASONING_CHARS)
 
 
 def _change(parent: SearchNode, child: SearchNode) -> str:
@@ -297,7 +303,7 @@ def _change(parent: SearchNode, child: SearchNode) -> str:
     after = child.listing.splitlines()
     appeared = [line.strip() for line in after if line not in before and line.strip()]
     gone = len(before - set(after))
-    examples = ", ".join(repr(_cut(line, 60)) for line in appeared[:2])
+    examples = ", ".join(repr(one_line(line, 60)) for line in appeared[:2])
     shown = f" (e.g. {examples})" if examples else ""
     return f"{moved}; {len(appeared)} listed element(s) appeared{shown}, {gone} disappeared"
 
@@ -317,12 +323,7 @@ def _place(url: str) -> str:
     if not url:
         return "the start page"
     parsed = urlparse(url)
-    return _cut((parsed.netloc + parsed.path) or url, 80)
-
-
-def _cut(text: str, most: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= most else text[: most - 3] + "..."
+    return one_line((parsed.netloc + parsed.path) or url, 80)
 
 
 def _tokens(text: str) -> Counter[str]:
@@ -335,14 +336,6 @@ def _cosine(first: Counter[str], second: Counter[str]) -> float:
         return 0.0
     dot = sum(count * second[word] for word, count in first.items())
     return dot / math.sqrt(sum(c * c for c in first.values()) * sum(c * c for c in second.values()))
-
-
-def _quick_client(client: ChatClient) -> ChatClient:
-    """A copy of ``client`` with a short timeout and one retry: a lesson is not worth minutes of waiting."""
-    quick = copy.copy(client)
-    quick.timeout_s = min(client.timeout_s, MODEL_TIMEOUT_S)
-    quick.retries = min(client.retries, MODEL_RETRIES)
-    return quick
 
 
 def _parse_line(line: bytes) -> Reflection | None:

@@ -13,7 +13,6 @@ a tree without that record (made by hand) is walked in the order its nodes were 
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -78,12 +77,6 @@ class TraceStats:
 
 
 # -- the order the search entered states -----------------------------------------------------------------
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise SearchTreeError(f"a node value is {value!r}, not a number")
-    return float(value)
 
 
 @dataclass
@@ -165,7 +158,7 @@ def _acting_turn(prompt: WebPrompt, image_count: int) -> str:
 
 
 def _value_text(node: SearchNode) -> str:
-    text = f"Value: {_number(node.value):.2f}"
+    text = f"Value: {float(node.value or 0.0):.2f}"  # SearchTree.load checked it is a number
     if node.value_source == "policy-prior":  # the value model failed: no judgement to learn from
         return text + " (no judgement of the state: the policy's own preference)"
     note = _plain(node.value_note).strip()

@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from data_tools.config_files import count_problems, seed_problems
+from data_tools.config_files import count_problems, nested_differences, seed_problems
 
 MixedPrecision = Literal["no", "bf16", "fp16"]
 Schedule = Literal["constant", "cosine"]  # both after a linear warm-up
@@ -58,16 +58,10 @@ def run_problems(config: RunConfig) -> list[str]:
     return problems
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two config dicts, except the ones a resume may change."""
-    differences = []
-    for key in sorted(set(saved) | set(current)):
-        dotted = f"{prefix}{key}"
-        if any(dotted == allowed or dotted.startswith(f"{allowed}.") for allowed in RESUMABLE_CHANGES):
-            continue
-        old, new = saved.get(key), current.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            differences += config_differences(old, new, f"{dotted}.")
-        elif old != new:
-            differences.append(f"{dotted}: {old!r} -> {new!r}")
-    return differences
+    return [
+        f"{dotted}: {old!r} -> {new!r}"
+        for dotted, old, new in nested_differences(saved, current)
+        if not any(dotted == allowed or dotted.startswith(f"{allowed}.") for allowed in RESUMABLE_CHANGES)
+    ]
