@@ -23,19 +23,17 @@ test: install
 demo: install
 	$(VENV)/bin/agent demo
 
+# Every bench in turn; each figure also lands in runs/bench/records.jsonl, and one table of every ratio
+# against its goal ends the run (bench/summary.py), also when a bench failed (its name is printed).
+BENCHES := model train data_tools mujoco_env web_env robot grpo lapa android_env metaworld_env miniwob_env search
+BENCH_RECORDS_FILE := runs/bench/records.jsonl
+
 bench: install
-	$(PY) bench/model.py
-	$(PY) bench/train.py
-	$(PY) bench/data_tools.py
-	$(PY) bench/mujoco_env.py
-	$(PY) bench/web_env.py
-	$(PY) bench/robot.py
-	$(PY) bench/grpo.py
-	$(PY) bench/lapa.py
-	$(PY) bench/android_env.py
-	$(PY) bench/metaworld_env.py
-	$(PY) bench/miniwob_env.py
-	$(PY) bench/search.py
+	mkdir -p $(dir $(BENCH_RECORDS_FILE)) && rm -f $(BENCH_RECORDS_FILE)
+	failed=""; for name in $(BENCHES); do \
+	  BENCH_RECORDS=$(BENCH_RECORDS_FILE) $(PY) bench/$$name.py || failed="$$failed $$name"; done; \
+	$(PY) bench/summary.py $(BENCH_RECORDS_FILE); \
+	if [ -n "$$failed" ]; then echo "failed benches:$$failed"; exit 1; fi
 
 # Our wire and dataset contracts against the peers' own packages, each in its own venv (runs/.interop-venvs).
 # The Magma-8B export against Microsoft's own modeling code: MAGMA_CODE=DIR, the magma/ folder of

@@ -1,9 +1,17 @@
-"""How every benchmark reports: one JSON line per figure on stdout, progress on stderr."""
+"""How every benchmark reports: one JSON line per figure on stdout, progress on stderr.
+
+With ``BENCH_RECORDS=FILE`` in the environment (``make bench`` sets it) each figure is also appended to
+FILE, from which ``bench/summary.py`` prints the one table of every ratio and its goal.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
+
+RECORDS_VARIABLE = "BENCH_RECORDS"
 
 
 def emit(
@@ -13,8 +21,10 @@ def emit(
     baseline: str | None = None,
     ratio: float | None = None,
     device: str = "cpu",
+    goal: str | None = None,
     **extra,
 ) -> None:
+    """Print one figure. ``goal`` is the ratio's target as ``"<= 1.5"`` or ``">= 3"`` (bench/summary.py checks it)."""
     record = {
         "name": name,
         "value": round(value, 3),
@@ -22,9 +32,17 @@ def emit(
         "baseline": baseline,
         "ratio": None if ratio is None else round(ratio, 3),
         "device": device,
+        **({"goal": goal} if goal else {}),
+        "bench": Path(sys.argv[0]).stem,
+        "load": [round(load, 2) for load in os.getloadavg()],
         **extra,
     }
-    print(json.dumps(record), flush=True)
+    line = json.dumps(record)
+    print(line, flush=True)
+    records_path = os.environ.get(RECORDS_VARIABLE)
+    if records_path:
+        with open(records_path, "a", encoding="utf-8") as records:
+            records.write(line + "\n")
 
 
 def log(bench: str, message: str) -> None:
