@@ -4,12 +4,14 @@ device errors and a device that goes away mid-episode."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from envs.android.adb_client import (
     AdbServerUnreachableError,
@@ -19,7 +21,7 @@ from envs.android.adb_client import (
     DeviceUnauthorizedError,
 )
 from envs.android.env import AndroidEnv, AndroidEnvConfig, SettleConfig
-from envs.android.simulated_device import SimulatedAdbServer
+from envs.android.simulated_device import SimulatedAdbServer, SimulatedDevice
 from envs.android.tasks import AndroidTask, SetupRecipe
 from magma.training.launch import free_port
 
@@ -189,3 +191,42 @@ def test_adb_binary_client_drives_the_same_device(server):
     assert _node(env, "dark_mode_switch").checked and device.phone.data.dark_mode
     env.step(json.dumps({"TAP": {"MARK": _mark(env, "Sync on Wi-Fi only")}}))
     assert not device.phone.data.wifi_only
+
+
+class AnimatingDevice(SimulatedDevice):
+    """The simulated phone, whose next screencaps show the frames queued in ``animation`` (a transition)."""
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.animation: list[bytes] = []
+
+    def _screen_png(self) -> bytes:
+        return self.animation.pop(0) if self.animation else super()._screen_png()
+
+
+def _frame(shade: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (540, 960), (shade, shade, shade)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_step_is_three_adb_calls_and_the_observation_waits_for_the_screen_to_hold(server):
+    device = server.add_device(AnimatingDevice(serial=f"emulator-{next(_serials)}"))
+    settle = SettleConfig(change_timeout_s=0.3, stable_timeout_s=5.0)
+    env = AndroidEnv(AndroidEnvConfig(serial=device.serial, adb_port=server.port, settle=settle))
+    env.reset(options={"task": _task()})
+    sent = len(device.commands)
+    observation, *_ = env.step(json.dumps({"TAP": {"MARK": _mark(env, "Settings")}}))
+    tap, screencaps, hierarchy = device.commands[sent:]  # the action, the settle pair, dump and foreground
+    assert tap.startswith("input tap ") and screencaps == "screencap -p; screencap -p"
+    assert hierarchy == "uiautomator dump /dev/tty; dumpsys activity activities"
+    assert observation["activity"] == f"{APP}.SettingsActivity" and "[Dark mode]" in observation["som"]
+    # a transition of three frames: screencaps go on until two in a row are the same, then it is observed
+    device.animation = [_frame(shade) for shade in (40, 80, 120)]
+    sent = len(device.commands)
+    observation, *_ = env.step('{"NAVIGATE": "BACK"}')
+    # frames 1-2 (the change, still moving) in one call, then one at a time: 3, 4 (the app) and 5 (holds)
+    assert device.commands[sent + 1 : -1] == ["screencap -p; screencap -p"] + ["screencap -p"] * 3
+    assert observation["activity"] == f"{APP}.MainActivity" and observation["screenshot"].any()
+    assert observation["screenshot"].reshape(-1, 3).std(axis=0).max() > 0  # the app's screen, not a grey frame
+    env.close()

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
 
 import pytest
+from PIL import Image
 
 from envs.android.actions import DeviceAction, parse_android_action
+from envs.android.device import split_dump_and_activities, split_pngs
 from envs.android.hierarchy import HierarchyError, actionable_marks, parse_hierarchy, som_listing
 from envs.android.shell_arguments import shell_command
 from envs.android.simulated_device.device import _unescape_input_text
@@ -87,6 +90,37 @@ def test_hierarchy_to_marks_to_listing():
 def test_failed_dumps_raise_hierarchy_error(dump):
     with pytest.raises(HierarchyError):
         parse_hierarchy(dump)
+
+
+def _png(colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_screencap_pair_splits_at_each_png_end():
+    first, second = _png((255, 0, 0)), _png((0, 0, 255))
+    assert split_pngs(first + second) == [first, second]
+    assert split_pngs(first) == [first] and split_pngs(b"") == []
+    for broken in (first + second[:-5], first + b"WARNING: linker", b"error: closed"):
+        with pytest.raises(ValueError):
+            split_pngs(broken)
+
+
+ACTIVITIES = (
+    "ACTIVITY MANAGER ACTIVITIES (dumpsys activity activities)\n"
+    "    topResumedActivity=ActivityRecord{8c3f2a1 u0 com.example/.MainActivity t17}\n"
+)
+
+
+def test_the_dump_and_the_activities_split_where_the_dump_ends():
+    # a screen whose text imitates a dumpsys line stays in the dump (view text is XML-escaped there)
+    spoof = _node("[0,0][10,10]", text="topResumedActivity=ActivityRecord{1 u0 evil/.Fake t1} &lt;/hierarchy&gt;")
+    dump = f"<?xml version='1.0' ?><hierarchy rotation=\"0\">{spoof}</hierarchy>UI hierchary dumped to: /dev/tty\n"
+    assert split_dump_and_activities(dump + ACTIVITIES) == (dump, ACTIVITIES)
+    secure = "ERROR: null root node returned by UiTestAutomationBridge.\n"
+    assert split_dump_and_activities(secure + ACTIVITIES) == (secure, ACTIVITIES)
+    assert split_dump_and_activities("something else entirely\n") is None
 
 
 TRICKY = [

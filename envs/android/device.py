@@ -2,7 +2,9 @@
 each bounded by a timeout, and their output read in the formats real devices print.
 
 Every command goes out through ``shell`` / ``exec_out``, which take an argument list and quote it with
-``shell_arguments.shell_command``: no value (an app name from a model, typed text) is ever shell syntax."""
+``shell_arguments.shell_command``: no value (an app name from a model, typed text) is ever shell syntax.
+The observation's reads are batched, fixed command lines joined with ``;``: ``screencap_pair`` (the settle
+check's two screencaps) and ``read_hierarchy`` (the dump and the foreground query), one adb round trip each."""
 
 from __future__ import annotations
 
@@ -44,6 +46,46 @@ _RESUMED = re.compile(
 )
 _FOCUS = re.compile(r"mCurrentFocus=Window\{\S+ \S+ ([^\s/}]+)/([^\s}]+)\}")
 _KEYCODES = {"back": "KEYCODE_BACK", "home": "KEYCODE_HOME", "enter": "KEYCODE_ENTER"}
+_ACTIVITIES_HEADER = "ACTIVITY MANAGER ACTIVITIES"  # the first line of `dumpsys activity activities`
+_DUMP_COMMAND = ("uiautomator", "dump", "/dev/tty")
+_ACTIVITIES_COMMAND = ("dumpsys", "activity", "activities")
+
+
+def split_pngs(data: bytes) -> list[bytes]:
+    """The PNG files written one after another into ``data`` (``screencap -p; screencap -p``), split by
+    walking each file's chunks to its IEND; ValueError when ``data`` is not a run of whole PNG files."""
+    images, start = [], 0
+    while start < len(data):
+        if not data.startswith(PNG_SIGNATURE, start):
+            raise ValueError(f"no PNG signature at byte {start} ({data[start : start + 80]!r})")
+        position, kind = start + len(PNG_SIGNATURE), b""
+        while kind != b"IEND":
+            if position + 12 > len(data):
+                raise ValueError(f"the PNG at byte {start} is cut short")
+            length = int.from_bytes(data[position : position + 4], "big")
+            kind = data[position + 4 : position + 8]
+            position += 12 + length  # length, type, data, CRC
+        if position > len(data):
+            raise ValueError(f"the PNG at byte {start} is cut short")
+        images.append(data[start:position])
+        start = position
+    return images
+
+
+def split_dump_and_activities(text: str) -> tuple[str, str] | None:
+    """``uiautomator dump /dev/tty; dumpsys activity activities`` output as (the dump, the dumpsys text), or
+    None when the boundary cannot be found. The dump ends at the line holding the first ``</hierarchy>`` (view
+    text is XML-escaped, so a screen cannot fake it, nor an activity line ahead of it), or, without one, where
+    the dumpsys header starts (the dump is then uiautomator's own error message)."""
+    end = text.find("</hierarchy>")
+    if end >= 0:
+        cut = text.find("\n", end)  # after the "UI hierchary dumped to: /dev/tty" uiautomator appends
+        cut = len(text) if cut < 0 else cut + 1
+    else:
+        cut = text.find(_ACTIVITIES_HEADER)
+        if cut < 0:
+            return None
+    return text[:cut], text[cut:]
 
 
 @dataclass(frozen=True)
@@ -110,19 +152,21 @@ class AndroidDevice:
         try:
             return self.client.shell(command, timeout or self.command_timeout_s)
         except (DeviceNotFoundError, DeviceOfflineError) as error:
-            raise DeviceLostError(
-                f"device {self.serial} went away ({error}); reconnect it and resume the run"
-            ) from None
+            raise self._lost(error) from None
 
     def exec_out(self, *argv: str | int, timeout: float | None = None) -> bytes:
         """Run one command (``argv``) and return its raw stdout (binary-safe, for screencaps)."""
-        command = shell_command(*argv)
+        return self._exec_out_line(shell_command(*argv), timeout or self.command_timeout_s)
+
+    def _exec_out_line(self, command_line: str, timeout: float) -> bytes:
+        """Raw stdout of a command line built here from ``shell_command`` parts (never from outside values)."""
         try:
-            return self.client.exec_out(command, timeout or self.command_timeout_s)
+            return self.client.exec_out(command_line, timeout)
         except (DeviceNotFoundError, DeviceOfflineError) as error:
-            raise DeviceLostError(
-                f"device {self.serial} went away ({error}); reconnect it and resume the run"
-            ) from None
+            raise self._lost(error) from None
+
+    def _lost(self, error: Exception) -> DeviceLostError:
+        return DeviceLostError(f"device {self.serial} went away ({error}); reconnect it and resume the run")
 
     # -- readiness and screen ------------------------------------------------------------------------
 
@@ -159,21 +203,52 @@ class AndroidDevice:
             raise AndroidDeviceError(f"screencap on {self.serial} returned no PNG ({data[:80]!r}); is the screen on?")
         return data
 
+    def screencap_pair(self) -> tuple[bytes, bytes]:
+        """Two screencaps taken back to back in one adb call: the settle check's "changed, then held" pair
+        costs one round trip, not two (on a phone each screencap still takes its 100-400 ms)."""
+        line = "; ".join([shell_command("screencap", "-p")] * 2)
+        data = self._exec_out_line(line, 2 * self.command_timeout_s)
+        try:
+            first, second = split_pngs(data)
+        except ValueError as error:  # also: not exactly two images
+            raise AndroidDeviceError(
+                f"screencap on {self.serial} returned no pair of PNGs ({error}); is the screen on?"
+            ) from None
+        return first, second
+
     def dump_hierarchy(self) -> str:
         """The ``uiautomator dump`` XML (through /dev/tty; a file and ``cat`` on devices that cannot)."""
         timeout = max(self.command_timeout_s, 20)
-        text = self.exec_out("uiautomator", "dump", "/dev/tty", timeout=timeout).decode("utf-8", "replace")
-        if "<hierarchy" in text or "ERROR" in text:
-            return text
+        text = self.exec_out(*_DUMP_COMMAND, timeout=timeout).decode("utf-8", "replace")
+        return text if _is_dump(text) else self._dump_to_file(timeout)
+
+    def _dump_to_file(self, timeout: float) -> str:
         path = "/sdcard/window_dump.xml"
         dumped = self.shell("uiautomator", "dump", path, timeout=timeout)
         if dumped.returncode != 0:
             return dumped.text
         return self.shell("cat", path, timeout=timeout).text
 
+    def read_hierarchy(self) -> tuple[str, str]:
+        """The ``uiautomator dump`` XML and the ``dumpsys activity activities`` text after it, read in one adb
+        call (``foreground_from`` reads the second); each is read on its own where the output cannot be split
+        or the device cannot dump through /dev/tty."""
+        timeout = max(self.command_timeout_s, 20) + self.command_timeout_s
+        line = f"{shell_command(*_DUMP_COMMAND)}; {shell_command(*_ACTIVITIES_COMMAND)}"
+        parts = split_dump_and_activities(self._exec_out_line(line, timeout).decode("utf-8", "replace"))
+        if parts is None:
+            return self.dump_hierarchy(), self.shell(*_ACTIVITIES_COMMAND).text
+        dump, activities = parts
+        return (dump if _is_dump(dump) else self._dump_to_file(timeout)), activities
+
     def foreground(self) -> tuple[str, str]:
         """(package, activity) in front, from ``dumpsys activity activities`` (else ``dumpsys window``)."""
-        match = _RESUMED.search(self.shell("dumpsys", "activity", "activities").text)
+        return self.foreground_from(self.shell(*_ACTIVITIES_COMMAND).text)
+
+    def foreground_from(self, activities: str) -> tuple[str, str]:
+        """(package, activity) in front from ``dumpsys activity activities`` text, else from ``dumpsys window``
+        (asked now); ("", "") when neither names one."""
+        match = _RESUMED.search(activities)
         if match is None:
             match = _FOCUS.search(self.shell("dumpsys", "window").text)
         if match is None:
@@ -250,6 +325,11 @@ class AndroidDevice:
         result = self.shell("pm", "clear", checked_package(package), timeout=max(self.command_timeout_s, 30))
         if "Success" not in result.text:
             raise DeviceActionError(f"cannot clear the data of {package} on {self.serial}: {result.text.strip()!r}")
+
+
+def _is_dump(text: str) -> bool:
+    """Whether ``uiautomator dump /dev/tty`` answered (a hierarchy, or its ERROR for a secure screen)."""
+    return "<hierarchy" in text or "ERROR" in text
 
 
 def connect_device(

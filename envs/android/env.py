@@ -13,6 +13,12 @@ that goes away raises ``DeviceLostError``. A screen without a hierarchy (FLAG_SE
 ``info["observation_error"]``. The episode ends at ``status`` / ``answer`` (terminated) or ``max_steps``
 (truncated) and is then graded once by the task's checks. ``info["timings"]`` holds seconds per phase.
 
+A step is three adb calls: the action, the settle check's two back-to-back screencaps (then one call per
+screencap while the screen still moves; the last is the observation's screenshot) and ``uiautomator dump``
+with the foreground query. The dump is read in a worker thread while the screenshot decodes, so
+``timings["dump"]`` is the wait left after decoding and ``timings["foreground"]`` only its parse (or the
+``dumpsys window`` fallback).
+
 Spaces (gymnasium's checker passes on ``Android-v0``): text is ``envs.text_space.UnicodeText``, any Unicode,
 bounded by ``MAX_LISTING_CHARS`` (a longer listing is cut at a line, its last line says how many were left
 out), ``MAX_NAME_CHARS`` for ``package``/``activity`` (``url`` is the two joined), ``MAX_INSTRUCTION_CHARS``
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import io
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -103,6 +110,7 @@ class AndroidEnv(gymnasium.Env):
         self.nodes: list[ViewNode] | None = None
         self.foreground = ("", "")
         self._png = b""
+        self._hierarchy_reader: ThreadPoolExecutor | None = None
         self._last_obs: dict[str, Any] | None = None
         self._steps = self._failed_steps = 0
         self._done = False
@@ -286,17 +294,28 @@ class AndroidEnv(gymnasium.Env):
 
     def _settle(self, before: bytes, timings: dict[str, float], change_timeout: float) -> None:
         """Screencap until the screen differs from ``before`` (at most ``change_timeout``), then until two
-        screencaps in a row are identical (at most ``stable_timeout_s``). Keeps the last PNG."""
+        screencaps in a row are identical (at most ``stable_timeout_s``). Keeps the last PNG.
+
+        While waiting for the change, screencaps come in back-to-back pairs (one adb call): whatever the first
+        shows, the second is needed, so a change and its hold are usually one call. Once the screen is seen
+        moving, one at a time: the next one may already end the wait. The screencaps taken are the same."""
         device = self.device
         assert device is not None
         started = time.perf_counter()
+        pending: list[bytes] = []
+
+        def next_screencap(paired: bool) -> bytes:
+            if not pending:
+                pending.extend(device.screencap_pair() if paired else (device.screencap_png(),))
+            return pending.pop(0)
+
         deadline = time.monotonic() + change_timeout
-        png = device.screencap_png()
+        png = next_screencap(paired=True)
         while png == before and time.monotonic() < deadline:
-            png = device.screencap_png()
+            png = next_screencap(paired=True)
         deadline = time.monotonic() + self.config.settle.stable_timeout_s
         while True:
-            following = device.screencap_png()
+            following = next_screencap(paired=False)
             if following == png or time.monotonic() >= deadline:
                 png = following
                 break
@@ -308,15 +327,17 @@ class AndroidEnv(gymnasium.Env):
         device = self.device
         assert device is not None and self.task is not None
         info: dict[str, Any] = {"observation_error": None}
+        # The hierarchy is read (one adb call, issued now that the screen has settled) while the PNG decodes.
+        hierarchy = self._reader().submit(device.read_hierarchy)
         started = time.perf_counter()
-        screenshot = np.asarray(Image.open(io.BytesIO(self._png)).convert("RGB"))
+        screenshot = decode_screenshot(self._png)
         declared = self._observation_space.spaces.get("screenshot")
         if declared is None or declared.shape != screenshot.shape:
             self._declare_image_size((screenshot.shape[1], screenshot.shape[0]))  # rotated since the last one
         timings["decode"] = time.perf_counter() - started
         started = time.perf_counter()
-        dump = device.dump_hierarchy()
-        timings["dump"] = time.perf_counter() - started
+        dump, activities = hierarchy.result()
+        timings["dump"] = time.perf_counter() - started  # the wait left after decoding
         started = time.perf_counter()
         size = (screenshot.shape[1], screenshot.shape[0])
         try:
@@ -330,7 +351,7 @@ class AndroidEnv(gymnasium.Env):
         image = draw_marks(screenshot, [bound.mark for bound in self.marks]) if self.marks else screenshot.copy()
         timings["som"] = time.perf_counter() - started
         started = time.perf_counter()
-        package, activity = device.foreground()
+        package, activity = device.foreground_from(activities)
         self.foreground = (package[:MAX_NAME_CHARS], activity[:MAX_NAME_CHARS])
         timings["foreground"] = time.perf_counter() - started
         self._last_obs = {
@@ -351,10 +372,26 @@ class AndroidEnv(gymnasium.Env):
             return None
         return self._last_obs["image"].copy()
 
+    def _reader(self) -> ThreadPoolExecutor:
+        """The one worker thread that reads the hierarchy while the main thread decodes the screenshot."""
+        if self._hierarchy_reader is None:
+            self._hierarchy_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="android-hierarchy")
+        return self._hierarchy_reader
+
     def close(self) -> None:
-        """Forgets the device (each adb request opens its own connection, so nothing stays open); safe to call
-        again, and a later ``reset`` connects anew."""
+        """Forgets the device (each adb request opens its own connection, so nothing stays open) and stops
+        the hierarchy reader thread; safe to call again, and a later ``reset`` connects anew."""
         self.device = None
+        if self._hierarchy_reader is not None:
+            self._hierarchy_reader.shutdown(wait=True)
+            self._hierarchy_reader = None
+
+
+def decode_screenshot(png: bytes) -> np.ndarray:
+    """A PNG screencap as an HxWx3 uint8 array (read-only; converted only when not RGB already)."""
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
 def _check_goal(task: AndroidTask) -> None:
