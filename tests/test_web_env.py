@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,6 +11,7 @@ from pathlib import Path
 import gymnasium
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("playwright")
 if not Path("/usr/bin/chromium").exists():
@@ -19,6 +21,7 @@ import envs.web  # noqa: F401  (registers VisualWebArena-v0)
 from envs.web.browser import ChromiumBrowser
 from envs.web.env import SiteUnreachableError, WebEnv
 from envs.web.session import Timeouts
+from envs.web.som_page import draw_page_marks, find_page_elements
 from envs.web.tasks import load_tasks, task_from_config
 
 VWA_DIR = Path(__file__).resolve().parents[2] / "shared" / "vwa"
@@ -33,6 +36,13 @@ PAGES = {
 <a href="http://{other}/elsewhere">Other site</a>
 <p id="out">nothing</p></body></html>""",
     "/page2": "<html><body><p>Second page</p><a href='/'>Home</a></body></html>",
+    "/react": """<html><body>
+<button onclick="fetch('/slow').then((r) => r.text())
+  .then((t) => { document.getElementById('answer').textContent = t; })">Ask</button>
+<button onclick="let n = 0; const tick = () => { document.getElementById('count').textContent = 'count ' + (++n);
+  if (n < 5) setTimeout(tick, 60); }; tick();">Count</button>
+<input id="field" placeholder="type here"><label><input type="checkbox">Tick</label>
+<p id="answer">no answer</p><p id="count">count 0</p></body></html>""",
     "/tabs": "<html><body><a href='/page2' target='_blank'>Open in new tab</a></body></html>",
     "/geo": """<html><body><p id="geo">unknown</p><script>
 navigator.geolocation.getCurrentPosition(
@@ -46,6 +56,14 @@ navigator.geolocation.getCurrentPosition(
 
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
+        if self.path == "/slow":  # a slow site: answers after 0.3 s
+            time.sleep(0.3)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", "8")
+            self.end_headers()
+            self.wfile.write(b"answered")
+            return
         if self.path == "/hang":
             self.server.release.wait(600)  # never answers until the module's site stops
             return
@@ -140,6 +158,31 @@ def test_observation_step_and_success(env, site):
     assert {"parse", "action", "som", "screenshot", "draw"} <= set(info["timings"])
     obs, reward, terminated, truncated, info = env.step("stop [bought]")
     assert terminated and not truncated and reward == 1.0 and info["success"] is True
+
+
+def test_a_step_waits_for_the_changes_its_action_starts(env, site):
+    """The settle after an action outlasts a request the action made and a chain of timed DOM changes."""
+    obs, _ = env.reset(options={"task": _task(site, "/react")})
+    obs, *_, info = env.step(f"click [{_id_of(obs['som'], 'Ask')}]")
+    assert info["action_error"] is None and "[answered]" in obs["som"]
+    obs, *_, info = env.step(f"click [{_id_of(obs['som'], 'Count')}]")
+    assert info["action_error"] is None and "[count 5]" in obs["som"]
+
+
+def test_observed_pixels_are_playwrights_screenshot_with_and_without_a_caret(env, site):
+    """Screenshots taken straight through DevTools equal ``page.screenshot``'s pixels; with a focused field
+    (a blinking caret) the observation still equals Playwright's caret-free screenshot; and the marks drawn
+    while the screenshot was taken are the marks drawn afterwards."""
+    obs, _ = env.reset(options={"task": _task(site, "/react")})
+    field = _id_of(obs["som"], "type here")
+    tick = _id_of(obs["som"], "Tick")  # a focused checkbox shows no caret: taken through DevTools
+    for action in ("scroll [down]", f"click [{tick}]", f"click [{field}]", f"type [{field}] [abc] [0]"):
+        obs, *_, info = env.step(action)
+        assert info["action_error"] is None
+        page = env.session.active
+        playwright = np.asarray(Image.open(io.BytesIO(page.screenshot(type="png"))).convert("RGB"))
+        assert np.array_equal(obs["screenshot"], playwright), action
+        assert np.array_equal(obs["image"], draw_page_marks(obs["screenshot"], find_page_elements(page))), action
 
 
 def test_ids_survive_relayout(env, site):

@@ -42,6 +42,7 @@ def execute_action(session: PageSession, action: UIAction) -> None:
         raise WebActionError(f"no open tab for {action.kind}; open one with new_tab or goto [url]")
     timeout = session.timeouts.action_ms
     blocked_before = len(session.blocked)
+    started = session.action_mark()
     try:
         _dispatch(session, action, timeout)
     except WebActionError:
@@ -57,7 +58,7 @@ def execute_action(session: PageSession, action: UIAction) -> None:
             f"{action.kind} failed: {first_line}; the page may still be loading or the element may be hidden, "
             "try another element or wait with a scroll"
         ) from error
-    session.settle()
+    session.settle(since=started)
     navigation = _blocked_navigation(session, blocked_before)
     if navigation is not None:
         _recover_from_block(session)

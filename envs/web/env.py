@@ -23,8 +23,10 @@ registered ``nondeterministic``; ``reset(seed=)`` still seeds ``np_random``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,7 +39,7 @@ from envs.web.actions import WebActionError, execute_action
 from envs.web.browser import ChromiumBrowser, ContextOptions
 from envs.web.grading import GradingConfig, grade_task
 from envs.web.session import PageSession, Timeouts
-from envs.web.som_page import draw_page_marks, find_page_elements, screenshot_array, som_listing
+from envs.web.som_page import PageScan, draw_page_marks, place_page_marks, scan_page, screenshot_array, som_listing
 from envs.web.tasks import DEFAULT_VIEWPORT, WebTask
 from magma.actions.errors import ActionParseError
 from magma.actions.ui import extract_vwa_action, parse_ui_action
@@ -276,21 +278,27 @@ class WebEnv(gymnasium.Env):
         session = self.session
         page = session.active if session else None
         started = time.perf_counter()
+        scan = PageScan([], plain_capture=False)
         try:
-            elements = find_page_elements(page) if page is not None else []
+            scan = scan_page(page) if page is not None else scan
         except Exception:  # mid-navigation: the document went away; settle once and try again
             session.settle()
-            try:
-                elements = find_page_elements(page)
-            except Exception:
-                elements = []
+            with contextlib.suppress(Exception):
+                scan = scan_page(page)
+        elements = scan.elements
         timings["som"] = time.perf_counter() - started
         started = time.perf_counter()
+        # The labels' places need no pixels: they are worked out while the browser takes the screenshot.
+        placing = _label_worker().submit(place_page_marks, elements, self.task_viewport)
         width, height = self.task_viewport
-        raw = screenshot_array(page) if page is not None else np.zeros((height, width, 3), np.uint8)
+        if page is not None:
+            raw = screenshot_array(page, session.devtools(page), scan.plain_capture)
+        else:
+            raw = np.zeros((height, width, 3), np.uint8)
         timings["screenshot"] = time.perf_counter() - started
         started = time.perf_counter()
-        image = draw_page_marks(raw, elements)
+        placed = placing.result()
+        image = draw_page_marks(raw, elements, placed=placed if raw.shape[:2] == (height, width) else None)
         listing = bounded_listing(som_listing(elements), MAX_LISTING_CHARS)
         timings["draw"] = time.perf_counter() - started
         self._last_obs = {
@@ -324,6 +332,12 @@ class WebEnv(gymnasium.Env):
         if self._browser is not None and self._owns_browser:
             SharedBrowser.release(self._browser)
             self._browser = None
+
+
+@functools.cache
+def _label_worker() -> ThreadPoolExecutor:
+    """One thread of the process that places Set-of-Mark labels while the main thread waits on the browser."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="som-labels")
 
 
 def _check_instruction(task: WebTask) -> None:

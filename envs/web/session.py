@@ -23,28 +23,94 @@ _NETWORK_SCHEMES = ("http", "https", "ws", "wss")
 _LOCAL_SCHEMES = ("about", "data", "blob")  # no network request: harmless as parts of a page
 _MAX_REDIRECTS = 20
 
-# Resolves once no DOM mutation happened for `quietMs`, or after `limitMs` in any case.
-_DOM_QUIET_SCRIPT = """
-([quietMs, limitMs]) => new Promise((resolve) => {
+# Every document of the context keeps the wall-clock time (ms) of its last DOM change, from its first moment, under
+# a symbol key (no name a page's own code would see in its globals), so a settle knows whether the action changed
+# the page before the settle began.
+_CHANGE_CLOCK_KEY = "envs.web.lastDomChange"
+_CHANGE_CLOCK_SCRIPT = f"""
+(() => {{
+  const now = Date.now.bind(Date);  /* the wall clock, even if the page replaces Date.now later */
+  let lastChange = 0;
+  new MutationObserver(() => {{ lastChange = now(); }})
+    .observe(document, {{subtree: true, childList: true, attributes: true, characterData: true}});
+  Object.defineProperty(window, Symbol.for('{_CHANGE_CLOCK_KEY}'), {{
+    value: {{lastChange: () => lastChange, now}},
+    configurable: true,  /* a window kept from about:blank gets its new document's clock */
+  }});
+}})();
+"""
+
+# Resolves once the page is quiet, or after `limitMs` in any case. Quiet: two animation frames in a row with no DOM
+# change and no finite CSS/Web animation about to end (within 1 s), and, if the DOM changed since `sinceMs` (the
+# action's start, wall clock), `quietMs` since its last change. A page the action did not change returns after two
+# frames; one it changed waits as long as before. A document without the change clock counts as changed at the
+# start. A hidden tab gets no animation frames, so it is polled by timer instead.
+_DOM_QUIET_SCRIPT = f"""
+([quietMs, limitMs, sinceMs]) => new Promise((resolve) => {{
+  const start = performance.now();
+  const clock = window[Symbol.for('{_CHANGE_CLOCK_KEY}')];
+  const now = clock ? clock.now : Date.now.bind(Date);
+  let lastChange = clock ? clock.lastChange() : now();
+  if (lastChange < sinceMs) lastChange = null;
+  let seenChange = lastChange, calmFrames = 0, finished = false;
+  const observer = new MutationObserver(() => {{ lastChange = now(); }});
+  observer.observe(document, {{subtree: true, childList: true, attributes: true, characterData: true}});
+  const finish = () => {{
+    if (finished) return;
+    finished = true;
+    observer.disconnect();
+    clearTimeout(bound);
+    resolve(performance.now() - start);
+  }};
+  const bound = setTimeout(finish, limitMs);
+  const animating = () => document.getAnimations().some((animation) => {{
+    if (animation.playState !== 'running' || !animation.effect) return false;
+    const timing = animation.effect.getComputedTiming();
+    return Number.isFinite(timing.endTime) && timing.endTime - (timing.localTime || 0) <= 1000;
+  }});
+  const frame = () => {{
+    if (finished) return;
+    if (lastChange !== seenChange || animating()) {{ seenChange = lastChange; calmFrames = 0; }}
+    else calmFrames += 1;
+    if (calmFrames >= 2 && (lastChange === null || now() - lastChange >= quietMs)) return finish();
+    if (document.visibilityState === 'hidden') setTimeout(frame, 16); else requestAnimationFrame(frame);
+  }};
+  if (document.visibilityState === 'hidden') setTimeout(frame, 16); else requestAnimationFrame(frame);
+}})
+"""
+
+# With no quiet window: resolves after one task turn without DOM mutations (handlers the action queued have run).
+_DOM_TURN_SCRIPT = """
+(limitMs) => new Promise((resolve) => {
   let timer = null;
   const start = performance.now();
   const done = () => { observer.disconnect(); resolve(performance.now() - start); };
-  const observer = new MutationObserver(() => { clearTimeout(timer); timer = setTimeout(done, quietMs); });
+  const observer = new MutationObserver(() => { clearTimeout(timer); timer = setTimeout(done, 0); });
   observer.observe(document, {subtree: true, childList: true, attributes: true, characterData: true});
-  timer = setTimeout(done, quietMs);
+  timer = setTimeout(done, 0);
   setTimeout(done, limitMs);
 })
 """
+_MAX_TRACKED_REQUESTS = 1000
 
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Bounds in milliseconds: one action, one navigation, the settle wait after either, DOM quiet window."""
+    """Bounds in milliseconds: one action, one navigation, the settle wait after either, and how long the DOM
+    must stay unchanged after its last change (0: one task turn without changes)."""
 
     action_ms: int = 5000
     navigation_ms: int = 15000
     settle_ms: int = 3000
     dom_quiet_ms: int = 100
+
+
+@dataclass(frozen=True)
+class ActionMark:
+    """When an action began: the number of requests started before it and the wall-clock time in ms."""
+
+    requests_started: int
+    wall_ms: float
 
 
 @dataclass(frozen=True)
@@ -94,9 +160,16 @@ class PageSession:
         self._intercepted_pages: list[Any] = []  # pages whose every request hop the Fetch interception checks
         self._announced_tabs = 0  # tabs a page said it opens that have not arrived yet
         self._continued: dict[str, str] = {}  # DevTools request id -> URL, for naming a redirect's origin
+        self._devtools: dict[Any, Any] = {}  # page -> its DevTools session (also used for screenshots)
+        self._requests_started = 0
+        self._in_flight: dict[Any, int] = {}  # request -> its number in start order, until it ends
         context.set_default_timeout(timeouts.action_ms)
         context.set_default_navigation_timeout(timeouts.navigation_ms)
+        context.add_init_script(_CHANGE_CLOCK_SCRIPT)
         context.on("page", self._on_new_page)
+        context.on("request", self._on_request)
+        context.on("requestfinished", self._on_request_end)
+        context.on("requestfailed", self._on_request_end)
         if self.allowed_hosts is not None:
             context.route("**/*", self._guard_route)
             context.route_web_socket("**/*", self._guard_websocket)
@@ -185,6 +258,7 @@ class PageSession:
             cdp = self.context.new_cdp_session(page)
             cdp.on("Page.windowOpen", self._on_window_open)
             cdp.send("Page.enable")
+            self._devtools[page] = cdp
             if self.allowed_hosts is not None:
                 main_frame = cdp.send("Page.getFrameTree")["frameTree"]["frame"]["id"]
                 cdp.on("Fetch.requestPaused", lambda event: self._guard_paused(cdp, main_frame, event))
@@ -212,6 +286,24 @@ class PageSession:
             self.record_blocked(url, kind, self._continued.get(event.get("redirectedRequestId") or ""))
             cdp.send("Fetch.failRequest", {"requestId": event["requestId"], "errorReason": "BlockedByClient"})
 
+    # -- requests in flight ------------------------------------------------------------------------
+
+    def _on_request(self, request: Any) -> None:
+        self._requests_started += 1
+        if len(self._in_flight) >= _MAX_TRACKED_REQUESTS:  # long-lived ones (event streams) never end: forget
+            self._in_flight.clear()
+        self._in_flight[request] = self._requests_started
+
+    def _on_request_end(self, request: Any) -> None:
+        self._in_flight.pop(request, None)
+
+    def action_mark(self) -> ActionMark:
+        """A mark just before an action: ``settle(since=mark)`` counts the DOM changes and requests after it."""
+        return ActionMark(self._requests_started, 1000 * time.time())
+
+    def _requests_pending(self, since: ActionMark) -> bool:
+        return any(number > since.requests_started for number in self._in_flight.values())
+
     # -- tabs --------------------------------------------------------------------------------------
 
     def _on_new_page(self, page: Any) -> None:
@@ -224,7 +316,12 @@ class PageSession:
             self.active = page
         self._watch_page(page)
 
+    def devtools(self, page: Any) -> Any:
+        """The DevTools session this session holds on ``page``, or None (the page closed while it opened)."""
+        return self._devtools.get(page)
+
     def _on_close(self, page: Any) -> None:
+        self._devtools.pop(page, None)
         for pages in (self._watched_pages, self._intercepted_pages):
             if page in pages:
                 pages.remove(page)
@@ -252,8 +349,9 @@ class PageSession:
 
     def goto(self, url: str) -> None:
         """Navigate the active tab; raises Playwright's error on failure (callers turn it into a step error)."""
+        started = self.action_mark()
         self.active.goto(url, wait_until="domcontentloaded", timeout=self.timeouts.navigation_ms)
-        self.settle()
+        self.settle(since=started)
 
     def stop_loading(self) -> None:
         """Abort a pending navigation of the active tab (Chromium's Page.stopLoading), as the Stop button does."""
@@ -268,11 +366,14 @@ class PageSession:
         except Exception:
             pass
 
-    def settle(self) -> float:
-        """Wait (bounded) for the load event and a quiet DOM on the active tab; returns seconds waited. A tab
-        that a click opened is awaited and becomes the active one, also when Chromium announces it only while
-        the first tab is settling (a loaded machine delivers that event late): the new tab is then settled."""
+    def settle(self, since: ActionMark | None = None) -> float:
+        """Wait (bounded) for the load event and a quiet page (``_DOM_QUIET_SCRIPT``) on the active tab, and for
+        the requests started after the ``since`` mark (``action_mark``; default: now) to end; returns seconds
+        waited. A tab that a click opened is awaited and becomes the active one, also when Chromium announces it
+        only while the first tab is settling (a loaded machine delivers that event late): the new tab is then
+        settled."""
         start = time.perf_counter()
+        since = since or self.action_mark()
         for _ in range(3):
             if self._announced_tabs:  # a click opened a tab that Playwright has not handed over yet: wait for it
                 with contextlib.suppress(Exception):
@@ -283,9 +384,15 @@ class PageSession:
                 break
             with contextlib.suppress(Exception):  # a page that never finishes loading: go on with what is there
                 page.wait_for_load_state("load", timeout=self.timeouts.settle_ms)
-            remaining = max(1, self.timeouts.settle_ms - int(1000 * (time.perf_counter() - start)))
-            with contextlib.suppress(Exception):  # a navigation destroys the context; the next observation copes
-                page.evaluate(_DOM_QUIET_SCRIPT, [self.timeouts.dom_quiet_ms, remaining])
+            while True:  # quiet again after each answer to a request the action made
+                remaining = self.timeouts.settle_ms - int(1000 * (time.perf_counter() - start))
+                with contextlib.suppress(Exception):  # a navigation destroys the context; the observation copes
+                    if self.timeouts.dom_quiet_ms > 0:
+                        page.evaluate(_DOM_QUIET_SCRIPT, [self.timeouts.dom_quiet_ms, max(1, remaining), since.wall_ms])
+                    else:
+                        page.evaluate(_DOM_TURN_SCRIPT, max(1, remaining))
+                if remaining <= 0 or not self._requests_pending(since) or page is not self.active:
+                    break
             if not self._announced_tabs and page is self.active:
                 break
         return time.perf_counter() - start

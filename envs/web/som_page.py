@@ -8,18 +8,25 @@ stay with their element across re-layouts and steps, so ``click [12]`` binds to 
 if the page moved. New elements take the next free number of the document, in reading order (top,
 then left) of the pass that first sees them; a new document starts again at 1. The marks are drawn by
 ``data_tools.som`` with these ids as labels.
+
+The same pass says whether the page can show a text caret (a text field or editable element has focus, or
+one inside a frame it cannot see into) or still loads fonts. If not, the screenshot is taken straight through DevTools
+(``Page.captureScreenshot``, lossless PNG encoded for speed), the pixels Playwright's ``page.screenshot``
+gives; else through Playwright, which hides the caret and waits for fonts first.
 """
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from data_tools.som import ElementMark, MarkStyle, UIElement, draw_marks
+from data_tools.som import ElementMark, MarkStyle, UIElement, draw_marks, place_mark_labels
 
 SOM_ATTRIBUTE = "data-som-id"
 MAX_VIEWPORT_FRACTION = 0.8
@@ -75,13 +82,37 @@ _SOM_SCRIPT = """
   fresh.sort((a, b) => (Math.round(a.box[1] / 4) - Math.round(b.box[1] / 4)) || (a.box[0] - b.box[0]));
   for (const item of fresh) item.el.setAttribute(attribute, String(next++));
   root.setAttribute('data-som-next', String(next));
-  return found.map((item) => ({
-    id: parseInt(item.el.getAttribute(attribute), 10),
-    tag: (item.el.getAttribute('role') || item.el.tagName).toUpperCase(),
-    text: label(item.el),
-    box: item.box,
-    interactive: item.interactive,
-  }));
+  const noCaretInputs = new Set(['checkbox', 'radio', 'button', 'submit', 'reset', 'range', 'color', 'file',
+    'image', 'hidden']);
+  const mayShowCaret = () => {
+    let doc = document, el = document.activeElement;
+    for (let depth = 0; depth < 64; depth++) {
+      if (doc.designMode === 'on') return true;
+      if (!el) return false;
+      if (el.shadowRoot && el.shadowRoot.activeElement) { el = el.shadowRoot.activeElement; continue; }
+      if (el.tagName === 'IFRAME' || el.tagName === 'FRAME') {
+        let inner = null;
+        try { inner = el.contentDocument; } catch (error) { inner = null; }
+        if (!inner) return true;  /* a cross-origin frame: it may hold a focused field */
+        doc = inner;
+        el = inner.activeElement;
+        continue;
+      }
+      if (el.tagName === 'INPUT') return !noCaretInputs.has(el.type);
+      return el.isContentEditable || el.tagName === 'TEXTAREA';
+    }
+    return true;
+  };
+  return JSON.stringify({  /* one string crosses to Python faster than a structured value */
+    elements: found.map((item) => ({
+      id: parseInt(item.el.getAttribute(attribute), 10),
+      tag: (item.el.getAttribute('role') || item.el.tagName).toUpperCase(),
+      text: label(item.el),
+      box: item.box,
+      interactive: item.interactive,
+    })),
+    plainCapture: document.fonts.status === 'loaded' && !mayShowCaret(),
+  });
 }
 """
 
@@ -100,14 +131,28 @@ class PageElement:
         return f"[{self.som_id}] [{self.tag}] [{self.text}]"
 
 
-def find_page_elements(page: Any) -> list[PageElement]:
-    """Run the one Set-of-Mark pass on ``page`` (tagging new elements) and return them sorted by id."""
-    raw = page.evaluate(_SOM_SCRIPT, [SOM_ATTRIBUTE, MAX_VIEWPORT_FRACTION, MAX_TEXT_CHARS])
+@dataclass(frozen=True)
+class PageScan:
+    """What one Set-of-Mark pass saw: the elements, by id, and whether a screenshot may skip Playwright's caret
+    hiding and font wait (no focused editable element, fonts loaded)."""
+
+    elements: list[PageElement]
+    plain_capture: bool
+
+
+def scan_page(page: Any) -> PageScan:
+    """Run the one Set-of-Mark pass on ``page`` (tagging new elements)."""
+    raw = json.loads(page.evaluate(_SOM_SCRIPT, [SOM_ATTRIBUTE, MAX_VIEWPORT_FRACTION, MAX_TEXT_CHARS]))
     elements = [
         PageElement(int(item["id"]), item["tag"], item["text"], tuple(item["box"]), bool(item["interactive"]))
-        for item in raw
+        for item in raw["elements"]
     ]
-    return sorted(elements, key=lambda element: element.som_id)
+    return PageScan(sorted(elements, key=lambda element: element.som_id), bool(raw["plainCapture"]))
+
+
+def find_page_elements(page: Any) -> list[PageElement]:
+    """Run the one Set-of-Mark pass on ``page`` (tagging new elements) and return them sorted by id."""
+    return scan_page(page).elements
 
 
 def som_listing(elements: list[PageElement]) -> str:
@@ -115,18 +160,50 @@ def som_listing(elements: list[PageElement]) -> str:
     return "\n".join(element.listing_line() for element in elements)
 
 
-def screenshot_array(page: Any) -> np.ndarray:
-    """The viewport as an HxWx3 uint8 array."""
-    return np.asarray(Image.open(io.BytesIO(page.screenshot(type="png"))).convert("RGB"))
+def screenshot_array(page: Any, devtools: Any = None, plain_capture: bool = False) -> np.ndarray:
+    """The viewport as an HxWx3 uint8 array: through the page's DevTools session ``devtools`` when the scan
+    allowed a ``plain_capture`` (module docstring), else (or if that fails) through ``page.screenshot``."""
+    if devtools is not None and plain_capture:
+        try:
+            shot = devtools.send("Page.captureScreenshot", {"format": "png", "optimizeForSpeed": True})
+            return _decode_png(base64.b64decode(shot["data"]))
+        except Exception:  # the session went away with its page: Playwright's path says what is wrong
+            pass
+    return _decode_png(page.screenshot(type="png"))
 
 
-def draw_page_marks(screenshot: np.ndarray, elements: list[PageElement], style: MarkStyle | None = None) -> np.ndarray:
-    """The screenshot with each element's box and id drawn by ``data_tools.som`` (boxes scaled to image pixels)."""
-    height, width = screenshot.shape[:2]
+def _decode_png(data: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(data))
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
+def page_marks(elements: list[PageElement], image_size: tuple[int, int]) -> list[ElementMark]:
+    """The ``data_tools.som`` marks of ``elements`` on a ``(width, height)`` image (boxes clipped to it)."""
+    width, height = image_size
     marks = []
     for element in elements:
         x0, y0, x1, y1 = element.box
         box = (min(x0, width), min(y0, height), min(x1, width), min(y1, height))
         kind = "button" if element.interactive else "text"
         marks.append(ElementMark(element.som_id, UIElement(box, kind, element.text, source="dom")))
-    return draw_marks(screenshot, marks, style)
+    return marks
+
+
+def place_page_marks(
+    elements: list[PageElement], image_size: tuple[int, int], style: MarkStyle | None = None
+) -> list[ElementMark]:
+    """``page_marks`` with their labels placed, as ``draw_marks`` would place them on that image; needs no
+    pixels, so it can run while the screenshot is taken."""
+    return place_mark_labels(page_marks(elements, image_size), image_size, style)
+
+
+def draw_page_marks(
+    screenshot: np.ndarray,
+    elements: list[PageElement],
+    style: MarkStyle | None = None,
+    placed: list[ElementMark] | None = None,
+) -> np.ndarray:
+    """The screenshot with each element's box and id drawn by ``data_tools.som`` (boxes scaled to image pixels);
+    ``placed`` are the elements' marks already placed for this image's size (``place_page_marks``)."""
+    height, width = screenshot.shape[:2]
+    return draw_marks(screenshot, placed if placed is not None else page_marks(elements, (width, height)), style)
