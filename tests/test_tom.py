@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -32,6 +33,8 @@ from data_tools.tracking import (
     LucasKanadeTracker,
     PointTracker,
     TrackerUnavailableError,
+    TrackingError,
+    _patches,
     compensate,
     estimate_camera_motion,
 )
@@ -41,6 +44,7 @@ from data_tools.tracking_truth import (
     camera_compensation_error,
     render_truth_video,
     tapvid_position_accuracy,
+    textured_canvas,
 )
 from data_tools.video import ClipFrames, read_frames, write_mp4
 
@@ -218,3 +222,41 @@ def test_trace_of_mark_modules_import_without_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
+
+
+def test_quick_first_pass_matches_the_full_pyramid_search(moving_camera):
+    _, clip = moving_camera
+    queries = grid_queries(256, 256, 15)
+    quick = LucasKanadeTracker().track(clip.frames, queries)
+    full = LucasKanadeTracker(quick_levels=None).track(clip.frames, queries)
+    assert (quick.visible == full.visible).mean() >= 0.995  # measured: identical
+    both = quick.visible & full.visible
+    gaps = np.linalg.norm(quick.tracks - full.tracks, axis=2)[both]
+    assert np.median(gaps) < 0.01 and gaps.max() < 0.5  # measured: median 0.000, max 0.2 px
+
+
+def test_sudden_jump_falls_back_to_the_full_search():
+    scene = textured_canvas(200, 200, np.random.default_rng(4))
+    offsets = np.array([0, 1, 2, 3, 13, 14, 15])  # a 10 px jump after steady 1 px steps: the quick pass misses
+    frames = np.stack([scene[20 + step : 148 + step, 30 + step : 158 + step] for step in offsets])
+    queries = grid_queries(128, 128, 6)
+    truth = queries[None] - offsets[:, None, None]
+    quick = LucasKanadeTracker().track(frames, queries)
+    full = LucasKanadeTracker(quick_levels=None).track(frames, queries)
+    assert (quick.visible >= full.visible).all()  # measured: the same but one point only the quick pass kept
+    errors = np.linalg.norm(quick.tracks - truth, axis=2)[quick.visible]
+    assert errors.max() < 0.2  # every point it keeps is where it truly is, across the jump too
+    in_view = (truth[-1] >= 0).all(axis=1)
+    assert quick.visible[-1, in_view].mean() >= 0.9  # the jump is followed, not lost
+
+
+def test_appearance_patches_match_opencv_subpixel_patches():
+    image = cv2.cvtColor(textured_canvas(64, 64, np.random.default_rng(5)), cv2.COLOR_RGB2GRAY)
+    points = np.random.default_rng(6).uniform(8, 56, (50, 2)).astype(np.float32)
+    expected = np.stack([cv2.getRectSubPix(image, (11, 11), (float(x), float(y))) for x, y in points])
+    assert np.abs(_patches(image, points, 11) - expected).max() <= 1.0
+
+
+def test_bad_quick_levels_is_a_clear_error():
+    with pytest.raises(TrackingError, match="quick_levels"):
+        LucasKanadeTracker(quick_levels=5)
