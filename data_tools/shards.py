@@ -30,6 +30,7 @@ PARTIAL_SUFFIX = ".partial"
 KEY_DIGITS = 9
 TAR_BLOCK = 512
 IMAGE_FORMATS = ("png", "jpg")
+PNG_COMPRESS_LEVEL = 1
 
 
 class ShardWriteError(UserFacingError, ValueError):
@@ -52,7 +53,9 @@ def _encode_pil(image: Image.Image, image_format: str) -> bytes:
     if image_format == "jpg":
         image.convert("RGB").save(buffer, format="JPEG", quality=95)
     else:
-        image.save(buffer, format="PNG")
+        # zlib level 1 (OpenCV's default for PNG): lossless like any level, about 6x faster to write than
+        # PIL's default 6 for ~15 % more bytes; encoding was a fifth of a Trace-of-Mark job's time at level 6
+        image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
 
 
