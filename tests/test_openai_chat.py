@@ -20,7 +20,7 @@ import numpy as np
 import openai
 import pytest
 import torch
-from local_servers import wait_for
+from local_servers import LOADED_MACHINE_BOUND_S, wait_for
 from PIL import Image
 
 from magma.config import load_config
@@ -88,7 +88,9 @@ def ui_server(checkpoint):
 
 @pytest.fixture(scope="module")
 def client(ui_server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"http://127.0.0.1:{ui_server}/v1", api_key="unused", max_retries=0, timeout=300)
+    return openai.OpenAI(
+        base_url=f"http://127.0.0.1:{ui_server}/v1", api_key="unused", max_retries=0, timeout=LOADED_MACHINE_BOUND_S
+    )
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +240,7 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation(checkpoint):
     server = PolicyServer(served, ServerConfig(port=0))
     server.start_in_thread()
     try:
-        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=LOADED_MACHINE_BOUND_S)
         body = {"messages": PROMPT, "max_tokens": 4096, "temperature": 1.0, "stream": True}
         connection.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
         reply = connection.getresponse()

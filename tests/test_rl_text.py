@@ -47,6 +47,7 @@ def test_mean_reward_rises_above_its_start(tmp_path):
 
 def test_resume_continues_exactly(tmp_path):
     settings = ("max_steps=3", "checkpoint.every=1", "inner_epochs=2", "mini_batches=2", "micro_batch_size=16")
+    settings += ("text.prompts_per_step=4", "text.eval_prompts=2")  # 32 samples a step: two mini-batches of 16
     straight = GRPOTrainer(text_config(tmp_path / "straight", *settings))
     straight.train()
     interrupted = GRPOTrainer(text_config(tmp_path / "resumed", *settings, "max_steps=2"))

@@ -17,7 +17,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from local_servers import QuietHandler, send_body, serve_http, stop_http, wait_for
+from local_servers import LOADED_MACHINE_BOUND_S, QuietHandler, send_body, serve_http, stop_http, wait_for
 from test_robot_daemon import FaultyPolicy, daemon_config, http_post, serve_in_process, start_daemon
 
 from data_tools.config_files import ConfigError
@@ -67,7 +67,7 @@ def test_a_page_of_another_origin_cannot_clear_an_http_estop(tmp_path):
         wait_for(lambda: daemon.status_server is not None and daemon.tick > 5, "the episode to run", 600)
         url = daemon.status_server.url
         assert http_post(url + "/estop")["ok"]  # a program (no Origin) e-stops as before
-        wait_for(lambda: daemon.status()["state"] == "estopped", "the HTTP e-stop", 300)
+        wait_for(lambda: daemon.status()["state"] == "estopped", "the HTTP e-stop")
 
         page_server = serve_page(ATTACK_PAGE % {"daemon": url})
         page_url = f"http://localhost:{page_server.server_address[1]}/"
@@ -75,18 +75,18 @@ def test_a_page_of_another_origin_cannot_clear_an_http_estop(tmp_path):
             context = browser.new_context(ContextOptions())
             page = context.new_page()
             page.goto(page_url)
-            page.wait_for_function("document.title.startsWith('done')", timeout=300_000)
+            page.wait_for_function("document.title.startsWith('done')", timeout=LOADED_MACHINE_BOUND_S * 1000)
             title = page.title()
             context.close()
         assert title.split()[1].split(",")[3] == "rejected"  # the page cannot read the status either
         tick = daemon.tick
-        wait_for(lambda: daemon.tick > tick + 5 or not thread.is_alive(), "ticks after the page's requests", 300)
+        wait_for(lambda: daemon.tick > tick + 5 or not thread.is_alive(), "ticks after the page's requests")
         assert thread.is_alive(), "a page of another origin stopped the daemon"
         assert daemon.status()["state"] == "estopped", "a page of another origin cleared the e-stop"
         assert not any("resumed" in message for message in daemon.messages)
 
         assert http_post(url + "/resume")["ok"]  # the operator's own program still resumes
-        wait_for(lambda: daemon.status()["state"] == "running", "the resume", 300)
+        wait_for(lambda: daemon.status()["state"] == "running", "the resume")
         daemon.stop()
         thread.join(timeout=600)
     finally:

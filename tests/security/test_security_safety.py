@@ -120,7 +120,7 @@ def run_until_safe_stop(tmp_path, policy_class, *overrides: str, ticks_after: in
         wait_for(lambda: daemon.status()["state"] == "safe_stopped", "the safe stop", 600)
         reason = daemon.status()["reason"]
         tick = daemon.tick
-        wait_for(lambda: daemon.tick >= tick + ticks_after, "ticks while safe-stopped", 300)
+        wait_for(lambda: daemon.tick >= tick + ticks_after, "ticks while safe-stopped")
         daemon.stop()
         thread.join(timeout=600)
     finally:
