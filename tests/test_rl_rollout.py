@@ -115,3 +115,42 @@ def test_collated_layout_and_loss_mask():
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 0]]
     assert batch.completion_mask.tolist() == [[1.0, 1.0], [0.0, 0.0]]
     assert batch.position_ids[1, 2:4].tolist() == [0, 1]
+
+
+def test_shared_prompts_run_once_with_the_same_log_probs_and_gradients(tiny_model, tiny_processor):
+    """Rows of one group share their prompt's forward pass (keys and values repeated per row); the
+    log-probs and the gradients are those of one plain pass over every row."""
+    from magma.rl.rollout import completion_logits, shared_prompts
+
+    prompts = [prompt_ids(tiny_processor, "Numbers please 7:"), prompt_ids(tiny_processor, "Say a long number")]
+    completions = [[10, 11, 12], [13], [14, 15], [16, 17, 18, 19]]
+    samples = [
+        Sample(prompts[row // 2], ids, [0.0] * len(ids), group_id=row // 2, trajectory_id=row)
+        for row, ids in enumerate(completions)
+    ]
+    batch = collate_samples(samples, tiny_model.config.tokens.pad_token_id)
+    rows, inverse = shared_prompts(batch)
+    assert len(rows) == 2 and inverse.tolist() in ([0, 0, 1, 1], [1, 1, 0, 0])
+    allowed = allowed_tokens(tiny_model.config)
+
+    def log_probs_and_gradients(logits_of):
+        tiny_model.zero_grad(set_to_none=True)
+        logits = logits_of()
+        targets = batch.completion_ids.unsqueeze(-1)
+        log_probs = torch.log_softmax(logits.masked_fill(~allowed, -1e9), -1).gather(-1, targets).squeeze(-1)
+        (log_probs * batch.completion_mask).sum().backward()
+        grads = {name: p.grad.clone() for name, p in tiny_model.named_parameters() if p.grad is not None}
+        tiny_model.zero_grad(set_to_none=True)
+        return log_probs.detach() * batch.completion_mask, grads
+
+    plain = batch.model_kwargs("cpu")
+    shared, shared_grads = log_probs_and_gradients(lambda: completion_logits(tiny_model, batch, torch.device("cpu")))
+    once, once_grads = log_probs_and_gradients(
+        lambda: tiny_model(**plain, logits_to_keep=batch.completion_length + 1).logits[:, :-1]
+    )
+    torch.testing.assert_close(shared, once, atol=1e-5, rtol=1e-5)
+    assert shared_grads.keys() == once_grads.keys() and shared_grads
+    for name, grad in once_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    # a batch whose prompts are all different (or that has images) takes the plain pass
+    assert shared_prompts(collate_samples(samples[1:3], tiny_model.config.tokens.pad_token_id)) is None

@@ -87,7 +87,8 @@ def sample_completions(
     recorder = DrawnTokenLogProbs()
     processors: list[LogitsProcessor] = [AllowedTokensLogitsProcessor(allowed)]
     if temperature > 0:  # the warpers are ours, so that the recorder runs after them
-        processors.append(TemperatureLogitsWarper(max(float(temperature), 1e-6)))  # finite at any temperature
+        if temperature != 1.0:  # dividing by 1 changes nothing: one op less per decoding step
+            processors.append(TemperatureLogitsWarper(max(float(temperature), 1e-6)))  # finite at any temperature
         if top_p < 1.0:
             processors.append(TopPLogitsWarper(float(top_p)))
     processors.append(recorder)

@@ -223,6 +223,55 @@ def collate_samples(samples: Sequence[Sample], pad_token_id: int) -> RolloutBatc
     )
 
 
+def shared_prompts(batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The distinct prompts of a text batch as ``(rows, inverse)``: ``rows`` (U,) one row index per distinct
+    prompt, ``inverse`` (B,) each row's prompt in ``rows``; None when no two rows share a prompt or the batch
+    has images (a group's samples share one prompt, so its forward pass can run once per group)."""
+    if batch.pixel_values is not None:
+        return None
+    prompt_length = batch.input_ids.shape[1] - batch.completion_length
+    prompts = torch.cat([batch.input_ids[:, :prompt_length], batch.attention_mask[:, :prompt_length]], dim=-1)
+    distinct, inverse = torch.unique(prompts, dim=0, return_inverse=True)
+    if len(distinct) == len(prompts):
+        return None
+    rows = torch.empty(len(distinct), dtype=torch.long).scatter_(0, inverse, torch.arange(len(prompts)))
+    return rows, inverse
+
+
+def completion_logits(model: Any, batch: RolloutBatch, device: torch.device) -> torch.Tensor:
+    """(B, C, V) logits of the positions that predict the completion tokens. Rows that share a prompt
+    (a group) run the prompt once: its keys and values (with their gradient) are repeated for every
+    row of the group, then the completions run on them. Otherwise (DDP, checkpointing): one plain pass."""
+    length = batch.completion_length
+    # a DDP wrapper (``module``) wants one forward per backward; activation checkpointing keeps no cache
+    plain = not isinstance(model, torch.nn.Module) or hasattr(model, "module")
+    plain = plain or (model.training and bool(getattr(model, "is_activation_checkpointing", False)))
+    shared = None if plain else shared_prompts(batch)
+    if shared is None:
+        return model(**batch.model_kwargs(device), logits_to_keep=length + 1).logits[:, :-1]
+    rows, inverse = (index.to(device) for index in shared)
+    prompt_length = batch.input_ids.shape[1] - length
+    kwargs = batch.model_kwargs(device)
+    prefix = model(
+        input_ids=kwargs["input_ids"][rows, :prompt_length],
+        attention_mask=kwargs["attention_mask"][rows, :prompt_length],
+        position_ids=kwargs["position_ids"][rows, :prompt_length],
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = prefix.cache
+    cache.reorder_cache(inverse)  # (U, ...) -> (B, ...): each row gets its prompt's keys and values
+    out = model(
+        input_ids=kwargs["input_ids"][:, prompt_length:],
+        attention_mask=kwargs["attention_mask"],
+        position_ids=kwargs["position_ids"][:, prompt_length:],
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=length,
+    )
+    return torch.cat([prefix.logits[inverse], out.logits[:, :-1]], dim=1)
+
+
 def completion_log_probs(
     model: Any,
     batch: RolloutBatch,
@@ -232,11 +281,9 @@ def completion_log_probs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B, C) log-probs of the completion tokens under ``model`` at the sampling temperature, over the
     ``allowed`` tokens as sampling saw them (and the per-token entropy): the LM head runs on the
-    completion positions only (``logits_to_keep``)."""
-    length = batch.completion_length
+    completion positions only (``logits_to_keep``), and each distinct prompt runs once."""
     device = batch.input_ids.device if not hasattr(model, "parameters") else next(model.parameters()).device
-    out = model(**batch.model_kwargs(device), logits_to_keep=length + 1)
-    logits = mask_logits(out.logits[:, :-1], allowed)
+    logits = mask_logits(completion_logits(model, batch, device), allowed)
     if temperature > 0:
         logits = logits / temperature
     log_softmax = torch.log_softmax(logits, dim=-1)
