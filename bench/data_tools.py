@@ -43,7 +43,7 @@ from data_tools.tracking import LucasKanadeTracker  # noqa: E402
 from data_tools.tracking_truth import CameraPath, render_truth_video, tapvid_position_accuracy  # noqa: E402
 from data_tools.video import (  # noqa: E402
     clip_windows,
-    decode_frames,
+    decode_windows,
     probe_video,
     read_frames,
     write_mp4,
@@ -62,7 +62,8 @@ def decode_only(video: Path, size: int) -> float:
     info = probe_video(video)
     windows = clip_windows(info, NUM_STEPS + 1, NUM_STEPS + 1, SOURCE_FPS)
     started = time.perf_counter()
-    frames = sum(len(decode_frames(info, window.frame_indices, size).frames) for window in windows)
+    clips = decode_windows(info, [window.frame_indices for window in windows], size)  # as the job decodes
+    frames = sum(len(clip.frames) for clip in clips)
     return frames / (time.perf_counter() - started)
 
 

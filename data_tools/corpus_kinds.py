@@ -20,7 +20,7 @@ from data_tools.jobs import InputResult
 from data_tools.som_samples import SomConfig, som_samples_from_annotation_line
 from data_tools.tom import ClipTooShortError, TomConfig, TomExtractionError, tom_samples
 from data_tools.tracking import CoTrackerTracker, LucasKanadeTracker, PointTracker
-from data_tools.video import clip_windows, decode_frames, probe_video
+from data_tools.video import clip_windows, decode_windows, probe_video
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 ANNOTATION_EXTENSIONS = (".jsonl",)
@@ -82,8 +82,8 @@ def tom_video_input(identifier: str, options: dict[str, Any], rng: np.random.Gen
         )
     tracker = tracker_for(job)
     result, last_error = InputResult(), None
-    for index in spread(len(windows), job.clips_per_video):
-        clip = decode_frames(info, windows[index].frame_indices, job.size)
+    chosen = [windows[index].frame_indices for index in spread(len(windows), job.clips_per_video)]
+    for clip in decode_windows(info, chosen, job.size):  # one reader for the whole video, in order
         result.frames += len(clip.frames)
         try:
             result.samples += tom_samples(clip, video_id(path), job.source, config, tracker, rng)

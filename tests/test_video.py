@@ -18,6 +18,7 @@ from data_tools.video import (
     VideoReadError,
     clip_windows,
     decode_frames,
+    decode_windows,
     decoded_size,
     probe_video,
     read_frames,
@@ -87,6 +88,23 @@ def test_clip_windows_cover_the_video_and_decode(counting_video: Path):
     assert clip.frames.shape == (6, 32, 48, 3)
     assert frame_numbers(clip.frames) == [8, 10, 12, 14, 16, 18]
     assert clip.times_s[0] == pytest.approx(windows[1].start_s)
+
+
+@pytest.mark.parametrize("codec", ["h264", "av1"])
+def test_windows_through_one_reader_are_the_frames_of_each_window(encoded: dict[str, Path], codec: str):
+    if codec not in encoded:
+        pytest.skip(f"this PyAV wheel has no {VIDEO_ENCODERS[codec]} encoder to make a {codec} file")
+    info = probe_video(encoded[codec])
+    windows = [window.frame_indices for window in clip_windows(info, window_frames=6, stride_frames=6, fps=None)]
+    for size in (None, 40, 32):  # 32: decord cannot resize to 48 px wide, the window falls back
+        together = list(decode_windows(info, windows, size))
+        assert [clip.frame_indices.tolist() for clip in together] == [window.tolist() for window in windows]
+        for clip, window in zip(together, windows, strict=True):
+            alone = decode_frames(info, window, size)
+            assert np.array_equal(clip.frames, alone.frames) and np.array_equal(clip.times_s, alone.times_s)
+        assert frame_numbers(together[-1].frames) == windows[-1].tolist()
+    with pytest.raises(VideoReadError, match="not inside the 30 frames"):
+        list(decode_windows(info, [windows[0], np.array([28, 30])]))
 
 
 def test_decoded_size_keeps_the_aspect_ratio():

@@ -110,7 +110,11 @@ def parameter_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameter_groups(model, optim), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+    # foreach: the multi-tensor update on CPU too (torch picks it on GPUs only); bitwise the same steps, and
+    # on a small model's many small tensors the one-tensor-at-a-time loop was a third of the optimizer time
+    return torch.optim.AdamW(
+        parameter_groups(model, optim), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, foreach=True
+    )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, max_steps: int):
