@@ -22,7 +22,10 @@ from magma.processor import MagmaProcessor
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    # One torch thread, as the tests' subprocesses get through OMP_NUM_THREADS=1: the tiny models gain
+    # nothing from a second thread (10 % faster with one on 2 idle cores), and on a machine other work loads,
+    # two OpenMP threads spinning at barriers for a core they cannot get made torch steps up to 50x slower.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
