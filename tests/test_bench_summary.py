@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
 
-import report  # noqa: E402  (bench/report.py)
-import summary  # noqa: E402  (bench/summary.py)
+
+def bench_module(name: str) -> ModuleType:
+    """bench/NAME.py loaded by path: putting bench/ on sys.path would shadow the data_tools package
+    (bench/data_tools.py) in every process the suite spawns afterwards."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+report = bench_module("report")
+summary = bench_module("summary")
 
 
 def test_emitted_figures_reach_the_table_with_their_goals(tmp_path, monkeypatch, capsys):
