@@ -120,11 +120,16 @@ def env(browser):
     environment.close()
 
 
-def _wait_for(condition, what: str, bound_s: float = 120) -> None:
+def _wait_for(condition, what: str, bound_s: float = 120, pump=None) -> None:
+    """Wait for ``condition``; ``pump``, a page, keeps Playwright delivering events (block records come from
+    its callbacks, which the sync API runs only inside its own calls, never during time.sleep)."""
     deadline = time.monotonic() + bound_s
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+        if pump is not None:
+            pump.wait_for_timeout(50)
+        else:
+            time.sleep(0.05)
 
 
 def _id_of(listing: str, text: str) -> int:
@@ -205,7 +210,11 @@ def test_bad_steps_are_counted_and_the_episode_goes_on(env, site):
     _, _, _, _, info = env.step("click [9999]")
     assert "no element with id [9999]" in info["action_error"] and info["failed_steps"] == 2
     obs, _, _, _, info = env.step(f"click [{_id_of(obs['som'], 'Other site')}]")
-    _wait_for(lambda: any("/elsewhere" in url for url in env.session.blocked_urls), "the cross-site click's block")
+    _wait_for(
+        lambda: any("/elsewhere" in url for url in env.session.blocked_urls),
+        "the cross-site click's block",
+        pump=env.session.active,
+    )
     assert "blocked" in info["action_error"] and info["failed_steps"] == 3 and obs["url"].startswith(site)
     obs, _, _, _, info = env.step("goto [http://example.com/]")
     assert "blocked" in info["action_error"] and obs["url"].startswith(site)

@@ -117,11 +117,17 @@ def _id_of(listing: str, text: str) -> int:
     raise AssertionError(f"{text!r} not in listing:\n{listing}")
 
 
-def _wait_for(condition, what: str) -> None:
+def _wait_for(condition, what: str, pump=None) -> None:
+    """Wait for ``condition``; ``pump``, a page, keeps Playwright delivering events meanwhile: the sync API
+    dispatches them (the route and DevTools callbacks that record blocks) only inside its own calls, so a
+    wait in time.sleep would wait for records that never arrive."""
     deadline = time.monotonic() + WAIT_S
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+        if pump is not None:
+            pump.wait_for_timeout(50)
+        else:
+            time.sleep(0.05)
 
 
 @pytest.mark.parametrize("path", ["/go-other", "/hop1"])
@@ -146,7 +152,7 @@ def test_images_fetch_websockets_and_frames_to_another_host_never_leave(env, hos
 
     # the page sees a request fail as soon as it is refused; on a loaded machine the record of a redirect hop's
     # block can come a moment later, so wait for every record (each is asserted by name below)
-    _wait_for(lambda: expected <= set(blocked_by_name()), f"blocks of {sorted(expected)}")
+    _wait_for(lambda: expected <= set(blocked_by_name()), f"blocks of {sorted(expected)}", pump=page)
     blocked = blocked_by_name()
     assert expected <= set(blocked)
     assert blocked["redirected.png"].redirected_from == f"{site}/img-redirect"
@@ -173,7 +179,11 @@ def test_a_new_tab_is_awaited_and_its_redirect_off_the_sites_is_blocked(env, hos
     assert info["action_error"] is None and obs["url"] == f"{site}/page2" and len(obs["tabs"]) == 2
     obs, *_ = env.step("tab_focus [0]")
     obs, *_, info = env.step(f"click [{_id_of(obs['som'], 'Deals in a tab')}]")
-    _wait_for(lambda: any(entry.url.endswith("/landing") for entry in env.session.blocked), "the tab's block")
+
+    def tab_blocked() -> bool:
+        return any(entry.url.endswith("/landing") for entry in env.session.blocked)
+
+    _wait_for(tab_blocked, "the tab's block", pump=env.session.active)
     assert "SECRET" not in obs["som"] and other.hits == []
 
 
