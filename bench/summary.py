@@ -145,16 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="every figure, not only those with a ratio")
     args = parser.parse_args(argv)
     try:
-        rows = table_rows(read_figures(args.records), args.all)
-        table = markdown_table(rows)
+        figures = read_figures(args.records)
+        table = markdown_table(table_rows(figures, args.all))
         if args.docs:
             write_docs_block(args.docs, table)
     except SummaryError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(table)
-    missed = [row[0] for row in rows if row[5] == "**no**"]
-    met = sum(row[5] == "yes" for row in rows)
+    missed = [figure.name for figure in figures if figure.goal_met is False]
+    met = sum(figure.goal_met is True for figure in figures)
     print(f"\n{met} goal(s) met, {len(missed)} missed{': ' + ', '.join(missed) if missed else ''}")
     return 0
 

@@ -276,12 +276,15 @@ def read_frames(
     return decode_frames(info, indices, size)
 
 
+def _reader_size(info: VideoInfo, width: int, height: int) -> tuple[int, int]:
+    """decord's (width, height) for a reader decoding at ``width`` x ``height``: (-1, -1) keeps the stored size."""
+    return (-1, -1) if (width, height) == (info.width, info.height) else (width, height)
+
+
 def _decode_with_decord(info: VideoInfo, indices: np.ndarray, width: int, height: int) -> np.ndarray | None:
     """Frames ``indices`` decoded by decord, resized to ``width`` x ``height``; None where decord fails."""
     try:
-        if (width, height) == (info.width, info.height):
-            return _decode_batch(info.path, indices, -1, -1)
-        return _decode_batch(info.path, indices, width, height)
+        return _decode_batch(info.path, indices, *_reader_size(info, width, height))
     except _DECORD_ERRORS:  # decord fails to resize to a few narrow widths (16, 24, 48, 72 px): resize after
         try:
             stored = _decode_batch(info.path, indices, -1, -1)
@@ -338,8 +341,7 @@ def decode_windows(info: VideoInfo, windows: Iterable[np.ndarray], size: int | N
     reader = None
     if info.backend != "pyav":
         try:
-            same_size = (width, height) == (info.width, info.height)
-            reader = _open_reader(info.path, *((-1, -1) if same_size else (width, height)))
+            reader = _open_reader(info.path, *_reader_size(info, width, height))
         except VideoReadError:
             reader = None
     for window in windows:
