@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml scripts/install_system_deps.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[dev]' $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[dev,ray]' $(TORCH_PINS)
 	touch $(STAMP)
 
 test: install

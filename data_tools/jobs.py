@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
@@ -178,30 +178,37 @@ def failure_reason(error: Exception) -> str:
     return str(getattr(error, "reason", "") or type(error).__name__)
 
 
-def process_unit(spec: JobSpec, unit: int, function: InputFunction) -> UnitResult:
-    """Run ``function`` over one unit's inputs and write their samples into the unit's shards."""
-    started = time.perf_counter()
+def input_outcome(spec: JobSpec, identifier: str, function: InputFunction) -> InputResult | dict[str, str]:
+    """``function`` over one input: its samples, or its failure (``{"input", "reason", "detail"}``), which a
+    hostile or broken input becomes instead of ending the job."""
+    try:
+        result = function(identifier, spec.options, input_rng(spec.seed, identifier))
+    except UserFacingError as error:
+        return {"input": identifier, "reason": failure_reason(error), "detail": str(error)}
+    except Exception as error:  # a hostile input must not end the job: it is counted by reason
+        detail = f"{type(error).__name__}: {str(error)[:500]}"
+        return {"input": identifier, "reason": failure_reason(error), "detail": detail}
+    invalid = _first_invalid_sample(result)
+    if invalid is not None:  # checked before writing any, so an input is written whole or not at all
+        return {"input": identifier, "reason": "invalid_sample", "detail": invalid}
+    return result
+
+
+def write_unit(
+    spec: JobSpec, unit: int, outcomes: Iterable[InputResult | dict[str, str]], started: float
+) -> UnitResult:
+    """The unit's shards from its inputs' outcomes, in input order (``outcomes`` may be computed lazily)."""
     failed, ok, frames = [], 0, 0
     with ShardWriter(
         spec.out_dir, prefix=spec.shard_prefix(unit), max_samples_per_shard=spec.samples_per_shard
     ) as writer:
-        for identifier in spec.unit_inputs(unit):
-            try:
-                result = function(identifier, spec.options, input_rng(spec.seed, identifier))
-            except UserFacingError as error:
-                failed.append({"input": identifier, "reason": failure_reason(error), "detail": str(error)})
+        for outcome in outcomes:
+            if isinstance(outcome, dict):
+                failed.append(outcome)
                 continue
-            except Exception as error:  # a hostile input must not end the job: it is counted by reason
-                detail = f"{type(error).__name__}: {str(error)[:500]}"
-                failed.append({"input": identifier, "reason": failure_reason(error), "detail": detail})
-                continue
-            invalid = _first_invalid_sample(result)
-            if invalid is not None:  # checked before writing any, so an input is written whole or not at all
-                failed.append({"input": identifier, "reason": "invalid_sample", "detail": invalid})
-                continue
-            for record, images in result.samples:
+            for record, images in outcome.samples:
                 writer.write(record, images)
-            frames += result.frames
+            frames += outcome.frames
             ok += 1
     return UnitResult(
         unit=unit,
@@ -212,6 +219,13 @@ def process_unit(spec: JobSpec, unit: int, function: InputFunction) -> UnitResul
         failed=failed,
         ok=ok,
     )
+
+
+def process_unit(spec: JobSpec, unit: int, function: InputFunction) -> UnitResult:
+    """Run ``function`` over one unit's inputs and write their samples into the unit's shards."""
+    started = time.perf_counter()
+    outcomes = (input_outcome(spec, identifier, function) for identifier in spec.unit_inputs(unit))
+    return write_unit(spec, unit, outcomes, started)
 
 
 def _first_invalid_sample(result: InputResult) -> str | None:
@@ -318,25 +332,41 @@ class JobSummary:
         )
 
 
-def max_workers() -> int:
-    """The most worker processes a job may start on this machine: 4 per CPU core, between 4 and 256."""
+def max_workers(engine: str = "local") -> int:
+    """The most workers a job may start: on this machine 4 per CPU core, between 4 and 256; on Ray, units in
+    flight on the cluster, at most 65536."""
+    if engine == "ray":
+        return 65536
     return min(max(4 * (os.cpu_count() or 1), 4), 256)
 
 
-def check_workers(workers: int) -> int:
-    """``workers`` if it is a usable process count, else a CorpusJobError naming the allowed range."""
-    limit = max_workers()
+def check_workers(workers: int, engine: str = "local") -> int:
+    """``workers`` if it is a usable count for ``engine``, else a CorpusJobError naming the allowed range."""
+    limit = max_workers(engine)
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= limit:
-        raise CorpusJobError(
-            f"--workers is {workers!r}; give 1 to {limit} (4 per CPU core of this machine, at most 256)"
-        )
+        where = "units in flight on the Ray cluster"
+        if engine != "ray":
+            where = "4 per CPU core of this machine, at most 256"
+        raise CorpusJobError(f"--workers is {workers!r}; give 1 to {limit} ({where})")
     return workers
 
 
-def run_corpus_job(spec: JobSpec, function: InputFunction, workers: int = 1, progress: bool = True) -> JobSummary:
-    """Process this machine's pending units with ``workers`` processes; returns the whole share's summary
-    (units recorded by earlier runs included)."""
-    check_workers(workers)
+def run_corpus_job(
+    spec: JobSpec,
+    function: InputFunction,
+    workers: int = 1,
+    progress: bool = True,
+    engine: str = "local",
+    address: str | None = None,
+    max_tries: int | None = None,
+) -> JobSummary:
+    """Process this machine's pending units with ``workers`` processes (``engine="local"``) or Ray tasks in
+    flight (``"ray"``, on the cluster at ``address``); returns the whole share's summary (units recorded by
+    earlier runs included)."""
+    from data_tools.ray_cluster import DEFAULT_MAX_TRIES, check_engine
+
+    check_engine(engine)
+    check_workers(workers, engine)
     if not spec.inputs:
         raise CorpusJobError(f"the {spec.kind} job has no inputs; give a directory or a list file that names some")
     Path(spec.out_dir).mkdir(parents=True, exist_ok=True)
@@ -345,47 +375,53 @@ def run_corpus_job(spec: JobSpec, function: InputFunction, workers: int = 1, pro
     mine = spec.units()
     pending = [unit for unit in mine if unit not in manifest.units]
     remove_unfinished_output(spec, pending)
+    if engine == "ray":
+        from data_tools.ray_jobs import ray_unit_results
+
+        source = ray_unit_results(spec, pending, function, workers, address, max_tries or DEFAULT_MAX_TRIES)
+    elif workers <= 1:
+        source = (process_unit(spec, unit, function) for unit in pending)
+    else:
+        source = _pool_results(spec, pending, function, workers)
     started = time.perf_counter()
-    for result in _results(spec, pending, function, workers, progress):
+    for result in _with_progress(source, spec.kind, len(pending), progress):
         manifest.record(result)
     seconds = time.perf_counter() - started
     return summarise(manifest, mine, done_now=pending, seconds=seconds)
 
 
-def _results(
-    spec: JobSpec, pending: list[int], function: InputFunction, workers: int, progress: bool
-) -> Iterator[UnitResult]:
+def _with_progress(results: Iterator[UnitResult], kind: str, total: int, progress: bool) -> Iterator[UnitResult]:
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(pending), desc=f"{spec.kind} units", unit="unit", disable=not progress)
+    bar = tqdm(total=total, desc=f"{kind} units", unit="unit", disable=not progress)
     try:
-        if workers <= 1:
-            for unit in pending:
-                result = process_unit(spec, unit, function)
-                bar.update(1)
-                bar.set_postfix(samples=result.samples, failed=len(result.failed))
-                yield result
-            return
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=end_with_parent, initargs=(os.getpid(),))
-        try:
-            futures = [pool.submit(process_unit, spec, unit, function) for unit in pending]
-            for future in as_completed(futures):
-                result = future.result()
-                bar.update(1)
-                bar.set_postfix(samples=result.samples, failed=len(result.failed))
-                yield result
-        except BaseException as error:  # Ctrl-C, a unit that raised, a dead worker: stop the others now
-            _stop_workers(pool)
-            if isinstance(error, BrokenProcessPool):
-                raise CorpusJobError(
-                    "a worker process died (killed by the system, for instance when memory ran out); the units "
-                    "finished so far are recorded: rerun the same command to resume, with fewer --workers if "
-                    "memory is short"
-                ) from None
-            raise
-        pool.shutdown(wait=True)
+        for result in results:
+            bar.update(1)
+            bar.set_postfix(samples=result.samples, failed=len(result.failed))
+            yield result
     finally:
         bar.close()
+        close = getattr(results, "close", None)
+        if close is not None:  # a generator's own cleanup (its workers stopped) runs now, not at collection
+            close()
+
+
+def _pool_results(spec: JobSpec, pending: list[int], function: InputFunction, workers: int) -> Iterator[UnitResult]:
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=end_with_parent, initargs=(os.getpid(),))
+    try:
+        futures = [pool.submit(process_unit, spec, unit, function) for unit in pending]
+        for future in as_completed(futures):
+            yield future.result()
+    except BaseException as error:  # Ctrl-C, a unit that raised, a dead worker: stop the others now
+        _stop_workers(pool)
+        if isinstance(error, BrokenProcessPool):
+            raise CorpusJobError(
+                "a worker process died (killed by the system, for instance when memory ran out); the units "
+                "finished so far are recorded: rerun the same command to resume, with fewer --workers if "
+                "memory is short, or run on --engine ray, which retries a unit whose worker died"
+            ) from None
+        raise
+    pool.shutdown(wait=True)
 
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>

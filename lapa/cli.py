@@ -15,6 +15,9 @@ from typing import Annotated
 
 import typer
 
+from data_tools.ray_cluster import DEFAULT_MAX_TRIES
+from magma.cli.engine_options import AddressOption, EngineOption, MaxTriesOption
+
 lapa_app = typer.Typer(
     help="Latent action pretraining (LAPA): train the latent action quantizer (train), label videos with "
     "latent actions (label), run quantizer -> labels -> latent VLA -> robot fine-tuning end to end (pipeline).",
@@ -66,7 +69,12 @@ def label(
     shard_image_size: Annotated[
         int | None, typer.Option("--shard-image-size", help="Short side of the stored frame (default: as stored).")
     ] = None,
-    workers: Annotated[int, typer.Option("--workers", "-w", help="Processes on this machine.")] = 1,
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", help="Processes on this machine; with --engine ray, units in flight.")
+    ] = 1,
+    engine: EngineOption = "local",
+    address: AddressOption = None,
+    max_tries: MaxTriesOption = DEFAULT_MAX_TRIES,
     rank: Annotated[int | None, typer.Option("--rank", help="This machine's rank (default: RANK, else 0).")] = None,
     world_size: Annotated[
         int | None, typer.Option("--world-size", help="Machines in the job (default: WORLD_SIZE, else 1).")
@@ -101,6 +109,9 @@ def label(
         samples_per_shard=samples_per_shard,
         inputs_per_unit=inputs_per_unit,
         progress=progress,
+        engine=engine,
+        address=address,
+        max_tries=max_tries,
     )
     typer.echo(summary.format("latent", out))
 

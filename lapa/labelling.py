@@ -19,9 +19,18 @@ import cv2
 import numpy as np
 import torch
 
-from data_tools.jobs import InputResult, JobSpec, JobSummary, list_inputs, rank_and_world, run_corpus_job
+from data_tools.jobs import (
+    InputResult,
+    JobSpec,
+    JobSummary,
+    check_workers,
+    list_inputs,
+    rank_and_world,
+    run_corpus_job,
+)
 from data_tools.lerobot_dataset import DEFAULT_PROMPT
 from data_tools.lerobot_dataset import _task_phrase as task_phrase
+from data_tools.ray_cluster import check_engine
 from lapa.frame_pairs import (
     EPISODE_SEPARATOR,
     VIDEO_EXTENSIONS,
@@ -160,9 +169,15 @@ def run_label_job(
     inputs_per_unit: int = 4,
     seed: int = 0,
     progress: bool = True,
+    engine: str = "local",
+    address: str | None = None,
+    max_tries: int | None = None,
 ) -> JobSummary:
-    """Label this machine's share of the corpus into ``out_dir``; the checkpoint is checked (and its
-    image size against ``options.image_size``) before anything is written."""
+    """Label this machine's share of the corpus into ``out_dir`` (on this machine's processes, or on Ray with
+    ``engine="ray"``); the checkpoint is checked (and its image size against ``options.image_size``) before
+    anything is written."""
+    check_engine(engine)
+    check_workers(workers, engine)
     LatentActionQuantizer.from_pretrained(options.checkpoint, image_size=options.image_size)
     rank, world = rank_and_world(rank, world_size)
     spec = JobSpec(
@@ -176,4 +191,12 @@ def run_label_job(
         rank=rank,
         world_size=world,
     )
-    return run_corpus_job(spec, label_clip_input, workers=workers, progress=progress)
+    return run_corpus_job(
+        spec,
+        label_clip_input,
+        workers=workers,
+        progress=progress,
+        engine=engine,
+        address=address,
+        max_tries=max_tries,
+    )

@@ -90,3 +90,14 @@ def chat_endpoint(monkeypatch):
     yield server
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session")
+def ray_instance():
+    """One local Ray instance for the whole session (2 CPUs, advertised on 127.0.0.1), shut down at its end;
+    the tests that use it start and drop their own actors and tasks."""
+    from data_tools.ray_cluster import connect
+
+    ray = connect(num_cpus=2)
+    yield ray
+    ray.shutdown()

@@ -8,6 +8,9 @@ from typing import Annotated
 
 import typer
 
+from data_tools.ray_cluster import DEFAULT_MAX_TRIES
+from magma.cli.engine_options import AddressOption, EngineOption, MaxTriesOption
+
 data_app = typer.Typer(
     help="Make training data: Trace-of-Mark from videos (tom), Set-of-Mark from screenshots (som), "
     "simulated robot episodes (record-sim), LeRobot episodes as shards (lerobot-shards) and merged LeRobot "
@@ -19,9 +22,10 @@ InputOption = Annotated[
     list[str], typer.Option("--input", "-i", help="A directory (searched recursively) or a list file; repeatable.")
 ]
 OutOption = Annotated[str, typer.Option("--out", "-o", help="The output directory for shards and manifests.")]
-WorkersOption = Annotated[
-    int, typer.Option("--workers", "-w", help="Processes on this machine (1 to 4 per CPU core, at most 256).")
-]
+WORKERS_HELP = (
+    "Processes on this machine (1 to 4 per CPU core, at most 256); with --engine ray, units in flight on the cluster."
+)
+WorkersOption = Annotated[int, typer.Option("--workers", "-w", help=WORKERS_HELP)]
 RankOption = Annotated[
     int | None, typer.Option("--rank", help="This machine's rank (default: RANK or SLURM_PROCID, else 0).")
 ]
@@ -46,13 +50,18 @@ class JobSettings:
     inputs_per_unit: int
     seed: int
     progress: bool
+    engine: str = "local"
+    address: str | None = None
+    max_tries: int = DEFAULT_MAX_TRIES
 
 
 def _run(kind: str, inputs: list[str], extensions: tuple[str, ...], options: dict, settings: JobSettings) -> None:
     from data_tools.corpus_kinds import som_annotation_input, tom_video_input
     from data_tools.jobs import JobSpec, check_workers, list_inputs, rank_and_world, run_corpus_job
+    from data_tools.ray_cluster import check_engine
 
-    check_workers(settings.workers)  # before listing a corpus, which can take a while
+    check_engine(settings.engine)
+    check_workers(settings.workers, settings.engine)  # before listing a corpus, which can take a while
     rank, world = rank_and_world(settings.rank, settings.world_size)
     listed = sorted({item for source in inputs for item in list_inputs(source, extensions, kind == "som")})
     spec = JobSpec(
@@ -67,7 +76,15 @@ def _run(kind: str, inputs: list[str], extensions: tuple[str, ...], options: dic
         world_size=world,
     )
     function = tom_video_input if kind == "tom" else som_annotation_input
-    summary = run_corpus_job(spec, function, workers=settings.workers, progress=settings.progress)
+    summary = run_corpus_job(
+        spec,
+        function,
+        workers=settings.workers,
+        progress=settings.progress,
+        engine=settings.engine,
+        address=settings.address,
+        max_tries=settings.max_tries,
+    )
     typer.echo(summary.format(kind, settings.out))
 
 
@@ -82,6 +99,9 @@ def tom(
     inputs_per_unit: UnitOption = 8,
     seed: SeedOption = 0,
     progress: ProgressOption = True,
+    engine: EngineOption = "local",
+    address: AddressOption = None,
+    max_tries: MaxTriesOption = DEFAULT_MAX_TRIES,
     fps: Annotated[float, typer.Option(help="Frames per second sampled (one trace step per frame).")] = 8.0,
     size: Annotated[int, typer.Option(help="Decoded short side in pixels.")] = 256,
     clips_per_video: Annotated[int, typer.Option(help="Clips taken per video, spread over it.")] = 4,
@@ -108,7 +128,9 @@ def tom(
         cotracker_repo=cotracker_repo,
         tom={"grid_size": grid_size, "num_steps": num_steps, "seed": seed},
     ).as_options()
-    settings = JobSettings(out, workers, rank, world_size, samples_per_shard, inputs_per_unit, seed, progress)
+    settings = JobSettings(
+        out, workers, rank, world_size, samples_per_shard, inputs_per_unit, seed, progress, engine, address, max_tries
+    )
     _run("tom", inputs, VIDEO_EXTENSIONS, options, settings)
 
 
@@ -123,6 +145,9 @@ def som(
     inputs_per_unit: UnitOption = 64,
     seed: SeedOption = 0,
     progress: ProgressOption = True,
+    engine: EngineOption = "local",
+    address: AddressOption = None,
+    max_tries: MaxTriesOption = DEFAULT_MAX_TRIES,
     max_marks: Annotated[int, typer.Option(help="Marks drawn per screenshot at most.")] = 30,
     samples_per_image: Annotated[int, typer.Option(help="Samples (distinct tasks) per screenshot.")] = 2,
     marks_on_grounding_images: Annotated[
@@ -140,7 +165,9 @@ def som(
         "marks_on_grounding_images": marks_on_grounding_images,
         "seed": seed,
     }
-    settings = JobSettings(out, workers, rank, world_size, samples_per_shard, inputs_per_unit, seed, progress)
+    settings = JobSettings(
+        out, workers, rank, world_size, samples_per_shard, inputs_per_unit, seed, progress, engine, address, max_tries
+    )
     _run("som", inputs, ANNOTATION_EXTENSIONS, options, settings)
 
 
