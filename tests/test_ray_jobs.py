@@ -195,12 +195,14 @@ def agent_data(*args: str, prelude: str = "") -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
-def test_ray_missing_and_a_silent_address_are_one_line_each(tmp_path, screens):
+def test_ray_missing_a_silent_address_and_a_bad_engine_are_one_line_each(tmp_path, screens):
     arguments = ("som", "--input", str(screens), "--out", str(tmp_path / "out"), "--engine", "ray")
     missing = agent_data(*arguments, prelude="import sys; sys.modules['ray'] = None")
     assert missing.returncode == 2, missing.stderr
     assert "pip install 'embodied-agent-toolkit[ray]'" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr
+    local = agent_data(*arguments[:-2], prelude="import sys; sys.modules['ray'] = None")  # never needs Ray
+    assert local.returncode == 0 and "6 ok, 0 failed" in local.stdout, local.stderr[-2000:]
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again before the job runs: nothing answers there
