@@ -92,6 +92,12 @@ def chat_endpoint(monkeypatch):
     server.server_close()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests on Ray run last: the session's Ray instance then never shares the test process with a later
+    test that forks workers (gRPC's threads and fork do not mix)."""
+    items.sort(key=lambda item: "ray_instance" in getattr(item, "fixturenames", ()))
+
+
 @pytest.fixture(scope="session")
 def ray_instance():
     """One local Ray instance for the whole session (2 CPUs, advertised on 127.0.0.1), shut down at its end;
