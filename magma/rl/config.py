@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from data_tools.config_files import ConfigError, check_number, config_from, count_problems, load_config_file
+from data_tools.ray_cluster import DEFAULT_MAX_TRIES
 from magma.rl.algorithms import AdvantageScale, AggMode, KLEstimator, RatioLevel
 from magma.training.config import ModuleOptimConfig, OptimConfig, adamw_problems
 from magma.training.run_config import MixedPrecision, RunConfig, run_problems
@@ -81,6 +82,20 @@ class WebTaskConfig:
 
 
 @dataclass
+class RolloutEngineConfig:
+    """Where rollouts run: in the training process (``local``) or on Ray actors, each holding a copy of the
+    policy and its own environments (``ray``, web and robot tasks; see ``magma.rl.ray_rollouts``). Both give
+    the same samples on a fixed seed (every episode's seed depends on the seed, step, group and repeat only)."""
+
+    engine: Literal["local", "ray"] = "local"
+    workers: int = 2  # rollout actors (ray); each plays a contiguous share of the step's groups
+    address: str | None = None  # Ray cluster HOST:PORT; None: RAY_ADDRESS, else a local instance
+    max_tries: int = DEFAULT_MAX_TRIES  # plays of a share of groups whose actor dies, before the step fails
+    worker_cpus: float = 1.0  # Ray resources each actor reserves
+    worker_gpus: float = 0.0  # > 0: the actor's policy copy runs on its GPU
+
+
+@dataclass
 class RLEvalConfig:
     every: int = 0  # GRPO steps between evaluations; 0: before the first and after the last step only
 
@@ -109,6 +124,7 @@ class RLConfig(RunConfig):
     text: TextTaskConfig = field(default_factory=TextTaskConfig)
     robot: RobotTaskConfig = field(default_factory=RobotTaskConfig)
     web: WebTaskConfig = field(default_factory=WebTaskConfig)
+    rollout: RolloutEngineConfig = field(default_factory=RolloutEngineConfig)
 
 
 def load_rl_config(name_or_path: str | Path, overrides: list[str] | None = None) -> RLConfig:
@@ -118,6 +134,22 @@ def load_rl_config(name_or_path: str | Path, overrides: list[str] | None = None)
 
 def rl_config_from(data: Any, overrides: list[str], source: str) -> RLConfig:
     return config_from(RLConfig, data, overrides, source, validate_rl_config)
+
+
+def rollout_engine_problems(config: RLConfig) -> list[str]:
+    rollout = config.rollout
+    problems: list[str] = []
+    if rollout.engine not in ("local", "ray"):
+        problems.append(f"rollout.engine={rollout.engine!r}: give local or ray")
+    if rollout.engine == "ray" and config.task == "text":
+        problems.append(
+            "rollout.engine=ray runs the web and robot tasks' environments on Ray actors; the text task has no "
+            "environment to spread (its rollout is one batched generate): use rollout.engine=local"
+        )
+    count_problems(problems, 1, {"rollout.workers": rollout.workers, "rollout.max_tries": rollout.max_tries})
+    check_number(problems, "rollout.worker_cpus", rollout.worker_cpus, low=0, hint="e.g. 1")
+    check_number(problems, "rollout.worker_gpus", rollout.worker_gpus, low=0, hint="0: the actor runs on CPU")
+    return problems
 
 
 def validate_rl_config(config: RLConfig, source: str) -> None:
@@ -182,6 +214,7 @@ def validate_rl_config(config: RLConfig, source: str) -> None:
     for key in ("inner_epochs", "mini_batches", "micro_batch_size"):
         if getattr(config, key) < 1:
             problems.append(f"{key}={getattr(config, key)} must be >= 1")
+    problems += rollout_engine_problems(config)
     if config.task == "robot" and not config.robot.states:
         problems.append("robot.states is empty; list the evaluation-state indices to train on, e.g. [0, 1]")
     if problems:

@@ -5,11 +5,18 @@ The decoding is ``MagmaForCausalLM.generate`` itself (transformers' generate: pr
 stop tokens); the sampling distribution is built by logits processors we pass (allowed tokens, then
 temperature and top-p), and a last processor, :class:`DrawnTokenLogProbs`, keeps the log-prob of the
 token each step draws, so no (steps x batch x vocab) scores are kept.
+
+With one generator per row (``row_generators``), a row's draws depend on its own generator and logits
+only, never on the other rows of the batch: a step's token is drawn by an exponential race
+(:class:`PerRowSampler`), an exact draw from the softmax. Rollouts use it so that an episode samples the
+same actions whether it runs in one batch with every other episode of the step or on a rollout worker
+that holds only its own group.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +55,33 @@ class DrawnTokenLogProbs(LogitsProcessor):
         return torch.stack(self.log_probs, dim=1)
 
 
+class PerRowSampler(LogitsProcessor):
+    """After every other processor: adds to each row's scores ``-log E`` with ``E ~ Exp(1)`` drawn from
+    that row's own generator, so the argmax that greedy decoding then takes is a draw from the row's
+    softmax (argmax of ``log p - log E`` is the exponential race of ``p``). Finished rows draw too: a row's
+    stream never depends on how long the other rows run, within one call."""
+
+    def __init__(self, generators: list[torch.Generator]) -> None:
+        self.generators = generators
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        vocab = scores.shape[-1]
+        noise = torch.stack(
+            [
+                torch.empty(vocab, device=scores.device, dtype=torch.float32).exponential_(generator=generator)
+                for generator in self.generators
+            ]
+        )
+        return scores.float() - noise.clamp(min=torch.finfo(torch.float32).tiny).log()
+
+
+def call_generators(row_generators: Sequence[torch.Generator], device: torch.device) -> list[torch.Generator]:
+    """One fresh generator per row for one call, each seeded by one draw from the row's own generator:
+    a row's generator advances by one draw per call, whatever the number of decoding steps."""
+    seeds = [int(torch.randint(0, 2**62, (1,), generator=g, device=g.device)) for g in row_generators]
+    return [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+
+
 @dataclass
 class Completion:
     """One sampled completion: its token ids (the stop token included when one was drawn) and the
@@ -68,6 +102,7 @@ def sample_completions(
     stop_token_ids: list[int] | None = None,
     generator: torch.Generator | None = None,
     allowed: torch.Tensor | None = None,
+    row_generators: Sequence[torch.Generator] | None = None,
 ) -> list[Completion]:
     """One completion per row of ``inputs`` (left- or right-padded prompts, images allowed).
 
@@ -76,7 +111,8 @@ def sample_completions(
     ``allowed`` (V,) bool restricts the tokens drawn (default :func:`allowed_tokens`). ``generator``
     seeds the draws (transformers samples from the global generator, so it runs in a forked RNG state
     seeded from ``generator``: the same generator state gives the same completions, and the caller's
-    global RNG is left as it was).
+    global RNG is left as it was). ``row_generators`` (one per row, instead of ``generator``) draws each
+    row from its own generator (:class:`PerRowSampler`), independently of the other rows.
     """
     batch = inputs.input_ids.shape[0]
     if max_new_tokens <= 0:
@@ -92,8 +128,13 @@ def sample_completions(
         if top_p < 1.0:
             processors.append(TopPLogitsWarper(float(top_p)))
     processors.append(recorder)
+    per_row = row_generators is not None and temperature > 0
+    if row_generators is not None and len(row_generators) != batch:
+        raise ValueError(f"row_generators has {len(row_generators)} generators for {batch} rows")
+    if per_row:
+        processors.append(PerRowSampler(call_generators(row_generators, device)))  # type: ignore[arg-type]
     given = inputs.to(device, pixel_dtype=model.dtype).generation_kwargs()
-    seed = None if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
+    seed = None if generator is None or per_row else int(torch.randint(0, 2**62, (1,), generator=generator))
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
         if seed is not None:
@@ -101,7 +142,7 @@ def sample_completions(
         sequences = model.generate(
             **given,
             max_new_tokens=max_new_tokens,
-            do_sample=temperature > 0,
+            do_sample=temperature > 0 and not per_row,  # per row: the sampler draws, argmax takes it
             temperature=None,
             top_p=None,
             top_k=None,

@@ -12,7 +12,9 @@ checkpoint (``model: runs/NAME/final``).
 
 from __future__ import annotations
 
+import functools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +28,7 @@ from magma.model import MagmaForCausalLM
 from magma.processor import EncodedSample, MagmaProcessor
 from magma.rl.config import RLConfig, RobotTaskConfig
 from magma.rl.generation import sample_completions
-from magma.rl.rollout import EpisodeStep, RolloutResult, SkipCounter, episode_samples
+from magma.rl.rollout import EpisodeStep, RolloutResult, SkipCounter, episode_generator, episode_samples
 from magma.sampling import allowed_tokens
 
 GRIPPER_MASK = [True] * 6 + [False]  # the gripper (-1 / +1) passes through un-normalised
@@ -80,9 +82,12 @@ def run_episodes(
     temperature: float,
     generator: torch.Generator | None = None,
     keep_steps: bool = True,
+    episode_generators: list[torch.Generator] | None = None,
 ) -> list[RobotEpisode]:
     """One episode per entry of ``state_indices`` (one env each), all advanced in lockstep; an output
-    that is not a valid action block sends a zero action and is counted in ``invalid_actions``."""
+    that is not a valid action block sends a zero action and is counted in ``invalid_actions``.
+    ``episode_generators`` (one per episode, instead of ``generator``) makes each episode's draws its own,
+    whatever else runs in the batch."""
     allowed = allowed_tokens(processor.config, codec.token_range)
     episodes = [RobotEpisode(state_index=index, success=False) for index in state_indices]
     observations = [
@@ -109,6 +114,7 @@ def run_episodes(
             stop_token_ids=[],
             generator=generator,
             allowed=allowed,
+            row_generators=None if episode_generators is None else [episode_generators[row] for row in active],
         )
         still_active = []
         for row, sample, completion in zip(active, encoded, completions, strict=True):
@@ -141,8 +147,7 @@ class RobotTask:
             codec = RobotActionCodec(statistics, processor.config.tokens.base_vocab_size)
         self.codec = codec
         self.allowed = allowed_tokens(processor.config, codec.token_range)
-        pool = max(self.robot.states_per_step * config.sampling.group_size, len(self.eval_states) * self.eval_width)
-        self.envs = make_envs(self.robot, pool)
+        self.envs: list[Any] = []  # built when first needed, then reused (a rollout worker needs only its share)
 
     @property
     def eval_states(self) -> list[int]:
@@ -152,22 +157,48 @@ class RobotTask:
     def eval_width(self) -> int:
         return max(1, self.robot.eval_samples)
 
+    def envs_for(self, count: int) -> list[Any]:
+        """At least ``count`` environments (the pool grows, never shrinks)."""
+        if len(self.envs) < count:
+            self.envs += make_envs(self.robot, count - len(self.envs))
+        return self.envs
+
     def rollout(self, model: MagmaForCausalLM, step: int) -> RolloutResult:
-        group_size = self.config.sampling.group_size
+        return self.gather(step, self.play_groups(model, step, list(enumerate(self.plan_groups(step)))))
+
+    def plan_groups(self, step: int) -> list[int]:
+        """The initial states (evaluation-state indices) of rollout ``step``, one per group."""
         rng = random.Random(self.config.seed * 1_000_003 + step)
-        states = rng.sample(self.robot.states, min(self.robot.states_per_step, len(self.robot.states)))
-        generator = torch.Generator(device=model.device).manual_seed(self.config.seed * 1_000_003 + step)
-        indices = [state for state in states for _ in range(group_size)]
+        return rng.sample(self.robot.states, min(self.robot.states_per_step, len(self.robot.states)))
+
+    def play_groups(
+        self, model: MagmaForCausalLM, step: int, groups: list[tuple[int, int]]
+    ) -> list[list[RobotEpisode]]:
+        """``group_size`` episodes from each ``(position, state)``, all in lockstep, each sampling with its
+        own generator (seeded by the step, the group's position in the plan and the repeat): the episodes of
+        each group, in order."""
+        group_size = self.config.sampling.group_size
+        indices = [state for _, state in groups for _ in range(group_size)]
+        generators = [
+            episode_generator(self.config.seed, step, position, repeat, model.device)
+            for position, _ in groups
+            for repeat in range(group_size)
+        ]
         episodes = run_episodes(
             model,
             self.processor,
             self.codec,
-            self.envs,
+            self.envs_for(len(indices)),
             indices,
             self.robot.prompt,
             self.config.sampling.temperature,
-            generator,
+            episode_generators=generators,
         )
+        return [episodes[start : start + group_size] for start in range(0, len(episodes), group_size)]
+
+    def gather(self, step: int, outcomes: list[list[RobotEpisode]]) -> RolloutResult:
+        """The step's samples (ids numbered over every episode of the plan) and its metrics."""
+        episodes = [episode for group in outcomes for episode in group]
         result = RolloutResult(samples=[], skipped=SkipCounter())
         for number, episode in enumerate(episodes):
             result.samples += episode_samples(
@@ -186,20 +217,22 @@ class RobotTask:
         }
         return result
 
+    def replica_factory(self) -> Callable[[], RobotTask]:
+        return functools.partial(RobotTask, self.config, self.processor, self.codec)
+
     @torch.no_grad()
     def evaluate(self, model: MagmaForCausalLM) -> dict[str, float]:
         """Greedy success on each evaluation state, and the success of ``eval_samples`` sampled episodes
         per state (the stochastic policy GRPO optimises), from a fixed seed."""
         states = self.eval_states
-        greedy = run_episodes(
-            model, self.processor, self.codec, self.envs, states, self.robot.prompt, 0.0, keep_steps=False
-        )
+        envs = self.envs_for(len(states) * self.eval_width)
+        greedy = run_episodes(model, self.processor, self.codec, envs, states, self.robot.prompt, 0.0, keep_steps=False)
         generator = torch.Generator(device=model.device).manual_seed(self.config.seed + 123_457)
         sampled = run_episodes(
             model,
             self.processor,
             self.codec,
-            self.envs,
+            envs,
             [state for state in states for _ in range(self.eval_width)],
             self.robot.prompt,
             self.config.sampling.temperature,

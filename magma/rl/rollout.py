@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import torch
 
 from magma.model import positions_from_mask
@@ -305,6 +306,16 @@ class RolloutResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def episode_seed(seed: int, step: int, group: int, repeat: int) -> int:
+    """The sampling seed of one episode: episode ``repeat`` of the ``group``-th group of rollout ``step``,
+    a function of those numbers alone, so an episode draws the same actions on whichever worker plays it."""
+    return int(np.random.SeedSequence([seed, step, group, repeat]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def episode_generator(seed: int, step: int, group: int, repeat: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(episode_seed(seed, step, group, repeat))
+
+
 class RLTask(Protocol):
     """What the GRPO trainer needs from a use: rollouts of the current policy, grouped, with rewards,
     and an evaluation. ``step`` seeds the rollout, so a resumed run draws what the first one would."""
@@ -316,3 +327,20 @@ class RLTask(Protocol):
     def evaluate(self, model: MagmaForCausalLM) -> dict[str, float]: ...
 
     def close(self) -> None: ...
+
+
+class GroupedRLTask(RLTask, Protocol):
+    """A use whose rollout splits into groups that any worker can play (web, robot): the plan of a step's
+    groups, the play of some of them (each with its position in the plan, which seeds its episodes),
+    and the gathering of every group's outcome, in plan order, into the step's :class:`RolloutResult`.
+    ``rollout`` is ``gather(step, play_groups(model, step, enumerate(plan_groups(step))))``."""
+
+    def plan_groups(self, step: int) -> list[Any]: ...
+
+    def play_groups(self, model: MagmaForCausalLM, step: int, groups: list[tuple[int, Any]]) -> list[Any]: ...
+
+    def gather(self, step: int, outcomes: list[Any]) -> RolloutResult: ...
+
+    def replica_factory(self) -> Callable[[], GroupedRLTask]:
+        """A picklable callable that builds this task's twin in another process, with its own environments."""
+        ...

@@ -17,7 +17,7 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -34,6 +34,7 @@ from magma.rl.algorithms import (
 from magma.rl.config import RLConfig
 from magma.rl.rollout import (
     RLTask,
+    RolloutResult,
     Sample,
     SkipCounter,
     assign_advantages,
@@ -88,6 +89,22 @@ def build_task(config: RLConfig, processor: Any) -> RLTask:
     return WebAgentTask(config, processor)
 
 
+class RolloutEngine(Protocol):
+    """Where a step's rollout runs when not in the task itself: :class:`magma.rl.ray_rollouts.RayRollouts`."""
+
+    def rollout(self, model: MagmaForCausalLM, step: int) -> RolloutResult: ...
+
+
+def remote_rollouts(config: RLConfig, task: RLTask, policy: MagmaForCausalLM) -> RolloutEngine | None:
+    """Ray actors playing the task's groups (``rollout.engine: ray``; Ray is imported only then), or None for
+    the local engine (the default: the task rolls out in the training process)."""
+    if config.rollout.engine == "local":
+        return None
+    from magma.rl.ray_rollouts import RayRollouts
+
+    return RayRollouts(task, policy, config.rollout)  # type: ignore[arg-type]
+
+
 def chunks(items: list, size: int) -> list[list]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
@@ -95,9 +112,15 @@ def chunks(items: list, size: int) -> list[list]:
 class GRPOTrainer(TrainingRun):
     state: GRPOState
 
-    def __init__(self, config: RLConfig, resume: bool = False, task: RLTask | None = None) -> None:
+    def __init__(
+        self, config: RLConfig, resume: bool = False, task: RLTask | None = None, rollouts: RolloutEngine | None = None
+    ) -> None:
         from magma.training.trainer import load_model_and_processor
 
+        if config.rollout.engine == "ray" and rollouts is None:  # a cluster that does not answer fails first
+            from data_tools.ray_cluster import connect
+
+            connect(config.rollout.address)
         super().__init__(config, resume, mixed_precision=config.mixed_precision)
         self.config: RLConfig = config
         model, self.processor = load_model_and_processor(config)  # type: ignore[arg-type]
@@ -110,6 +133,8 @@ class GRPOTrainer(TrainingRun):
         self.prepare(model, optimizer, build_scheduler(optimizer, config.optim, updates))
         self.resume_state(GRPOState)
         self.task = task if task is not None else build_task(config, self.processor)
+        # None: the task rolls out in this process (the local engine), whatever ``self.task`` is then
+        self.rollout_engine = rollouts if rollouts is not None else remote_rollouts(config, self.task, self.policy)
 
     @property
     def policy(self) -> MagmaForCausalLM:
@@ -126,7 +151,7 @@ class GRPOTrainer(TrainingRun):
         self.policy.eval()
         # each process rolls out its own groups (one process: the index is the step)
         index = state.step * accelerator.num_processes + accelerator.process_index
-        rollout = self.task.rollout(self.policy, index)
+        rollout = (self.rollout_engine or self.task).rollout(self.policy, index)
         generation_s = time.perf_counter() - step_started
         skipped = rollout.skipped
         samples = self.trainable_samples(rollout.samples, skipped)
@@ -328,7 +353,11 @@ class GRPOTrainer(TrainingRun):
         return metrics
 
     def close(self) -> None:
-        self.task.close()
+        try:
+            if self.rollout_engine is not None and hasattr(self.rollout_engine, "close"):
+                self.rollout_engine.close()
+        finally:
+            self.task.close()
 
     def write_model(self, directory: Path) -> None:
         """The final policy as an ordinary checkpoint (tokenizer and inherited action statistics)."""

@@ -9,9 +9,11 @@ whose grade is undecided (``info["success"] is None``) is left out and counted a
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,10 @@ from magma.model import MagmaForCausalLM
 from magma.processor import MagmaProcessor
 from magma.rl.config import RLConfig
 from magma.rl.generation import sample_completions
-from magma.rl.rollout import EpisodeStep, RolloutResult, SkipCounter, episode_samples
+from magma.rl.rollout import EpisodeStep, RolloutResult, SkipCounter, episode_generator, episode_samples
 from magma.sampling import allowed_tokens
 
+WebGroup = tuple[str, list[tuple[list[EpisodeStep], Any]]]  # a task key and its episodes' (steps, success)
 BUNDLED_TASKS = Path(__file__).resolve().parent.parent.parent / "envs" / "web" / "tasks" / "bundled"
 
 
@@ -109,27 +112,49 @@ class WebAgentTask:
                 return steps, info.get("success")
 
     def rollout(self, model: MagmaForCausalLM, step: int) -> RolloutResult:
+        return self.gather(step, self.play_groups(model, step, list(enumerate(self.plan_groups(step)))))
+
+    def plan_groups(self, step: int) -> list[str]:
+        """The task keys of rollout ``step``, one per group."""
         rng = random.Random(self.config.seed * 1_000_003 + step)
-        keys = rng.sample(self.keys, min(self.config.web.tasks_per_step, len(self.keys)))
-        generator = torch.Generator(device=model.device).manual_seed(self.config.seed * 1_000_003 + step)
-        result = RolloutResult(samples=[], skipped=SkipCounter())
+        return rng.sample(self.keys, min(self.config.web.tasks_per_step, len(self.keys)))
+
+    def play_groups(self, model: MagmaForCausalLM, step: int, groups: list[tuple[int, str]]) -> list[WebGroup]:
+        """``group_size`` episodes of each ``(position, key)``, each sampling with its own generator (seeded
+        by the step, the group's position in the plan and the repeat)."""
         outcomes = []
-        for group, key in enumerate(keys):
+        for position, key in groups:
+            episodes = []
             for repeat in range(self.config.sampling.group_size):
-                steps, success = self.play(model, key, self.config.sampling.temperature, generator)
+                generator = episode_generator(self.config.seed, step, position, repeat, model.device)
+                episodes.append(self.play(model, key, self.config.sampling.temperature, generator))
+            outcomes.append((key, episodes))
+        return outcomes
+
+    def gather(self, step: int, outcomes: list[WebGroup]) -> RolloutResult:
+        """The step's samples (ids numbered over every group of the plan) and its success rate; an
+        ungraded episode is left out and counted."""
+        result = RolloutResult(samples=[], skipped=SkipCounter())
+        graded = []
+        group_size = self.config.sampling.group_size
+        for group, (key, episodes) in enumerate(outcomes):
+            for repeat, (steps, success) in enumerate(episodes):
                 if success is None:
                     result.skipped["ungraded"] += len(steps)
                     continue
-                outcomes.append(bool(success))
+                graded.append(bool(success))
                 result.samples += episode_samples(
                     steps,
                     reward=float(success),
                     group_id=step * 1000 + self.keys.index(key),
-                    trajectory_id=(step * len(keys) + group) * self.config.sampling.group_size + repeat,
+                    trajectory_id=(step * len(outcomes) + group) * group_size + repeat,
                     meta={"task": key},
                 )
-        result.metrics = {"success_rate": float(np.mean(outcomes)) if outcomes else float("nan")}
+        result.metrics = {"success_rate": float(np.mean(graded)) if graded else float("nan")}
         return result
+
+    def replica_factory(self) -> Callable[[], WebAgentTask]:
+        return functools.partial(WebAgentTask, self.config, self.processor)
 
     @torch.no_grad()
     def evaluate(self, model: MagmaForCausalLM) -> dict[str, float]:

@@ -15,7 +15,7 @@ Schedule = Literal["constant", "cosine"]  # both after a linear warm-up
 Tracker = Literal["tensorboard", "wandb"]
 
 # Keys that may change when a run is resumed; any other difference means another run.
-RESUMABLE_CHANGES = ("max_steps", "checkpoint", "eval", "logging", "run_dir")
+RESUMABLE_CHANGES = ("max_steps", "checkpoint", "eval", "logging", "run_dir", "rollout")  # rollout: GRPO's engine
 
 
 @dataclass

@@ -103,7 +103,7 @@ class RunDirectory:
         if differences:
             raise RunDirectoryError(
                 f"cannot resume '{self.root}': it was started with another config ({'; '.join(differences[:5])}). "
-                "Resume with the same config (only max_steps, checkpoint.*, eval.*, logging.* may change) "
+                "Resume with the same config (only max_steps, checkpoint.*, eval.*, logging.*, rollout.* may change) "
                 "or start a new run_dir"
             )
         steps = self.checkpoint_steps()
