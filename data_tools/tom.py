@@ -176,13 +176,15 @@ def cluster_representatives(features: np.ndarray, k: int, rng: np.random.Generat
     features = np.asarray(features, np.float32)
     if k >= len(features):
         return np.arange(len(features))
-    centres = [features[rng.integers(len(features))]]
+    first = features[rng.integers(len(features))]
+    to_centres = [((features - first) ** 2).sum(axis=1)]  # squared distances to each centre so far
+    nearest = to_centres[0]
     for _ in range(1, k):  # k-means++ seeding
-        distances = np.min([((features - centre) ** 2).sum(axis=1) for centre in centres], axis=0)
-        total = distances.sum()
-        pick = rng.choice(len(features), p=distances / total) if total > 0 else rng.integers(len(features))
-        centres.append(features[pick])
-    labels = np.argmin([((features - centre) ** 2).sum(axis=1) for centre in centres], axis=0).astype(np.int32)
+        total = nearest.sum()
+        pick = rng.choice(len(features), p=nearest / total) if total > 0 else rng.integers(len(features))
+        to_centres.append(((features - features[pick]) ** 2).sum(axis=1))
+        nearest = np.minimum(nearest, to_centres[-1])
+    labels = np.argmin(to_centres, axis=0).astype(np.int32)
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_MAX_ITER, 50, 1e-3)
     _, labels, centres_found = cv2.kmeans(
         features, k, labels.reshape(-1, 1), criteria, 1, cv2.KMEANS_USE_INITIAL_LABELS
@@ -219,9 +221,13 @@ def extract_trace_of_mark(
             f"textured, {config.min_textured_points} needed): the clip is blank, flat or washed out; skip it "
             "(it is counted) or lower min_corner_strength"
         )
-    result = tracker.track(frames, queries)
+    # a tracker whose points do not affect each other (Lucas-Kanade) follows only the textured points:
+    # the others are dropped below whatever their tracks, and the kept points' tracks are the same
+    independent = getattr(tracker, "points_independent", False)
+    tracked = np.flatnonzero(textured) if independent and textured.any() else np.arange(len(queries))
+    result = tracker.track(frames, queries[tracked])
     visible_steps = result.visible[1:].sum(axis=0)
-    kept = textured & (visible_steps > config.min_visible_fraction * config.num_steps)
+    kept = textured[tracked] & (visible_steps > config.min_visible_fraction * config.num_steps)
     if kept.sum() < 2:
         raise NoTrackableTextureError(
             f"only {int(kept.sum())} of {len(queries)} points stay tracked in more than "
@@ -252,9 +258,10 @@ def extract_trace_of_mark(
         groups.append((background[cluster_representatives(features[background], k_bg, rng)], False))
     chosen = [(index, is_foreground) for indices, is_foreground in groups for index in indices]
     labels = rng.permutation(len(chosen)) + 1  # shuffled, so that a label says nothing about motion
+    chosen_cells = to_grid(in_start_frame[:, [index for index, _ in chosen]], width, height, config.coordinate_grid)
+    chosen_cells = chosen_cells.transpose(1, 0, 2).copy()  # (marks, steps + 1, 2)
     marks = []
-    for (index, is_foreground), label in zip(chosen, labels, strict=True):
-        cells = to_grid(in_start_frame[:, index], width, height, config.coordinate_grid)
+    for (index, is_foreground), label, cells in zip(chosen, labels, chosen_cells, strict=True):
         marks.append(
             TrackedMark(
                 label=int(label),

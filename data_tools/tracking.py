@@ -8,6 +8,9 @@
   checkpoint, and a local clone of its repository unless the ``cotracker`` package is installed).
   Nothing downloads; torch is imported only when this tracker is built.
 
+A tracker whose ``points_independent`` attribute is True (Lucas-Kanade) gives each point the same track
+whichever other points are tracked with it, so callers may leave out points they will not use.
+
 ``estimate_camera_motion`` fits one RANSAC homography per frame (frame t -> frame 0) to the tracks and
 decides whether the camera moves; ``compensate`` maps tracks into frame-0 coordinates with them, so
 that what still moves afterwards moves in the scene.
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -69,7 +72,9 @@ def _check_inputs(frames: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, 
 def _grey(frames: np.ndarray) -> list[np.ndarray]:
     if frames.ndim == 3:
         return list(frames)
-    return [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in frames]
+    count, height, width = frames.shape[:3]  # one conversion for the whole clip (per pixel: the same values)
+    stacked = cv2.cvtColor(np.ascontiguousarray(frames).reshape(count * height, width, -1), cv2.COLOR_RGB2GRAY)
+    return list(stacked.reshape(count, height, width))
 
 
 def _inside(points: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -79,25 +84,30 @@ def _inside(points: np.ndarray, width: int, height: int) -> np.ndarray:
 def _patches(image: np.ndarray, points: np.ndarray, size: int) -> np.ndarray:
     """Square patches (N, size, size) float32 centred on sub-pixel points (bilinear, borders replicated).
 
-    One ``cv2.remap`` over all points (patches stacked in rows, chunked under OpenCV's 32767-row limit)
-    rather than one ``cv2.getRectSubPix`` per point, at less than half the cost. Inside the frame the
-    values are getRectSubPix's but for interpolation rounding (at most 1 grey level, on about 1 pixel
-    in 2000); a patch that hangs over a frame corner replicates the border, where getRectSubPix did not.
+    One ``cv2.remap`` over all points (one patch per map row, its pixels row by row, or one patch row
+    per map row for patches of over 32000 pixels; chunked under OpenCV's 32767-row limit) rather than one
+    ``cv2.getRectSubPix`` per point, at a fifth of the cost (remap samples each pixel on its own, so the
+    layout of the maps does not change a value). Inside
+    the frame the values are getRectSubPix's but for interpolation rounding (at most 1 grey level, on
+    about 1 pixel in 2000); a patch that hangs over a frame corner replicates the border, where
+    getRectSubPix did not.
     """
     points = np.asarray(points, np.float32).reshape(-1, 2)
     offsets = np.arange(size, dtype=np.float32) - np.float32((size - 1) * 0.5)
+    column_offsets, row_offsets = np.tile(offsets, size), np.repeat(offsets, size)  # (size * size,) each
+    map_columns = size * size if size * size <= 32_000 else size  # OpenCV's limit holds for columns too
+    per_call = max(1, 32_000 * map_columns // (size * size))
     patches = np.empty((len(points), size, size), np.float32)
-    per_call = max(1, 32_000 // size)
     for first in range(0, len(points), per_call):
         chunk = points[first : first + per_call]
-        map_x = np.ascontiguousarray(np.broadcast_to(chunk[:, 0, None, None] + offsets, (len(chunk), size, size)))
-        map_y = np.ascontiguousarray(
-            np.broadcast_to(chunk[:, 1, None, None] + offsets[:, None], (len(chunk), size, size))
-        )
+        map_x = np.empty((len(chunk), size * size), np.float32)
+        map_y = np.empty((len(chunk), size * size), np.float32)
+        np.add(chunk[:, :1], column_offsets, out=map_x)
+        np.add(chunk[:, 1:], row_offsets, out=map_y)
         sampled = cv2.remap(
             image,
-            map_x.reshape(-1, size),
-            map_y.reshape(-1, size),
+            map_x.reshape(-1, map_columns),
+            map_y.reshape(-1, map_columns),
             cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_REPLICATE,
         )
@@ -105,12 +115,48 @@ def _patches(image: np.ndarray, points: np.ndarray, size: int) -> np.ndarray:
     return patches
 
 
+@dataclass
+class _Templates:
+    """Patches (N, h, w) made zero-mean and flattened (``centred``, (N, h*w)), with their summed squares
+    (``energy``, (N,)): what the correlation needs of a frame-0 patch, computed once per clip."""
+
+    centred: np.ndarray
+    energy: np.ndarray
+
+    @classmethod
+    def of(cls, patches: np.ndarray) -> _Templates:
+        flat = patches.reshape(len(patches), -1)
+        centred = flat - flat.mean(axis=1, keepdims=True)
+        return cls(centred, (centred**2).sum(axis=1))
+
+    def __getitem__(self, rows: np.ndarray) -> _Templates:
+        return _Templates(self.centred[rows], self.energy[rows])
+
+    def correlation(self, patches: np.ndarray) -> np.ndarray:
+        """Zero-mean normalised cross-correlation of each template with its patch (N, h, w), in [-1, 1];
+        0 where either is flat."""
+        other = _Templates.of(patches)
+        norms = np.sqrt(self.energy * other.energy)
+        return np.where(norms > 1e-6, (self.centred * other.centred).sum(axis=1) / np.maximum(norms, 1e-6), 0.0)
+
+
+@dataclass
+class _TemplateRows:
+    """Rows ``rows`` of ``templates``, gathered only when a check needs them (a subset of a subset)."""
+
+    templates: _Templates
+    rows: np.ndarray
+
+    def __getitem__(self, rows: np.ndarray) -> _TemplateRows:
+        return _TemplateRows(self.templates, self.rows[rows])
+
+    def correlation(self, patches: np.ndarray) -> np.ndarray:
+        return self.templates[self.rows].correlation(patches)
+
+
 def _normalised_correlation(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Zero-mean normalised cross-correlation of paired patches (N, h, w), in [-1, 1]; 0 for flat patches."""
-    first = first.reshape(len(first), -1) - first.reshape(len(first), -1).mean(axis=1, keepdims=True)
-    second = second.reshape(len(second), -1) - second.reshape(len(second), -1).mean(axis=1, keepdims=True)
-    norms = np.sqrt((first**2).sum(axis=1) * (second**2).sum(axis=1))
-    return np.where(norms > 1e-6, (first * second).sum(axis=1) / np.maximum(norms, 1e-6), 0.0)
+    return _Templates.of(first).correlation(second)
 
 
 @dataclass
@@ -142,6 +188,9 @@ class LucasKanadeTracker:
     patch_px: int = 11
     quick_levels: int | None = 0
     name: str = "lucas-kanade"
+    # each point's track depends on that point and the frames alone, not on the other points tracked
+    # with it: a caller may track only the points it will use (CoTracker's points attend to each other)
+    points_independent: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.quick_levels is not None and not 0 <= self.quick_levels <= self.levels:
@@ -187,7 +236,7 @@ class LucasKanadeTracker:
         start: np.ndarray,
         guess: np.ndarray | None,
         levels: int,
-        templates: np.ndarray | None,
+        templates: _TemplateRows | None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """One step for points ``start`` (N, 2): their positions in ``after`` and which of them pass every
         check (round trip, inside the frame, appearance against their ``templates``)."""
@@ -196,7 +245,7 @@ class LucasKanadeTracker:
         kept &= _inside(forward, width, height)
         if templates is not None and kept.any():
             checked = np.flatnonzero(kept)  # the appearance check only matters for points still kept
-            ncc = _normalised_correlation(templates[checked], _patches(after, forward[checked], self.patch_px))
+            ncc = templates[checked].correlation(_patches(after, forward[checked], self.patch_px))
             kept[checked] = ncc >= self.min_appearance_ncc
         return forward, kept
 
@@ -208,14 +257,16 @@ class LucasKanadeTracker:
         visible = np.zeros((len(grey), len(queries)), bool)
         tracks[0] = queries
         visible[0] = _inside(queries, width, height)
-        templates = _patches(grey[0], queries, self.patch_px) if self.min_appearance_ncc is not None else None
+        templates = None
+        if self.min_appearance_ncc is not None:  # frame 0's patches, centred once for every step's check
+            templates = _Templates.of(_patches(grey[0], queries, self.patch_px))
         for step in range(1, len(grey)):
             tracks[step] = tracks[step - 1]
             alive = np.flatnonzero(visible[step - 1])
             if len(alive) == 0:
                 continue
             start = tracks[step - 1, alive]
-            alive_templates = None if templates is None else templates[alive]
+            alive_templates = None if templates is None else _TemplateRows(templates, alive)
             if self.quick_levels is None:
                 forward, kept = self._step(grey[step - 1], grey[step], start, None, self.levels, alive_templates)
             else:
@@ -345,22 +396,25 @@ def estimate_camera_motion(
     inlier_fraction = np.ones(steps)
     residuals: list[float] = []
     background_motion = 0.0
+    shared_steps = visible & visible[0]
+    enough = shared_steps.sum(axis=1) >= MIN_HOMOGRAPHY_POINTS
     for step in range(1, steps):
-        shared = visible[step] & visible[0]
         homographies[step] = homographies[step - 1]
         inlier_fraction[step] = 0.0
-        if shared.sum() < MIN_HOMOGRAPHY_POINTS:
+        if not enough[step]:
             continue
+        shared = shared_steps[step]
         here, there = tracks[step, shared], tracks[0, shared]
         homography, inliers = cv2.findHomography(here, there, cv2.RANSAC, ransac_threshold_px)
         if homography is None:
             continue
-        inliers = inliers.ravel().astype(bool)
+        inliers = inliers.ravel().view(bool)  # RANSAC's 0/1 mask
         homographies[step] = homography
-        inlier_fraction[step] = inliers.sum() / len(inliers)
-        mapped = cv2.perspectiveTransform(here[inliers][None], homography)[0]
-        residuals.append(float(np.linalg.norm(mapped - there[inliers], axis=1).mean()))
-        background_motion = max(background_motion, _median(np.linalg.norm(here - there, axis=1)[inliers]))
+        inlier_fraction[step] = np.count_nonzero(inliers) / len(inliers)
+        here, there = here[inliers], there[inliers]
+        mapped = cv2.perspectiveTransform(here[None], homography)[0]
+        residuals.append(float(np.linalg.norm(mapped - there, axis=1).mean()))
+        background_motion = max(background_motion, _median(np.linalg.norm(here - there, axis=1)))
     return CameraMotion(
         homographies=homographies,
         moving=background_motion > moving_threshold_px,

@@ -495,3 +495,22 @@ def test_placeholders_written_in_a_screenshots_text_stay_text(tmp_path):
             validate_sample(record, len(images))  # one <image>, the sample's own
             text = " ".join(turn["value"] for turn in record["conversations"])
             assert text.count("<image>") == 1 and "<action>" not in text
+
+
+@pytest.mark.parametrize("kind", ["rgb array", "grey array", "rgba array", "pil rgb"])
+def test_drawing_marks_leaves_the_given_image_untouched(kind):
+    pixels = np.random.default_rng(7).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    image = {
+        "rgb array": pixels,
+        "grey array": pixels[..., 0].copy(),
+        "rgba array": np.dstack([pixels, np.full((60, 80), 255, np.uint8)]),
+        "pil rgb": Image.fromarray(pixels),
+    }[kind]
+    before = np.array(image).copy()
+    points = [(20.0, 20.0), (50.0, 40.0)]
+    drawn = draw_point_marks(image, points, labels=[2, 1])
+    boxed = draw_marks(image, [ElementMark(1, UIElement((10, 10, 40, 30), "button"))])
+    assert np.array_equal(np.array(image), before)  # drawn on a copy, never on the caller's pixels
+    for result in (drawn, boxed):
+        assert result.shape == (60, 80, 3) and result.dtype == np.uint8 and not np.array_equal(result, before)
+    assert tuple(drawn[40, 50]) == mark_colour(1)

@@ -260,3 +260,36 @@ def test_appearance_patches_match_opencv_subpixel_patches():
 def test_bad_quick_levels_is_a_clear_error():
     with pytest.raises(TrackingError, match="quick_levels"):
         LucasKanadeTracker(quick_levels=5)
+
+
+def test_lucas_kanade_tracks_each_point_whatever_else_is_tracked(moving_camera):
+    # points_independent: a caller may track only the points it will use and get the same tracks
+    _, clip = moving_camera
+    queries = grid_queries(256, 256, 15)
+    every = LucasKanadeTracker().track(clip.frames, queries)
+    subset = np.arange(3, len(queries), 4)
+    some = LucasKanadeTracker().track(clip.frames, queries[subset])
+    assert LucasKanadeTracker.points_independent
+    assert np.array_equal(some.tracks, every.tracks[:, subset])
+    assert np.array_equal(some.visible, every.visible[:, subset])
+
+
+class _EveryPointTracker:
+    """Lucas-Kanade behind a tracker that does not say its points are independent: it is given every query."""
+
+    name = "lucas-kanade"
+
+    def track(self, frames: np.ndarray, queries: np.ndarray):
+        return LucasKanadeTracker().track(frames, queries)
+
+
+def test_textured_points_only_gives_the_same_sample(tmp_path: Path):
+    # a flat band leaves grid points untextured: Lucas-Kanade skips them, a tracker of every point does not
+    truth = render_truth_video(num_frames=CLIP_FRAMES, seed=2)
+    frames = truth.frames.copy()
+    frames[:, :80] = 90
+    clip = read_frames(write_mp4(frames, tmp_path / "flat_band.mp4", fps=15))
+    skipping = tom_samples(clip, "a", "s", CONFIG, LucasKanadeTracker(), np.random.default_rng(3))
+    every = tom_samples(clip, "a", "s", CONFIG, _EveryPointTracker(), np.random.default_rng(3))
+    assert skipping[0][0] == every[0][0] and np.array_equal(skipping[0][1][0], every[0][1][0])
+    assert skipping[0][0]["meta"]["tracked_points"] < CONFIG.grid_size**2
