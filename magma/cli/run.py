@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from data_tools.ray_cluster import DEFAULT_MAX_TRIES
+
 run_app = typer.Typer(
     help="Run a policy over an environment's tasks: success table, results.jsonl and an HTML report.",
     no_args_is_help=True,
@@ -31,6 +33,35 @@ RetryOption = Annotated[
 WorkersOption = Annotated[int, typer.Option("--workers", help="Parallel workers, each with its own environment.")]
 ProgressOption = Annotated[
     bool, typer.Option("--progress/--no-progress", help="A progress bar (tasks, ETA) and a line per task on stderr.")
+]
+# where the workers run, shown in a panel of their own in --help
+ENGINE_PANEL = "Engine (--engine ray: workers as Ray actors)"
+EngineOption = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        rich_help_panel=ENGINE_PANEL,
+        help="local (worker threads in this process) or ray (each of --workers a Ray actor holding its own "
+        "environment, on this machine or a cluster; needs the ray extra). Results, report and --resume are the same.",
+    ),
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        rich_help_panel=ENGINE_PANEL,
+        help="The Ray cluster's head HOST:PORT (default: RAY_ADDRESS, else a local Ray instance). The --out "
+        "directory must be on storage every node sees.",
+    ),
+]
+MaxTriesOption = Annotated[
+    int,
+    typer.Option(
+        "--max-tries",
+        rich_help_panel=ENGINE_PANEL,
+        help="With --engine ray: a task whose worker process dies (killed, out of memory) is retried on a new "
+        "actor; after this many deaths it is recorded as failed (worker_died, rerun by --resume --retry-errors).",
+    ),
 ]
 # the robot simulators'
 EpisodesOption = Annotated[int, typer.Option("--episodes", help="Episodes per task (start states 0..N-1).")]
@@ -157,6 +188,21 @@ def _check_retry(retry_errors: bool, resume: bool) -> None:
         raise typer.BadParameter("--retry-errors goes with --resume (it reruns the failed tasks of a run)")
 
 
+def _check_engine(engine: str, address: str | None, max_tries: int) -> None:
+    """Before anything loads: a known engine, Ray installed for ``ray`` and ``--address`` answering."""
+    from data_tools.ray_cluster import check_address_answers, check_engine, import_ray
+
+    check_engine(engine)
+    if engine == "local" and address:
+        raise typer.BadParameter("--address names a Ray cluster; it goes with --engine ray")
+    if max_tries < 1:
+        raise typer.BadParameter(f"--max-tries must be at least 1, got {max_tries}")
+    if engine == "ray":
+        import_ray()
+        if address:
+            check_address_answers(address)
+
+
 def _check_policy(policy: str, allowed: tuple[str, ...], env: str) -> None:
     if policy not in allowed:
         raise typer.BadParameter(f"--policy for `agent run {env}` must be one of {', '.join(allowed)}, got {policy!r}")
@@ -228,6 +274,9 @@ def run_web(
     ] = None,
     max_steps: MaxStepsOption = 30,
     workers: WorkersOption = 1,
+    engine: EngineOption = "local",
+    address: AddressOption = None,
+    max_tries: MaxTriesOption = DEFAULT_MAX_TRIES,
     auth_dir: Annotated[
         str | None, typer.Option("--auth-dir", help="VWA's .auth folder for the official sites.")
     ] = None,
@@ -277,6 +326,7 @@ def run_web(
     _check_policy(policy, WEB_POLICIES, "web")
     out_dir = _out_dir(out, "web", resume)
     _check_retry(retry_errors, resume)
+    _check_engine(engine, address, max_tries)
     if grading not in ("fixed", "official"):
         raise typer.BadParameter("--grading must be fixed or official")
     settings = WebRunSettings(
@@ -291,7 +341,10 @@ def run_web(
                                 value_model, value_base_url, debate, reflections, temperature, seed, value_timeout),
     )  # fmt: skip
     check_weak_policy(policy, oracle_noise)
-    options = WebRunOptions(workers=workers, auth_dir=auth_dir, images_root=images_root, retry_errors=retry_errors)
+    options = WebRunOptions(
+        workers=workers, auth_dir=auth_dir, images_root=images_root, retry_errors=retry_errors, engine=engine,
+        address=address, max_tries=max_tries,
+    )  # fmt: skip
     if settings.search is not None:
         factory = web_candidate_factory(policy, model, settings.search, oracle_noise)
     else:
@@ -326,6 +379,9 @@ def run_miniwob(
         ),
     ] = None,
     workers: WorkersOption = 1,
+    engine: EngineOption = "local",
+    address: AddressOption = None,
+    max_tries: MaxTriesOption = DEFAULT_MAX_TRIES,
     search: SearchOption = "none",
     search_simulations: SimulationsOption = 10,
     search_depth: DepthOption = 4,
@@ -359,6 +415,7 @@ def run_miniwob(
     _check_policy(policy, MINIWOB_POLICIES, "miniwob")
     out_dir = _out_dir(out, "miniwob", resume)
     _check_retry(retry_errors, resume)
+    _check_engine(engine, address, max_tries)
     settings = MiniWoBRunSettings(
         tasks=resolve_tasks(tasks),
         episodes=episodes,
@@ -369,7 +426,10 @@ def run_miniwob(
         search=_search_settings(search, search_simulations, search_depth, search_branching, search_total, value,
                                 value_model, value_base_url, debate, reflections, temperature, seed, value_timeout),
     )  # fmt: skip
-    options = RunOptions(workers=workers, resume=resume, retry_errors=retry_errors, progress=progress)
+    options = RunOptions(
+        workers=workers, resume=resume, retry_errors=retry_errors, progress=progress, engine=engine, address=address,
+        max_tries=max_tries,
+    )  # fmt: skip
     factory = miniwob_policy_factory(policy, model, settings.search, seed)
     results = run_miniwob_suite(settings, out_dir, factory, options)
     _print_summary(results, out_dir, "task")
@@ -401,6 +461,14 @@ def run_android(
     record: Annotated[
         str | None, typer.Option("--record", help="Also write the episodes as training shards into DIR.")
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            rich_help_panel=ENGINE_PANEL,
+            help="local only: the one device is driven through this machine's adb server (ray is refused).",
+        ),
+    ] = "local",
     search: SearchOption = "none",
     search_simulations: SimulationsOption = 10,
     search_depth: DepthOption = 4,
@@ -426,10 +494,12 @@ def run_android(
         AndroidRunSettings,
         android_candidate_factory,
         android_policy_factory,
+        check_android_engine,
         run_android_suite,
     )
 
     _check_policy(policy, ANDROID_POLICIES, "android")
+    check_android_engine(engine)
     out_dir = _out_dir(out, "android", resume)
     _check_retry(retry_errors, resume)
     endpoint, _, client = adb.partition("/")
@@ -445,7 +515,9 @@ def run_android(
     )  # fmt: skip
     if tasks:
         settings.tasks = tasks
-    options = AndroidRunOptions(adb_host=host, adb_port=int(port), client=client or "adbutils", record_dir=record)
+    options = AndroidRunOptions(
+        adb_host=host, adb_port=int(port), client=client or "adbutils", record_dir=record, engine=engine
+    )
     if settings.search is not None:
         factory = android_candidate_factory(policy, model, settings.search, scripted_noise)
     else:
@@ -480,6 +552,9 @@ def run_mujoco(
     execute_steps: ExecuteStepsOption = None,
     videos: VideosOption = True,
     workers: WorkersOption = 1,
+    engine: EngineOption = "local",
+    address: AddressOption = None,
+    max_tries: MaxTriesOption = DEFAULT_MAX_TRIES,
     out: OutOption = None,
     resume: ResumeOption = False,
     retry_errors: RetryOption = False,
@@ -491,7 +566,7 @@ def run_mujoco(
     names = list(TASKS) if tasks == "all" else [get_task(name.strip()).name for name in tasks.split(",")]
     _run_simulator("mujoco", names, episodes, policy, checkpoint, server, statistics_key, image_size, None,
                    max_steps, videos, workers, out, resume, retry_errors, progress,
-                   execute_steps=execute_steps)  # fmt: skip
+                   execute_steps=execute_steps, engine=engine, address=address, max_tries=max_tries)  # fmt: skip
 
 
 @run_app.command("metaworld")
@@ -522,6 +597,9 @@ def run_metaworld(
     execute_steps: ExecuteStepsOption = None,
     videos: VideosOption = True,
     workers: WorkersOption = 1,
+    engine: EngineOption = "local",
+    address: AddressOption = None,
+    max_tries: MaxTriesOption = DEFAULT_MAX_TRIES,
     out: OutOption = None,
     resume: ResumeOption = False,
     retry_errors: RetryOption = False,
@@ -532,7 +610,7 @@ def run_metaworld(
 
     _run_simulator("metaworld", resolve_tasks(tasks), episodes, policy, checkpoint, server, statistics_key,
                    image_size, camera, max_steps, videos, workers, out, resume, retry_errors, progress,
-                   fast_render, execute_steps)  # fmt: skip
+                   fast_render, execute_steps, engine, address, max_tries)  # fmt: skip
 
 
 def _run_simulator(
@@ -554,6 +632,9 @@ def _run_simulator(
     progress: bool,
     fast_render: bool = False,
     execute_steps: int | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    max_tries: int = DEFAULT_MAX_TRIES,
 ) -> None:
     from magma.evaluation.runner import RunOptions
     from magma.evaluation.sim_suite import SimRunSettings, run_sim_suite
@@ -561,10 +642,12 @@ def _run_simulator(
     _check_policy(policy, ROBOT_POLICIES, env)
     if execute_steps is not None and execute_steps < 1:
         raise typer.BadParameter(f"--execute-steps must be at least 1 (1 plans again every step), got {execute_steps}")
-    if policy != "scripted" and workers > 1:
-        raise typer.BadParameter(f"--policy {policy} runs one episode at a time; drop --workers")
+    if policy != "scripted" and workers > 1 and not (policy == "remote" and engine == "ray"):
+        also = " (or use --engine ray: each actor has a client of its own)" if policy == "remote" else ""
+        raise typer.BadParameter(f"--policy {policy} runs one episode at a time; drop --workers{also}")
     out_dir = _out_dir(out, env, resume)
     _check_retry(retry_errors, resume)
+    _check_engine(engine, address, max_tries)
     settings = SimRunSettings(
         env=env,
         tasks=tasks,
@@ -580,7 +663,10 @@ def _run_simulator(
         execute_steps=execute_steps,
     )
     make_policy = sim_policy_factory(env, policy, checkpoint, server, statistics_key, execute_steps)
-    options = RunOptions(workers=workers, resume=resume, retry_errors=retry_errors, progress=progress)
+    options = RunOptions(
+        workers=workers, resume=resume, retry_errors=retry_errors, progress=progress, engine=engine, address=address,
+        max_tries=max_tries,
+    )  # fmt: skip
     results = run_sim_suite(settings, out_dir, make_policy, options, videos=videos)
     _print_summary(results, out_dir, "task")
 

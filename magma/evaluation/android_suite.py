@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from data_tools.errors import UserFacingError
+from data_tools.ray_cluster import RayEngineError, check_engine
 from envs.android.actions import described_action
 from envs.android.adb_client import (
     AdbServerUnreachableError,
@@ -75,6 +76,7 @@ class AndroidRunOptions:
     client: str = "adbutils"
     record_dir: str | None = None  # write the episodes as training shards here
     save_images: bool = True
+    engine: str = "local"  # the one device is driven from this machine: ray is refused (check_android_engine)
 
 
 class AndroidWorker:
@@ -131,6 +133,16 @@ class AndroidWorker:
             write_android_shards(self.recorder.episodes, self.options.record_dir)
 
 
+def check_android_engine(engine: str) -> None:
+    """An Android run drives its one device through this machine's adb server: there is nothing to spread over
+    Ray actors on other processes or nodes, so ``--engine ray`` is refused in one line."""
+    if check_engine(engine) == "ray":
+        raise RayEngineError(
+            "agent run android drives its one device through this machine's adb server, so --engine ray has "
+            "nothing to spread; run it with --engine local (the default)"
+        )
+
+
 def run_android_suite(
     settings: AndroidRunSettings,
     options: AndroidRunOptions,
@@ -143,6 +155,7 @@ def run_android_suite(
 ) -> list[dict[str, Any]]:
     """Run every task of ``settings.tasks`` not finished yet (``retry_errors``: and those that failed for a
     reason of their own); returns all results of the run, in task order."""
+    check_android_engine(options.engine)
     out_dir = Path(out_dir)
     tasks = load_tasks(settings.tasks)
     if settings.policy == "scripted":
@@ -191,7 +204,7 @@ def android_candidate_factory(
 ) -> AndroidPolicyFactory:
     """Candidate-proposing policies for a searched run, in the Android action grammar."""
     from magma.evaluation.android_prompt import ANDROID_SYSTEM_PROMPT, android_prompt
-    from magma.evaluation.web_suite import chat_model_name, shared_magma_policy, task_seed
+    from magma.evaluation.web_suite import LoadedMagma, chat_model_name, task_seed
     from magma.search import candidates
 
     if policy == "scripted":
@@ -209,12 +222,10 @@ def android_candidate_factory(
         client = ChatClient(chat_model_name(model), temperature=search.temperature)
         return lambda env, task: candidates.ChatCandidates(client, android_prompt, ANDROID_SYSTEM_PROMPT)
     if policy == "magma":
-        import threading
-
-        shared, lock = shared_magma_policy(model), threading.Lock()
+        loaded = LoadedMagma(model)
         return lambda env, task: candidates.MagmaCandidates(
-            shared.model, shared.processor, search.temperature, seed=task_seed(search.seed, task.task_id),
-            generation_lock=lock, prompt=android_prompt,
+            loaded.model, loaded.processor, search.temperature, seed=task_seed(search.seed, task.task_id),
+            generation_lock=loaded.lock, prompt=android_prompt,
         )  # fmt: skip
     raise UserFacingError(f"--policy {policy!r} is not an Android policy; use one of {', '.join(ANDROID_POLICIES)}")
 

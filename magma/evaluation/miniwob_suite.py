@@ -12,7 +12,7 @@ from typing import Any
 
 from data_tools.errors import UserFacingError
 from magma.evaluation.results import EpisodeResult
-from magma.evaluation.runner import Attempt, RunOptions, episode_units, run_suite
+from magma.evaluation.runner import Attempt, RunOptions, episode_units, refuse_search_on_ray, run_suite
 from magma.evaluation.ui_episode import EarlyStopRules, run_ui_episode, write_steps
 from magma.policies import Policy
 from magma.search.episode import SearchRun, SearchSettings
@@ -97,6 +97,7 @@ def run_miniwob_suite(
     units = episode_units(settings.tasks, settings.episodes, "page_reward")
     options = options or RunOptions()
     options.title, options.group_name = "MiniWoB++ run report", "task"
+    refuse_search_on_ray(options, settings.search is not None)
     search = SearchRun(settings.search, out_dir) if settings.search is not None else None
     return run_suite(
         units, settings, out_dir, lambda index: MiniWoBWorker(settings, make_policy, save_images, search), options

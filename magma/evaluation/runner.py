@@ -11,6 +11,8 @@ failing the same way stops the run, its summary and report written first.
 
 An environment plugs in with a ``SuiteWorker`` factory: ``make_worker(index)`` builds worker ``index``'s
 environment (an error there stops the run: every unit needs it) and ``worker.run(attempt)`` runs one unit.
+With ``engine="ray"`` the workers are Ray actors, on this machine or a cluster
+(``magma.evaluation.ray_runner``); everything else here (the run directory, results, resume) is the same.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, Protocol
 from data_tools.atomic_files import write_json_atomically
 from data_tools.config_files import nested_differences
 from data_tools.errors import UserFacingError
+from data_tools.ray_cluster import DEFAULT_MAX_TRIES, RayEngineError, check_engine
 from magma.evaluation.results import (
     REPORT_FILE,
     RESULTS_FILE,
@@ -119,6 +122,19 @@ class RunOptions:
     title: str = "Run report"
     group_name: str = "group"  # what a group is called in the summary (site, task)
     on_result: Callable[[EpisodeResult], None] | None = field(default=None, repr=False)
+    engine: str = "local"  # local: worker threads here; ray: Ray actors (magma.evaluation.ray_runner)
+    address: str | None = None  # the Ray cluster (default RAY_ADDRESS, else a local instance)
+    max_tries: int = DEFAULT_MAX_TRIES  # ray: a unit whose worker process dies this many times is recorded failed
+
+
+def refuse_search_on_ray(options: RunOptions, searching: bool) -> None:
+    """Test-time search shares one reflection store (and its file) across a run's workers, which Ray's
+    separate processes cannot: a searched run stays on the local engine."""
+    if searching and options.engine == "ray":
+        raise RayEngineError(
+            "--search shares its reflections between a run's workers, which --engine ray cannot; "
+            "run a searched run with --engine local (the default)"
+        )
 
 
 def _end_last_line(path: Path) -> None:
@@ -222,6 +238,20 @@ class _Progress:
             self.bar.close()
 
 
+def run_unit(worker: SuiteWorker, unit: RunUnit, out_dir: Path, index: int) -> EpisodeResult:
+    """``unit`` run by ``worker`` (number ``index``): its result, or its recorded failure when it raised."""
+    result = EpisodeResult(unit.key, unit.intent, unit.group, list(unit.eval_types), "error", worker=index)
+    attempt = Attempt(unit, result, out_dir / "trajectories" / trajectory_name(unit.key))
+    attempt.trajectory_dir.mkdir(parents=True, exist_ok=True)
+    try:  # anything this one unit raises is its recorded error; the run goes on with the next one
+        return worker.run(attempt)
+    except Exception as error:
+        result = attempt.result
+        result.status, result.error = "error", failure_reason(error)
+        result.error_kind = failure_category(error, attempt.phase, worker.device_errors)
+        return result
+
+
 def _run_worker(
     index: int,
     pending: queue.Queue[RunUnit],
@@ -240,16 +270,7 @@ def _run_worker(
                 unit = pending.get_nowait()
             except queue.Empty:
                 return
-            result = EpisodeResult(unit.key, unit.intent, unit.group, list(unit.eval_types), "error", worker=index)
-            attempt = Attempt(unit, result, out_dir / "trajectories" / trajectory_name(unit.key))
-            attempt.trajectory_dir.mkdir(parents=True, exist_ok=True)
-            try:  # anything this one unit raises is its recorded error; the run goes on with the next one
-                result = worker.run(attempt)
-            except Exception as error:
-                result = attempt.result
-                result.status, result.error = "error", failure_reason(error)
-                result.error_kind = failure_category(error, attempt.phase, worker.device_errors)
-            log.write(result)
+            log.write(run_unit(worker, unit, out_dir, index))
             if log.stopped is not None:
                 fatal.append(log.stopped)
                 return
@@ -260,6 +281,34 @@ def _run_worker(
             worker.close()
 
 
+def _run_on_threads(
+    pending: list[RunUnit],
+    out_dir: Path,
+    make_worker: Callable[[int], SuiteWorker],
+    log: ResultLog,
+    workers: int,
+) -> list[BaseException]:
+    """The local engine: ``workers`` threads of this process share ``pending``; returns what stopped the run."""
+    shared: queue.Queue[RunUnit] = queue.Queue()
+    for unit in pending:
+        shared.put(unit)
+    fatal: list[BaseException] = []
+    threads = [
+        threading.Thread(
+            target=_run_worker,
+            args=(index, shared, out_dir, make_worker, log, fatal),
+            name=f"suite-worker-{index}",
+            daemon=True,
+        )
+        for index in range(max(1, min(workers, len(pending))))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return fatal
+
+
 def run_suite(
     units: Sequence[RunUnit],
     settings: Any,
@@ -268,19 +317,23 @@ def run_suite(
     options: RunOptions | None = None,
 ) -> list[dict[str, Any]]:
     """Run every unit not finished yet in ``out_dir`` (made for ``settings``, a dataclass of what decides the
-    results) over ``options.workers`` threads; returns all results of the run directory, in unit order."""
+    results) over ``options.workers`` threads, or Ray actors with ``options.engine == "ray"``; returns all
+    results of the run directory, in unit order."""
     options = options or RunOptions()
+    check_engine(options.engine)
     out_dir = Path(out_dir)
     keys = [unit.key for unit in units]
     if len(set(keys)) != len(keys):
         repeated = sorted({key for key in keys if keys.count(key) > 1})
         raise RunDirectoryError(f"the run lists {repeated[:3]} more than once; name each task once")
+    shipped = None
+    if options.engine == "ray":  # Ray missing, its cluster silent, a factory that cannot travel: before any file
+        from magma.evaluation.ray_runner import ship_worker_factory
+
+        shipped = ship_worker_factory(make_worker, options)
     done = prepare_run_directory(out_dir, settings, options.resume)
-    pending: queue.Queue[RunUnit] = queue.Queue()
-    for unit in units:
-        if should_run(done.get(unit.key), options.retry_errors):
-            pending.put(unit)
-    progress = _Progress(pending.qsize(), options.title, options.progress)
+    pending = [unit for unit in units if should_run(done.get(unit.key), options.retry_errors)]
+    progress = _Progress(len(pending), options.title, options.progress)
 
     def on_result(result: EpisodeResult) -> None:
         progress(result)
@@ -288,21 +341,13 @@ def run_suite(
             options.on_result(result)
 
     log = ResultLog(out_dir / RESULTS_FILE, on_result, options.max_consecutive_errors)
-    fatal: list[BaseException] = []
-    threads = [
-        threading.Thread(
-            target=_run_worker,
-            args=(index, pending, out_dir, make_worker, log, fatal),
-            name=f"suite-worker-{index}",
-            daemon=True,
-        )
-        for index in range(max(1, min(options.workers, pending.qsize())))
-    ]
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        if shipped is not None:
+            from magma.evaluation.ray_runner import run_on_ray_actors
+
+            fatal = run_on_ray_actors(pending, out_dir, shipped, log, options)
+        else:
+            fatal = _run_on_threads(pending, out_dir, make_worker, log, options.workers)
     finally:
         progress.close()
     if fatal and not isinstance(fatal[0], RunStoppedError):

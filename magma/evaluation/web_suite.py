@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from data_tools.errors import UserFacingError
+from data_tools.ray_cluster import DEFAULT_MAX_TRIES
 from envs.web.task_selection import SelectedTask, select_tasks
 from magma.evaluation.results import EpisodeResult
-from magma.evaluation.runner import Attempt, RunOptions, RunUnit, run_suite
+from magma.evaluation.runner import Attempt, RunOptions, RunUnit, refuse_search_on_ray, run_suite
 from magma.evaluation.ui_episode import EarlyStopRules, run_ui_episode, save_step_image, write_steps
 from magma.policies import Policy
 from magma.search.episode import SearchRun, SearchSettings
@@ -57,6 +58,9 @@ class WebRunOptions:
     save_images: bool = True
     retry_errors: bool = False  # --resume also reruns tasks that failed for a reason of their own
     max_consecutive_errors: int = 5  # this many tasks in a row failing the same way stop the run (0: never)
+    engine: str = "local"  # local: worker threads; ray: Ray actors (magma.evaluation.ray_runner)
+    address: str | None = None  # the Ray cluster (default RAY_ADDRESS, else a local instance)
+    max_tries: int = DEFAULT_MAX_TRIES  # ray: a task whose worker process dies this many times is recorded failed
 
 
 def _site_login_states(sites: Any, auth_dir: Path) -> None:
@@ -180,10 +184,9 @@ def run_web_suite(
 ) -> list[dict[str, Any]]:
     """Run every selected task not finished yet; returns all results of the run directory, in task order.
     ``make_policy`` is a ``CandidateFactory`` (``web_candidate_factory``) when ``settings.search`` is set."""
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).absolute()  # the workers may be Ray actors on other nodes, in other folders
     selected = select_tasks(settings.tasks)
     check_tasks_runnable(selected, settings)
-    search = SearchRun(settings.search, out_dir) if settings.search is not None else None
     units = [RunUnit(task.key, task.site, tuple(task.eval_types), payload=task) for task in selected]
     run_options = RunOptions(
         workers=options.workers,
@@ -194,7 +197,12 @@ def run_web_suite(
         title="Web run report",
         group_name="site",
         on_result=on_result,
+        engine=options.engine,
+        address=options.address,
+        max_tries=options.max_tries,
     )
+    refuse_search_on_ray(run_options, settings.search is not None)
+    search = SearchRun(settings.search, out_dir) if settings.search is not None else None
     return run_suite(
         units,
         settings,
@@ -260,11 +268,11 @@ def web_candidate_factory(
         client = ChatClient(chat_model_name(model), temperature=search.temperature)
         return lambda env, key, steps, urls: candidates.ChatCandidates(client)
     if policy == "magma":
-        shared = shared_magma_policy(model)
-        lock = threading.Lock()
+        loaded = LoadedMagma(model)
         return lambda env, key, steps, urls: candidates.MagmaCandidates(
-            shared.model, shared.processor, search.temperature, seed=task_seed(search.seed, key), generation_lock=lock
-        )
+            loaded.model, loaded.processor, search.temperature, seed=task_seed(search.seed, key),
+            generation_lock=loaded.lock,
+        )  # fmt: skip
     raise UserFacingError(f"--policy {policy!r} is not a web policy; use one of {', '.join(WEB_POLICIES)}")
 
 
@@ -289,6 +297,21 @@ def shared_magma_policy(model: str | None) -> Any:
     return MagmaWebPolicy.from_pretrained(model, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
+class LoadedMagma:
+    """A ``--policy magma`` checkpoint loaded once per process, with the lock its policies generate under.
+    Sent to a Ray actor it carries only the checkpoint's path and loads again there, so every actor holds its
+    own copy (a loaded model and a lock do not travel)."""
+
+    def __init__(self, model: str | None) -> None:
+        self.model_dir = model
+        loaded = shared_magma_policy(model)
+        self.model, self.processor = loaded.model, loaded.processor
+        self.lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[type, tuple[str | None]]:
+        return (LoadedMagma, (self.model_dir,))
+
+
 def web_policy_factory(
     policy: str, model: str | None, oracle_noise: float | None = None, seed: int = 0
 ) -> PolicyFactory:
@@ -311,7 +334,6 @@ def web_policy_factory(
     if policy == "magma":
         from magma.policies.web import MagmaWebPolicy
 
-        shared = shared_magma_policy(model)
-        lock = threading.Lock()
-        return lambda env, selected, urls: MagmaWebPolicy(shared.model, shared.processor, generation_lock=lock)
+        loaded = LoadedMagma(model)
+        return lambda env, selected, urls: MagmaWebPolicy(loaded.model, loaded.processor, generation_lock=loaded.lock)
     raise UserFacingError(f"--policy {policy!r} is not a web policy; use one of {', '.join(WEB_POLICIES)}")
