@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -259,54 +258,3 @@ def run_on_ray_actors(
     returns what stopped the run (empty: every unit ran), as the local engine's threads do."""
     return _RayRun(pending, out_dir, shipped, log, options).run()
 
-
-# -- for bench/scale.py: the same run on either engine, timed -----------------------------------------
-
-
-class EmptyWorker:
-    """A worker whose units finish at once: what is left of a run's time is the engine's own."""
-
-    device_errors: tuple[type[BaseException], ...] = ()
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def run(self, attempt: Any) -> EpisodeResult:
-        attempt.result.status, attempt.result.success = "done", True
-        return attempt.result
-
-    def close(self) -> None:
-        pass
-
-
-@dataclass
-class _EmptySettings:
-    units: int
-
-
-def time_empty_units(units: int, engine: str, workers: int, out_dir: str | Path) -> float:
-    """Seconds for ``units`` units that do nothing, through ``run_suite`` on ``engine`` with ``workers``
-    workers (actor start-up included; Ray's connection made before the clock starts)."""
-    from magma.evaluation.runner import RunUnit, run_suite
-
-    options = RunOptions(workers=workers, engine=engine, max_consecutive_errors=0)
-    if engine == "ray":
-        connect(options.address)
-    unit_list = [RunUnit(f"unit-{number:05d}", "empty") for number in range(units)]
-    started = time.perf_counter()
-    run_suite(unit_list, _EmptySettings(units), out_dir, EmptyWorker, options)
-    return time.perf_counter() - started
-
-
-def time_web_eval(tasks: list[str], engine: str, workers: int, out_dir: str | Path) -> float:
-    """Seconds for an oracle ``agent run web`` over ``tasks`` (bundled task specs, e.g. ``classifieds:0-9``)
-    on ``engine`` with ``workers`` workers, browsers and sites started inside the clock as a run starts them."""
-    from magma.evaluation.web_suite import WebRunOptions, WebRunSettings, run_web_suite, web_policy_factory
-
-    if engine == "ray":
-        connect()
-    settings = WebRunSettings(tasks=list(tasks), policy="oracle")
-    options = WebRunOptions(workers=workers, engine=engine)
-    started = time.perf_counter()
-    run_web_suite(settings, options, out_dir, web_policy_factory("oracle", None))
-    return time.perf_counter() - started
