@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,35 @@ def timed_job(spec: JobSpec, function, workers: int, engine: str) -> float:
     return time.perf_counter() - started
 
 
+def best_of_interleaved_rounds(rounds: int, what: str, timed: Callable[[str, int], float]) -> dict:
+    """The best of ``rounds`` of ``timed(engine, workers)``, local and Ray at 1 and 2 workers, interleaved."""
+    best: dict[tuple[str, int], float] = {}
+    for round_index in range(rounds):
+        for workers in (1, 2):
+            for engine in ("local", "ray"):
+                seconds = timed(engine, workers)
+                best[engine, workers] = min(best.get((engine, workers), float("inf")), seconds)
+                log(BENCH, f"round {round_index + 1}: {what}, {engine} x {workers}: {seconds:.2f} s")
+    return best
+
+
+def emit_engines(prefix: str, best: dict, count: int, items: str) -> None:
+    """Per worker count: the local engine's rate, and Ray's time against it (goal: within 1.2x)."""
+    for workers in (1, 2):
+        local, ray = best["local", workers], best["ray", workers]
+        emit(f"{prefix}_local_{workers}w", count / local * 60, f"{items}/min", workers=workers)
+        emit(
+            f"{prefix}_ray_{workers}w_time_vs_local",
+            ray,
+            "s",
+            baseline=f"local engine, {workers} worker(s): {local:.2f} s ({count / local * 60:.1f} {items}/min)",
+            ratio=ray / local,
+            goal="<= 1.2",
+            workers=workers,
+            per_min=round(count / ray * 60, 1),
+        )
+
+
 def corpus_figures(work: Path, videos: int, rounds: int) -> None:
     log(BENCH, f"rendering {videos} videos (90 frames, 256 x 256, H.264)")
     corpus = work / "videos"
@@ -67,26 +97,12 @@ def corpus_figures(work: Path, videos: int, rounds: int) -> None:
         return JobSpec("tom", inputs, str(work / name), options, inputs_per_unit=1)
 
     timed_job(spec("warm"), tom_video_input, 2, "ray")  # Ray's workers import the toolkit once, as on a cluster
-    best: dict[tuple[str, int], float] = {}
-    for round_index in range(rounds):
-        for workers in (1, 2):
-            for engine in ("local", "ray"):
-                seconds = timed_job(spec(f"{engine}-{workers}"), tom_video_input, workers, engine)
-                best[engine, workers] = min(best.get((engine, workers), float("inf")), seconds)
-                log(BENCH, f"round {round_index + 1}: tom job, {engine} x {workers}: {seconds:.2f} s")
-    for workers in (1, 2):
-        local, ray = best["local", workers], best["ray", workers]
-        emit(f"corpus_tom_local_{workers}w", videos / local, "videos/s", workers=workers)
-        emit(
-            f"corpus_tom_ray_{workers}w_time_vs_local",
-            ray,
-            "s",
-            baseline=f"local engine, {workers} worker(s): {local:.2f} s",
-            ratio=ray / local,
-            goal="<= 1.2",
-            workers=workers,
-            videos=videos,
-        )
+
+    def job(engine: str, workers: int) -> float:
+        return timed_job(spec(f"{engine}-{workers}"), tom_video_input, workers, engine)
+
+    best = best_of_interleaved_rounds(rounds, "tom job", job)
+    emit_engines("corpus_tom", best, videos, "videos")
 
     overhead_figures(work, rounds)
 
@@ -194,27 +210,11 @@ def run_figures(work: Path, rounds: int, tasks: str, task_count: int) -> None:
         baseline=f"local threads: {slopes['local'] * 1000:.2f} ms a unit",
         ray_ms_per_unit=round(slopes["ray"] * 1000, 2),
     )
-    best: dict[tuple[str, int], float] = {}
-    for round_index in range(rounds):
-        for workers in (1, 2):
-            for engine in ("local", "ray"):
-                seconds = timed_web_run(tasks, engine, workers, work / f"web-{engine}-{workers}-{round_index}")
-                best[engine, workers] = min(best.get((engine, workers), float("inf")), seconds)
-                log(BENCH, f"round {round_index + 1}: web run, {engine} x {workers}: {seconds:.1f} s")
-    for workers in (1, 2):
-        local, ray = best["local", workers], best["ray", workers]
-        emit(f"web_eval_local_{workers}w", task_count / local * 60, "tasks/min", workers=workers)
-        emit(
-            f"web_eval_ray_{workers}w_time_vs_local",
-            ray,
-            "s",
-            baseline=f"local engine, {workers} worker(s): {local:.1f} s ({task_count / local * 60:.1f} tasks/min)",
-            ratio=ray / local,
-            goal="<= 1.2",
-            workers=workers,
-            tasks=task_count,
-            tasks_per_min=round(task_count / ray * 60, 1),
-        )
+    counter = iter(range(1_000_000))
+    best = best_of_interleaved_rounds(
+        rounds, "web run", lambda engine, workers: timed_web_run(tasks, engine, workers, work / f"web-{next(counter)}")
+    )
+    emit_engines("web_eval", best, task_count, "tasks")
 
 
 def main(argv: list[str] | None = None) -> None:

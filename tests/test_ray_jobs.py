@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from test_data_jobs import screenshot
 
 from data_tools.corpus_kinds import TomJobOptions, som_annotation_input, tom_video_input
 from data_tools.jobs import InputResult, JobSpec, list_inputs, run_corpus_job
@@ -58,11 +58,7 @@ def screens(tmp_path_factory) -> Path:
     lines = []
     for index in range(6):
         buttons = [(f"Buy {index}", (10, 10, 110, 40)), (f"Help {index}", (200, 150, 300, 190))]
-        image = Image.new("RGB", (320, 240), (250, 250, 250))
-        for text, box in buttons:
-            ImageDraw.Draw(image).rectangle(box, fill=(60, 120, 220))
-            ImageDraw.Draw(image).text((box[0] + 4, box[1] + 4), text, fill=(255, 255, 255))
-        image.save(root / f"screen{index}.png")
+        screenshot(root / f"screen{index}.png", buttons)
         elements = [{"box": list(box), "kind": "button", "text": text} for text, box in buttons]
         lines.append(json.dumps({"image": f"screen{index}.png", "source": "web", "elements": elements}))
     (root / "screens.jsonl").write_text("\n".join(lines) + "\n")
