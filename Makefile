@@ -25,7 +25,7 @@ demo: install
 
 # Every bench in turn; each figure also lands in runs/bench/records.jsonl, and one table of every ratio
 # against its goal ends the run (bench/summary.py), also when a bench failed (its name is printed).
-BENCHES := model train data_tools mujoco_env web_env robot grpo lapa android_env metaworld_env miniwob_env search
+BENCHES := model train data_tools mujoco_env web_env robot grpo lapa android_env metaworld_env miniwob_env search scale
 BENCH_RECORDS_FILE := runs/bench/records.jsonl
 
 bench: install

@@ -276,10 +276,12 @@ class Manifest:
         self.flush(force=False)
 
     def flush(self, force: bool = True) -> None:
-        """Replace the file with every recorded unit: at once with ``force``, else only once the time since the
-        last write is 20x what that write took (at most 5 % of the job; with a small manifest, every unit).
-        Units finished but not yet written when a job is killed are redone by the next run."""
-        if not self._unwritten or (not force and time.perf_counter() - self._written_at < 20 * self._write_seconds):
+        """Replace the file with every recorded unit: at once with ``force`` or while a write takes under 10 ms
+        (a manifest of up to about a thousand units), else once the time since the last write is 20x what that
+        write took (at most 5 % of the job). Units finished but not yet written when a job is killed are redone
+        by the next run."""
+        paced = self._write_seconds >= 0.01 and time.perf_counter() - self._written_at < 20 * self._write_seconds
+        if not self._unwritten or (paced and not force):
             return
         started = time.perf_counter()
         payload = {
