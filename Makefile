@@ -3,6 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# pytest-xdist worker processes for make test; each test file (and the Ray tests together) stays on one
+TEST_WORKERS ?= 2
 
 .PHONY: install test demo bench interop lint clean example-data train-demo
 
@@ -18,7 +20,7 @@ $(STAMP): pyproject.toml scripts/install_system_deps.sh
 
 test: install
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder tests
 
 demo: install
 	$(VENV)/bin/agent demo

@@ -471,8 +471,11 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Kill the pool's workers now (``shutdown`` alone would let every queued unit finish first)."""
+    """Kill the pool's workers now (``shutdown`` alone would let every queued unit finish first), and wait for
+    the pool's management thread to end: Python 3.11's exit hook would otherwise wake it through a pipe it may
+    be closing at that moment, and print a traceback ("Bad file descriptor") after the job's own message."""
     processes = list((getattr(pool, "_processes", None) or {}).values())  # no public handle before Python 3.14
+    manager = getattr(pool, "_executor_manager_thread", None)
     for process in processes:
         with contextlib.suppress(OSError, ValueError):
             process.kill()
@@ -480,6 +483,8 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     for process in processes:
         with contextlib.suppress(OSError, ValueError, AssertionError):
             process.join(timeout=60)
+    if manager is not None:
+        manager.join(timeout=60)
 
 
 def summarise(manifest: Manifest, units: list[int], done_now: list[int], seconds: float) -> JobSummary:

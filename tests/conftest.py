@@ -92,10 +92,42 @@ def chat_endpoint(monkeypatch):
     server.server_close()
 
 
+# The slowest files (about 20 s to 2 min each, measured on 2 idle cores), started first and alternating
+# browser-bound with torch-bound ones: with two pytest-xdist workers (in this order: ``--no-loadscope-reorder``)
+# the long ones overlap with work of another kind, and the run ends on short files.
+SLOW_FIRST = (
+    "test_web_oracle.py",
+    "test_rl_robot.py",
+    "test_search.py",
+    "test_lapa_training.py",
+    "test_web_run.py",
+    "test_training.py",
+    "test_security_runs.py",
+    "test_demo.py",
+    "test_web_sites.py",
+    "test_rl_text.py",
+    "test_robot_daemon.py",
+    "test_security_checkpoints.py",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The tests on Ray run last: the session's Ray instance then never shares the test process with a later
-    test that forks workers (gRPC's threads and fork do not mix)."""
-    items.sort(key=lambda item: "ray_instance" in getattr(item, "fixturenames", ()))
+    test that forks workers (gRPC's threads and fork do not mix). Under pytest-xdist (``make test`` runs
+    ``-n 2 --dist loadgroup --no-loadscope-reorder``) each file is one group, so a module's fixtures are made
+    once, and the Ray tests are one group on one instance; the slowest files go first."""
+
+    def order(item: pytest.Item) -> tuple[bool, int]:
+        name = item.path.name
+        return "ray_instance" in getattr(item, "fixturenames", ()), (
+            SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+        )
+
+    items.sort(key=order)  # stable: the files keep their order within each rank, and their tests too
+    for item in items:
+        on_ray = "ray_instance" in getattr(item, "fixturenames", ())
+        item.add_marker(pytest.mark.xdist_group("ray" if on_ray else str(item.path.relative_to(config.rootpath))))
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from magma.processor import EncodedSample
 from magma.rl.generation import sample_completions
 from magma.rl.rollout import (
     EpisodeStep,
@@ -154,3 +155,30 @@ def test_shared_prompts_run_once_with_the_same_log_probs_and_gradients(tiny_mode
         torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
     # a batch whose prompts are all different (or that has images) takes the plain pass
     assert shared_prompts(collate_samples(samples[1:3], tiny_model.config.tokens.pad_token_id)) is None
+
+
+def test_a_group_prefills_its_prompt_once_and_samples_what_each_row_alone_samples(tiny_model, tiny_processor):
+    """Rows that share a prompt prefill it once (the language model's first pass has one row per distinct
+    prompt); each row draws with its own generator the tokens and log-probs it draws alone in a batch of one."""
+    prompts = [prompt_ids(tiny_processor, "Numbers please 7:"), prompt_ids(tiny_processor, "Say a long number now")]
+    rows = [0, 0, 0, 1, 1, 1]
+    inputs = tiny_processor.collate([EncodedSample(prompts[i], [-100] * len(prompts[i])) for i in rows], "left")
+    passes: list[tuple[int, int]] = []
+    hook = tiny_model.language_model.model.register_forward_pre_hook(
+        lambda _module, _args, kwargs: passes.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True
+    )
+    try:
+        batched = sample_completions(
+            tiny_model, inputs, 6, row_generators=[torch.Generator().manual_seed(50 + r) for r in range(len(rows))]
+        )
+    finally:
+        hook.remove()
+    assert passes[0] == (2, inputs.input_ids.shape[1] - 1)  # the distinct prompts, but for their last token
+    assert all(batch == len(rows) and length == 1 for batch, length in passes[1:])
+    for row, index in enumerate(rows):
+        alone = tiny_processor.collate([EncodedSample(prompts[index], [-100] * len(prompts[index]))], "left")
+        single = sample_completions(tiny_model, alone, 6, row_generators=[torch.Generator().manual_seed(50 + row)])[0]
+        assert batched[row].token_ids == single.token_ids
+        torch.testing.assert_close(
+            torch.tensor(batched[row].log_probs), torch.tensor(single.log_probs), atol=1e-5, rtol=1e-5
+        )

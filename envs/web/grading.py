@@ -243,17 +243,24 @@ def grade_page_images(page: Any, queries: Sequence[Mapping[str, Any]], config: G
 # ------------------------------------------------------------------------------------------- grading
 
 
+PAGE_EVAL_TYPES = frozenset({"program_html", "page_image_query"})  # the evaluators that read the grading page
+
+
 def grade_task(
     task: WebTask, context: Any, answer: str, last_url: str, config: GradingConfig | None = None
 ) -> ev.Verdict:
-    """The product of ``task``'s evaluators, graded in a new page of ``context`` that starts at ``last_url``."""
+    """The product of ``task``'s evaluators, graded in a new page of ``context`` that starts at ``last_url``
+    (opened only when an evaluator reads a page: ``string_match`` and ``url_match`` grade without one)."""
     config = config or GradingConfig()
     ev.check_mode(config.mode)
     spec = task.eval
-    page = context.new_page()
-    config = replace(config, helpers={**site_helpers(page, task.site_urls, config.mode), **config.helpers})
+    if not PAGE_EVAL_TYPES.intersection(task.eval_types):
+        page = None
+    else:
+        page = context.new_page()
+        config = replace(config, helpers={**site_helpers(page, task.site_urls, config.mode), **config.helpers})
     try:
-        if last_url and last_url != "about:blank":
+        if page is not None and last_url and last_url != "about:blank":
             try:
                 page.goto(last_url, wait_until="load")
             except Exception as error:
@@ -280,4 +287,5 @@ def grade_task(
             result = result.combine(part)
         return result
     finally:
-        page.close()
+        if page is not None:
+            page.close()

@@ -159,6 +159,7 @@ class PageSession:
         self._watched_pages: list[Any] = []
         self._intercepted_pages: list[Any] = []  # pages whose every request hop the Fetch interception checks
         self._announced_tabs = 0  # tabs a page said it opens that have not arrived yet
+        self._opening_tab = False  # new_tab is creating a page: it watches that page itself, before navigating
         self._continued: dict[str, str] = {}  # DevTools request id -> URL, for naming a redirect's origin
         self._devtools: dict[Any, Any] = {}  # page -> its DevTools session (also used for screenshots)
         self._requests_started = 0
@@ -314,7 +315,8 @@ class PageSession:
         page.on("close", self._on_close)
         if self.follow_new_tabs:
             self.active = page
-        self._watch_page(page)
+        if not self._opening_tab:
+            self._watch_page(page)
 
     def devtools(self, page: Any) -> Any:
         """The DevTools session this session holds on ``page``, or None (the page closed while it opened)."""
@@ -331,8 +333,15 @@ class PageSession:
             self.active = self.pages[-1] if self.pages else None
 
     def new_tab(self, url: str | None = None) -> Any:
-        page = self.context.new_page()
+        """A new tab, watched (and with a guard, intercepted) before it navigates, so that every request of its
+        first page meets the interception instead of being fetched hop by hop through ``_follow_redirects``."""
+        self._opening_tab = True  # the "page" event may arrive while new_page waits: it must not start a watch
+        try:
+            page = self.context.new_page()
+        finally:
+            self._opening_tab = False
         self._on_new_page(page)
+        self._watch_page(page)
         self.active = page
         if url:
             self.goto(url)

@@ -6,6 +6,11 @@ stop tokens); the sampling distribution is built by logits processors we pass (a
 temperature and top-p), and a last processor, :class:`DrawnTokenLogProbs`, keeps the log-prob of the
 token each step draws, so no (steps x batch x vocab) scores are kept.
 
+Rows that share a prompt (a GRPO group's completions) are prefilled once: the distinct prompts, but for
+their last token, run in one forward pass, their keys and values are repeated for the rows that share
+them, and ``generate`` continues from that cache (:func:`shared_prompt_cache`). TRL's rollout, like a
+plain ``generate`` with repeated rows, prefills every row.
+
 With one generator per row (``row_generators``), a row's draws depend on its own generator and logits
 only, never on the other rows of the batch: a step's token is drawn by an exponential race
 (:class:`PerRowSampler`), an exact draw from the softmax. Rollouts use it so that an episode samples the
@@ -18,11 +23,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
 
-from magma.model import MagmaForCausalLM
+from magma.model import MagmaForCausalLM, left_align
 from magma.processor import ModelInputs
 from magma.sampling import AllowedTokensLogitsProcessor, allowed_tokens
 
@@ -82,6 +88,35 @@ def call_generators(row_generators: Sequence[torch.Generator], device: torch.dev
     return [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
 
 
+def distinct_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(first, inverse)`` for the distinct rows of a 2-D tensor: ``first`` (U,) the index of one row of each
+    distinct value, ``inverse`` (B,) each row's place in ``first``; None when every row is distinct."""
+    distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    if len(distinct) == len(rows):
+        return None
+    first = torch.empty(len(distinct), dtype=torch.long, device=rows.device)
+    first.scatter_(0, inverse, torch.arange(len(rows), device=rows.device))
+    return first, inverse
+
+
+def shared_prompt_cache(model: MagmaForCausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+    """The KV cache of every row's prompt but its last token, computed once per distinct prompt and repeated
+    for the rows that share it (left-padded rows, no images); ``generate`` given this cache and the whole
+    prompts runs only the last tokens before decoding. None when no two rows share a prompt."""
+    if input_ids.shape[1] < 2:
+        return None
+    shared = distinct_rows(torch.cat([input_ids, attention_mask], dim=-1))
+    if shared is None:
+        return None
+    first, inverse = shared
+    prefix = model(
+        input_ids=input_ids[first, :-1], attention_mask=attention_mask[first, :-1], use_cache=True, logits_to_keep=1
+    )
+    cache = prefix.cache
+    cache.reorder_cache(inverse)  # (U, ...) -> (B, ...)
+    return cache
+
+
 @dataclass
 class Completion:
     """One sampled completion: its token ids (the stop token included when one was drawn) and the
@@ -134,6 +169,11 @@ def sample_completions(
     if per_row:
         processors.append(PerRowSampler(call_generators(row_generators, device)))  # type: ignore[arg-type]
     given = inputs.to(device, pixel_dtype=model.dtype).generation_kwargs()
+    if set(given) == {"input_ids", "attention_mask"}:  # text only: no images, action slots or states
+        given["input_ids"], given["attention_mask"] = left_align(given["input_ids"], given["attention_mask"])
+        cache = shared_prompt_cache(model, given["input_ids"], given["attention_mask"])
+        if cache is not None:
+            given["cache"] = cache
     seed = None if generator is None or per_row else int(torch.randint(0, 2**62, (1,), generator=generator))
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda, enabled=seed is not None):

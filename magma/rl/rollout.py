@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from magma.model import positions_from_mask
+from magma.rl.generation import distinct_rows
 from magma.sampling import mask_logits
 
 if TYPE_CHECKING:
@@ -231,12 +232,7 @@ def shared_prompts(batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor] | N
     if batch.pixel_values is not None:
         return None
     prompt_length = batch.input_ids.shape[1] - batch.completion_length
-    prompts = torch.cat([batch.input_ids[:, :prompt_length], batch.attention_mask[:, :prompt_length]], dim=-1)
-    distinct, inverse = torch.unique(prompts, dim=0, return_inverse=True)
-    if len(distinct) == len(prompts):
-        return None
-    rows = torch.empty(len(distinct), dtype=torch.long).scatter_(0, inverse, torch.arange(len(prompts)))
-    return rows, inverse
+    return distinct_rows(torch.cat([batch.input_ids[:, :prompt_length], batch.attention_mask[:, :prompt_length]], -1))
 
 
 def completion_logits(model: Any, batch: RolloutBatch, device: torch.device) -> torch.Tensor:

@@ -54,6 +54,7 @@ class _Site(QuietHandler):
             "/hop2": f"http://{other}/after-two-hops",
             "/img-redirect": f"http://{other}/redirected.png",
             "/fetch-redirect": f"http://{other}/redirected-fetch",
+            "/moved": "/page2",
         }
         if self.path in redirects:
             self.send_response(302)
@@ -128,6 +129,15 @@ def _wait_for(condition, what: str, pump=None) -> None:
             pump.wait_for_timeout(50)
         else:
             time.sleep(0.05)
+
+
+def test_a_start_url_redirecting_on_its_host_shows_where_it_landed_its_tab_guarded_before_it_navigates(env, hosts):
+    """The env's own tabs get the DevTools interception before their first navigation, so the browser follows
+    an allowed redirect itself (each hop checked) and the observation's URL is the page the tab shows."""
+    site, other = hosts
+    observation, _ = env.reset(options={"task": _task(site + "/moved")})
+    assert observation["url"] == site + "/page2" and "Second page" in env.session.active.content()
+    assert other.hits == []
 
 
 @pytest.mark.parametrize("path", ["/go-other", "/hop1"])
