@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -329,30 +330,57 @@ def decode_frames(info: VideoInfo, frame_indices: np.ndarray, size: int | None =
     return _clip(info, indices, frames)
 
 
-def decode_windows(info: VideoInfo, windows: Iterable[np.ndarray], size: int | None = None) -> Iterator[ClipFrames]:
+class _WindowReader:
+    """One decord reader kept across the windows of a video; a window decord cannot give goes the
+    ``decode_frames`` way, and so does every later one once decord gave up on the file."""
+
+    def __init__(self, info: VideoInfo, size: int | None) -> None:
+        self.info, self.size = info, size
+        self.reader = None
+        if info.backend != "pyav":
+            try:
+                self.reader = _open_reader(info.path, *_reader_size(info, *decoded_size(info.width, info.height, size)))
+            except VideoReadError:
+                self.reader = None
+
+    def decode(self, window: np.ndarray) -> ClipFrames:
+        indices = _checked_indices(self.info, window)
+        if self.reader is not None:
+            try:
+                return _clip(self.info, indices, self.reader.get_batch(indices.tolist()).asnumpy())
+            except _DECORD_ERRORS:
+                self.reader = None  # decord gave up on this file: every later window goes the single-window way
+        return decode_frames(self.info, indices, self.size)
+
+
+def decode_windows(
+    info: VideoInfo, windows: Iterable[np.ndarray], size: int | None = None, decode_ahead: bool = True
+) -> Iterator[ClipFrames]:
     """``decode_frames`` for several windows of one video, in the order given, through one decord reader.
 
     The frames are the same as ``decode_frames`` gives window by window; the reader goes on from where the
     last window ended instead of seeking back to a keyframe for each window (a fresh reader per window
     decodes from the keyframe before it: with H.264's usual 8-10 s between keyframes that is most of a
     clip's decoding). A window decord cannot give falls back to ``decode_frames`` (PyAV).
+
+    With ``decode_ahead`` the next window decodes on a background thread while the caller works on the
+    one it was given (decord and PyAV let go of the GIL while they decode), so a job's decoding and its
+    tracking overlap on a machine with a core to spare; one window is decoded ahead at most, and an
+    error for a window is raised when the caller reaches that window, as without it.
     """
-    width, height = decoded_size(info.width, info.height, size)
-    reader = None
-    if info.backend != "pyav":
-        try:
-            reader = _open_reader(info.path, *_reader_size(info, width, height))
-        except VideoReadError:
-            reader = None
-    for window in windows:
-        indices = _checked_indices(info, window)
-        frames = None
-        if reader is not None:
-            try:
-                frames = reader.get_batch(indices.tolist()).asnumpy()
-            except _DECORD_ERRORS:
-                reader = None  # decord gave up on this file: every later window goes the single-window way
-        yield _clip(info, indices, frames) if frames is not None else decode_frames(info, indices, size)
+    reader = _WindowReader(info, size)
+    if not decode_ahead:
+        yield from map(reader.decode, windows)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-ahead") as pool:
+        pending: Future[ClipFrames] | None = None
+        for window in windows:
+            following = pending
+            pending = pool.submit(reader.decode, window)  # starts once ``following`` is done: one reader, in order
+            if following is not None:
+                yield following.result()
+        if pending is not None:
+            yield pending.result()
 
 
 def clip_windows(

@@ -74,10 +74,25 @@ def test_lucas_kanade_is_accurate_on_a_moving_camera_clip(moving_camera):
     true_tracks, true_visible, _ = truth.true_tracks(queries)
     result = LucasKanadeTracker().track(clip.frames, queries)
     scores = tapvid_position_accuracy(result.tracks, true_tracks, true_visible)
-    # measured: delta_avg 0.92, within 1 px 0.88, within 16 px 0.96 (lost points are held, so they miss)
+    # measured: delta_avg 0.94, within 1 px 0.90, within 16 px 0.96 (lost points are held, so they miss)
     assert scores["delta_avg"] >= 0.85
     assert scores["within_1px"] >= 0.75 and scores["within_16px"] >= 0.9
     assert scores["points_scored"] > 0.8 * len(queries) * (CLIP_FRAMES - 1)
+
+
+def test_lucas_kanade_holds_on_a_noisy_blurred_clip(tmp_path: Path):
+    """Sensor noise and a soft lens, as in real footage, through the mp4 encoder: the default window keeps
+    its accuracy (measured: delta_avg 0.939 with the 11 px default; 0.921 with the former 15 px)."""
+    truth = render_truth_video(num_frames=CLIP_FRAMES, seed=0)
+    rng = np.random.default_rng(0)
+    soft = np.stack([cv2.GaussianBlur(frame, (0, 0), 0.8) for frame in truth.frames]).astype(np.float32)
+    noisy = np.clip(soft + rng.normal(0, 6, soft.shape), 0, 255).astype(np.uint8)
+    clip = read_frames(write_mp4(noisy, tmp_path / "noisy.mp4", fps=15))
+    queries = grid_queries(256, 256, 15)
+    true_tracks, true_visible, _ = truth.true_tracks(queries)
+    tracks = LucasKanadeTracker().track(clip.frames, queries).tracks
+    scores = tapvid_position_accuracy(tracks, true_tracks, true_visible)
+    assert scores["delta_avg"] >= 0.93 and scores["within_1px"] >= 0.89
 
 
 def test_lost_points_stay_lost(moving_camera):
@@ -235,19 +250,39 @@ def test_quick_first_pass_matches_the_full_pyramid_search(moving_camera):
     assert np.median(gaps) < 0.01 and gaps.max() < 0.5  # measured: median 0.000, max 0.2 px
 
 
-def test_sudden_jump_falls_back_to_the_full_search():
-    scene = textured_canvas(200, 200, np.random.default_rng(4))
-    offsets = np.array([0, 1, 2, 3, 13, 14, 15])  # a 10 px jump after steady 1 px steps: the quick pass misses
+def _jump_clip(seed: int, jump: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frames of a pan of steady 1 px steps, one sudden ``jump`` px step, then steady steps again; the
+    grid queries and their true tracks."""
+    scene = textured_canvas(220, 220, np.random.default_rng(seed))
+    offsets = np.array([0, 1, 2, 3, 3 + jump, 4 + jump, 5 + jump])
     frames = np.stack([scene[20 + step : 148 + step, 30 + step : 158 + step] for step in offsets])
     queries = grid_queries(128, 128, 6)
-    truth = queries[None] - offsets[:, None, None]
+    return frames, queries, queries[None] - offsets[:, None, None]
+
+
+def test_sudden_jump_falls_back_to_the_full_search():
+    frames, queries, truth = _jump_clip(seed=4, jump=10)  # the quick pass, guessing a 1 px step, misses
     quick = LucasKanadeTracker().track(frames, queries)
     full = LucasKanadeTracker(quick_levels=None).track(frames, queries)
-    assert (quick.visible >= full.visible).all()  # measured: the same but one point only the quick pass kept
     errors = np.linalg.norm(quick.tracks - truth, axis=2)[quick.visible]
     assert errors.max() < 0.2  # every point it keeps is where it truly is, across the jump too
     in_view = (truth[-1] >= 0).all(axis=1)
     assert quick.visible[-1, in_view].mean() >= 0.9  # the jump is followed, not lost
+    assert quick.visible[-1, in_view].mean() >= full.visible[-1, in_view].mean() - 0.05
+
+
+def test_quick_pass_keeps_no_more_wrong_points_across_jumps_than_the_full_search():
+    # a single-level search far from its guess can settle on a wrong match that passes every check;
+    # measured over these 40 clips: 62 wrong point-frames (quick) against 58 (full); 160 without the bound
+    wrong = {"quick": 0, "full": 0}
+    for seed in range(8):
+        for jump in (5, 7, 9, 11, 13):
+            frames, queries, truth = _jump_clip(seed, jump)
+            for name, levels in (("quick", 0), ("full", None)):
+                result = LucasKanadeTracker(quick_levels=levels).track(frames, queries)
+                errors = np.linalg.norm(result.tracks - truth, axis=2)[result.visible]
+                wrong[name] += int((errors > 0.5).sum())
+    assert wrong["quick"] <= 1.25 * wrong["full"] + 5, wrong
 
 
 def test_appearance_patches_match_opencv_subpixel_patches():
@@ -260,6 +295,8 @@ def test_appearance_patches_match_opencv_subpixel_patches():
 def test_bad_quick_levels_is_a_clear_error():
     with pytest.raises(TrackingError, match="quick_levels"):
         LucasKanadeTracker(quick_levels=5)
+    with pytest.raises(TrackingError, match="quick_max_correction_px"):
+        LucasKanadeTracker(quick_max_correction_px=0)
 
 
 def test_lucas_kanade_tracks_each_point_whatever_else_is_tracked(moving_camera):

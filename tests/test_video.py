@@ -6,6 +6,7 @@ from a corrupt file)."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import av
@@ -105,6 +106,26 @@ def test_windows_through_one_reader_are_the_frames_of_each_window(encoded: dict[
         assert frame_numbers(together[-1].frames) == windows[-1].tolist()
     with pytest.raises(VideoReadError, match="not inside the 30 frames"):
         list(decode_windows(info, [windows[0], np.array([28, 30])]))
+
+
+def test_decoding_ahead_gives_the_same_windows_and_errors_in_place(encoded: dict[str, Path]):
+    info = probe_video(encoded["h264"])
+    windows = [window.frame_indices for window in clip_windows(info, window_frames=6, stride_frames=4, fps=None)]
+    ahead = list(decode_windows(info, windows, 40))
+    in_turn = list(decode_windows(info, windows, 40, decode_ahead=False))
+    assert len(ahead) == len(windows) == len(in_turn)
+    for first, second in zip(ahead, in_turn, strict=True):
+        assert np.array_equal(first.frames, second.frames) and np.array_equal(first.frame_indices, second.frame_indices)
+    clips = decode_windows(info, [windows[0], windows[1], np.array([28, 30]), windows[2]], 40)
+    assert np.array_equal(next(clips).frames, in_turn[0].frames)  # the windows before the bad one arrive
+    assert np.array_equal(next(clips).frames, in_turn[1].frames)
+    with pytest.raises(VideoReadError, match="not inside the 30 frames"):
+        next(clips)
+    assert list(decode_windows(info, [])) == []
+    early = decode_windows(info, windows)
+    next(early)
+    early.close()  # a caller that stops early leaves no decoding thread behind
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("decode-ahead")]
 
 
 def test_decoded_size_keeps_the_aspect_ratio():
