@@ -21,7 +21,7 @@ TRL is never a dependency of the toolkit: the bench makes its own virtual enviro
 ``.pth`` file and pip-installs only what TRL adds (``trl``, ``datasets``). If that fails, it says so
 and prints our figure alone.
 
-Usage: ``python bench/grpo.py [--steps 10] [--rounds 3] [--threads N] [--no-trl]``
+Usage: ``python bench/grpo.py [--steps 30] [--rounds 3] [--threads N] [--no-trl]``
 """
 
 from __future__ import annotations
@@ -208,7 +208,9 @@ def trl_worker(model_dir: str, steps: int, threads: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument(
+        "--steps", type=int, default=30, help="GRPO steps per run (10 made rounds of 2 s: too short to be steady)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved ours/TRL runs; every ratio is printed")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of both (default: torch's own)")
     parser.add_argument("--no-trl", action="store_true", help="report our figure alone")

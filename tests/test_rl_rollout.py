@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from magma.processor import EncodedSample
-from magma.rl.generation import sample_completions
+from magma.rl.generation import InverseCdfSampler, sample_completions
 from magma.rl.rollout import (
     EpisodeStep,
     Sample,
@@ -65,6 +65,30 @@ def test_sampling_log_probs_match_the_scoring_pass(tiny_model, tiny_processor, i
     assert first > 0 and batch.position_ids[short, first] == 0
     prompt_length = batch.input_ids.shape[1] - batch.completion_length
     assert batch.position_ids[short, prompt_length] == len(samples[short].prompt_ids)
+
+
+def test_inverse_cdf_sampler_draws_from_the_softmax_and_never_a_masked_token():
+    logits = torch.tensor([[2.0, 0.0, float("-inf"), -1.0, 1.0], [float("-inf"), 5.0, float("-inf"), 5.0, -30.0]])
+    rows = logits.repeat(20_000, 1)
+    drawn = InverseCdfSampler(torch.Generator().manual_seed(0))(torch.zeros(len(rows), 1), rows).argmax(-1)
+    counts = torch.stack([torch.bincount(drawn[row::2], minlength=5) for row in range(2)]).float()
+    expected = torch.softmax(logits, -1) * (len(rows) // 2)
+    assert counts[:, 2].sum() == 0 and counts[1, 0] == 0  # masked tokens are never drawn
+    # within 5 standard deviations of a multinomial count, for every token of both rows
+    assert bool(((counts - expected).abs() <= 5 * expected.mul(1 - expected / (len(rows) // 2)).sqrt() + 1).all())
+    again = InverseCdfSampler(torch.Generator().manual_seed(0))(torch.zeros(len(rows), 1), rows).argmax(-1)
+    assert torch.equal(drawn, again)  # the same generator state draws the same tokens
+
+
+def test_seeded_sampling_repeats_and_leaves_the_global_generator_alone(tiny_model, tiny_processor):
+    inputs = tiny_processor(["Say hello", "What is two plus two?"])
+    state = torch.get_rng_state()
+    first = sample_completions(tiny_model, inputs, 6, generator=torch.Generator().manual_seed(4), stop_token_ids=[])
+    assert torch.equal(torch.get_rng_state(), state)
+    again = sample_completions(tiny_model, inputs, 6, generator=torch.Generator().manual_seed(4), stop_token_ids=[])
+    assert [c.token_ids for c in first] == [c.token_ids for c in again]
+    other = sample_completions(tiny_model, inputs, 6, generator=torch.Generator().manual_seed(5), stop_token_ids=[])
+    assert [c.token_ids for c in first] != [c.token_ids for c in other]
 
 
 def test_greedy_sampling_matches_generate(tiny_model, tiny_processor):

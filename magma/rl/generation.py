@@ -81,6 +81,26 @@ class PerRowSampler(LogitsProcessor):
         return scores.float() - noise.clamp(min=torch.finfo(torch.float32).tiny).log()
 
 
+class InverseCdfSampler(LogitsProcessor):
+    """After every other processor: draws each row's token from the softmax of its scores by inverse
+    transform sampling (one uniform per row from ``generator``; None: torch's global generator) and leaves
+    only that token's score finite, so that greedy decoding takes it. An exact draw from the softmax, as
+    ``torch.multinomial``'s, at a tenth of its cost on CPU (which draws an exponential for every entry of
+    the vocabulary: 1.6 ms a step for 64 rows of magma-tiny's 1034, 7 % of a GRPO step)."""
+
+    def __init__(self, generator: torch.Generator | None) -> None:
+        self.generator = generator
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        cumulative = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1)
+        total = cumulative[:, -1:]
+        uniform = torch.rand(total.shape, generator=self.generator, device=scores.device, dtype=torch.float32)
+        # below the total, so the first entry the cumulative sum passes has a probability above zero
+        target = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
+        drawn = torch.searchsorted(cumulative, target, right=True).clamp_(max=scores.shape[-1] - 1)  # NaN logits
+        return torch.full_like(scores, float("-inf")).scatter_(-1, drawn, 0.0)
+
+
 def call_generators(row_generators: Sequence[torch.Generator], device: torch.device) -> list[torch.Generator]:
     """One fresh generator per row for one call, each seeded by one draw from the row's own generator:
     a row's generator advances by one draw per call, whatever the number of decoding steps."""
@@ -144,10 +164,10 @@ def sample_completions(
     ``temperature <= 0`` decodes greedily (log-probs are then those of the temperature-1 softmax).
     ``stop_token_ids`` defaults to the model's end-of-sequence ids; ``[]`` never stops early.
     ``allowed`` (V,) bool restricts the tokens drawn (default :func:`allowed_tokens`). ``generator``
-    seeds the draws (transformers samples from the global generator, so it runs in a forked RNG state
-    seeded from ``generator``: the same generator state gives the same completions, and the caller's
-    global RNG is left as it was). ``row_generators`` (one per row, instead of ``generator``) draws each
-    row from its own generator (:class:`PerRowSampler`), independently of the other rows.
+    seeds the draws (:class:`InverseCdfSampler`; the same generator state gives the same completions,
+    and torch's global generator is left as it was; without it the draws come from the global one).
+    ``row_generators`` (one per row, instead of ``generator``) draws each row from its own generator
+    (:class:`PerRowSampler`), independently of the other rows.
     """
     batch = inputs.input_ids.shape[0]
     if max_new_tokens <= 0:
@@ -168,28 +188,29 @@ def sample_completions(
         raise ValueError(f"row_generators has {len(row_generators)} generators for {batch} rows")
     if per_row:
         processors.append(PerRowSampler(call_generators(row_generators, device)))  # type: ignore[arg-type]
+    elif temperature > 0:
+        draws = None
+        if generator is not None:  # seeded from ``generator``: the same state gives the same completions
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            draws = torch.Generator(device=device).manual_seed(seed)
+        processors.append(InverseCdfSampler(draws))
     given = inputs.to(device, pixel_dtype=model.dtype).generation_kwargs()
     if set(given) == {"input_ids", "attention_mask"}:  # text only: no images, action slots or states
         given["input_ids"], given["attention_mask"] = left_align(given["input_ids"], given["attention_mask"])
         cache = shared_prompt_cache(model, given["input_ids"], given["attention_mask"])
         if cache is not None:
             given["cache"] = cache
-    seed = None if generator is None or per_row else int(torch.randint(0, 2**62, (1,), generator=generator))
-    cuda = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
-        if seed is not None:
-            torch.manual_seed(seed)
-        sequences = model.generate(
-            **given,
-            max_new_tokens=max_new_tokens,
-            do_sample=temperature > 0 and not per_row,  # per row: the sampler draws, argmax takes it
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            eos_token_id=stops,
-            pad_token_id=model.config.tokens.pad_token_id,
-            logits_processor=processors,
-        )
+    sequences = model.generate(
+        **given,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,  # the last processor draws (or, at temperature 0, none does); argmax takes its token
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        eos_token_id=stops,
+        pad_token_id=model.config.tokens.pad_token_id,
+        logits_processor=processors,
+    )
     new_tokens = sequences[:, inputs.input_ids.shape[1] :]
     log_probs = recorder.finish(sequences).tolist()
     completions = []

@@ -243,15 +243,29 @@ class GRPOTrainer(TrainingRun):
                 for key, value in metrics.items():
                     totals[key] = totals.get(key, 0.0) + value
                 counted += 1
-        self.check_updated_policy(samples)
+        if self.policy_leaves_the_step():
+            self.check_updated_policy(samples)
         return {key: value / max(counted, 1) for key, value in totals.items()}
+
+    def policy_leaves_the_step(self) -> bool:
+        """Whether the policy this step ends with is written (a checkpoint, or the last step's export) or
+        evaluated before the next rollout: only then is it checked at once (:meth:`check_updated_policy`).
+        Otherwise the next rollout draws from it whatever its logits (the samplers never crash on them) and
+        that step's loss check stops a diverged run before its update: one forward pass less a step (6 %
+        of a text step)."""
+        step, config = self.state.step + 1, self.config
+
+        def due(every: int) -> bool:
+            return bool(every) and step % every == 0
+
+        return step >= config.max_steps or due(config.checkpoint.every) or due(self.evaluation_every())
 
     @torch.no_grad()
     def check_updated_policy(self, samples: list[Sample], most: int = 8) -> None:
         """One forward pass after the step's updates over one sample of each group (a different prompt
         each, ``most`` at the most): weights that stay finite can still overflow the logits (a learning rate
-        far too high), for some prompts and not others, which would crash the next rollout's sampling;
-        stop here instead, on every process, before the step's checkpoint."""
+        far too high), for some prompts and not others; stop here, on every process, before the step's
+        checkpoint, export or evaluation."""
         probe = list({sample.group_id: sample for sample in samples}.values())[:most]
         log_probs = None
         if probe:

@@ -200,8 +200,15 @@ def test_rl_and_lapa_runs_that_diverge_stop_before_anything_non_finite_is_writte
         [f"run_dir={tmp_path / 'rl'}", "logging.progress=false", "max_steps=3", "optim.lr=1e30", "checkpoint.every=1"],
     )
     with pytest.raises(TrainingDivergedError, match="training stopped at step 1: log-probs of the updated policy"):
-        GRPOTrainer(rl).train()  # stopped before the next rollout, whose sampling would crash on NaN logits
+        GRPOTrainer(rl).train()  # stopped before the step's checkpoint
     assert not (tmp_path / "rl" / "final").exists() and checkpoint_names(tmp_path / "rl") == []
+    # without a checkpoint or evaluation due, the next rollout samples from the overflowing policy (no
+    # crash) and that step's loss check stops the run before its update
+    quiet = [f"run_dir={tmp_path / 'rl-quiet'}", "logging.progress=false", "max_steps=4", "optim.lr=1e30"]
+    quiet += ["checkpoint.every=0", "eval.every=0"]
+    with pytest.raises(TrainingDivergedError, match=r"training stopped at step 2: .*not finite"):
+        GRPOTrainer(load_rl_config("text-digits", quiet)).train()
+    assert not (tmp_path / "rl-quiet" / "final").exists() and checkpoint_names(tmp_path / "rl-quiet") == []
 
     videos = tmp_path / "videos"
     write_motion_videos(videos, count=4, size=32, frames=12, fps=10.0, seed=0)
