@@ -257,4 +257,3 @@ def run_on_ray_actors(
     """Run ``pending`` over ``options.workers`` actors, writing each result through ``log`` as it comes;
     returns what stopped the run (empty: every unit ran), as the local engine's threads do."""
     return _RayRun(pending, out_dir, shipped, log, options).run()
-
