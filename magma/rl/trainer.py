@@ -135,6 +135,7 @@ class GRPOTrainer(TrainingRun):
         self.task = task if task is not None else build_task(config, self.processor)
         # None: the task rolls out in this process (the local engine), whatever ``self.task`` is then
         self.rollout_engine = rollouts if rollouts is not None else remote_rollouts(config, self.task, self.policy)
+        self.policy_unchecked = False  # updated since the last check_updated_policy (a checkpoint is checked)
 
     @property
     def policy(self) -> MagmaForCausalLM:
@@ -159,6 +160,10 @@ class GRPOTrainer(TrainingRun):
         # every process updates when any has samples (DDP needs all of them in each step)
         anyone = int(accelerator.reduce(torch.tensor(len(samples), device=accelerator.device), "sum"))
         metrics = self.update(samples, filler=rollout.samples[:1] or samples[:1]) if anyone else {}
+        self.policy_unchecked |= bool(anyone)
+        if self.policy_unchecked and self.policy_leaves_the_step():  # also after a step with nothing to train
+            self.check_updated_policy(samples or rollout.samples)
+            self.policy_unchecked = False
         local_trajectories = len(trajectory_table(rollout.samples)[0]) if rollout.samples else 0
         state.trajectories += int(
             accelerator.reduce(torch.tensor(local_trajectories, device=accelerator.device), "sum")
@@ -243,16 +248,14 @@ class GRPOTrainer(TrainingRun):
                 for key, value in metrics.items():
                     totals[key] = totals.get(key, 0.0) + value
                 counted += 1
-        if self.policy_leaves_the_step():
-            self.check_updated_policy(samples)
         return {key: value / max(counted, 1) for key, value in totals.items()}
 
     def policy_leaves_the_step(self) -> bool:
         """Whether the policy this step ends with is written (a checkpoint, or the last step's export) or
-        evaluated before the next rollout: only then is it checked at once (:meth:`check_updated_policy`).
-        Otherwise the next rollout draws from it whatever its logits (the samplers never crash on them) and
-        that step's loss check stops a diverged run before its update: one forward pass less a step (6 %
-        of a text step)."""
+        evaluated before the next rollout: only then is an updated policy checked (:meth:`check_updated_policy`),
+        even when this step itself trained nothing (its samples all dropped). Otherwise the next rollout draws
+        from it whatever its logits (the samplers never crash on them) and that step's loss check stops a
+        diverged run before its update: one forward pass less a step (6 % of a text step)."""
         step, config = self.state.step + 1, self.config
 
         def due(every: int) -> bool:

@@ -194,6 +194,29 @@ def test_non_finite_weights_are_never_written_as_checkpoint_or_export(corpus, tm
     assert not list((tmp_path / "run").glob(".final*"))
 
 
+def test_a_diverged_policy_is_checked_before_a_checkpoint_even_after_a_step_that_trained_nothing(tmp_path):
+    """Step 1 trains with a learning rate far too high and writes nothing; step 2's groups all score alike, so
+    dynamic sampling drops them and nothing trains (no loss to check); its checkpoint must still not be the
+    diverged policy."""
+    from magma.rl.rewards import resolve_reward
+    from magma.rl.text_task import TextTask
+
+    overrides = [f"run_dir={tmp_path / 'rl'}", "logging.progress=false", "max_steps=3", "optim.lr=1e30"]
+    overrides += ["checkpoint.every=2", "eval.every=0", "algorithm.drop_zero_variance_groups=true"]
+    config = load_rl_config("text-digits", overrides)
+    trainer = GRPOTrainer(config)
+    digits = resolve_reward("digit_fraction")
+
+    def first_step_only(prompt: str, text: str, meta: dict) -> float:  # every group alike after step 1
+        return digits(prompt, text, meta) if trainer.state.step == 0 else 0.0
+
+    trainer.task = TextTask(config, trainer.processor, reward=first_step_only)
+    with pytest.raises(TrainingDivergedError, match="training stopped at step 2: log-probs of the updated policy"):
+        trainer.train()
+    assert trainer.state.step == 1 and checkpoint_names(tmp_path / "rl") == []
+    assert not (tmp_path / "rl" / "final").exists()
+
+
 def test_rl_and_lapa_runs_that_diverge_stop_before_anything_non_finite_is_written(tmp_path):
     rl = load_rl_config(
         "text-digits",
