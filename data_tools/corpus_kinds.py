@@ -81,16 +81,18 @@ def tom_video_input(identifier: str, options: dict[str, Any], rng: np.random.Gen
             f"(1 start frame + {config.num_steps} steps); lower --fps or num_steps, or leave the video out"
         )
     tracker = tracker_for(job)
-    result, last_error = InputResult(), None
+    result = InputResult()
+    errors: list[Exception] = []  # windows that gave no sample: damaged stretches of the file, blank clips
     chosen = [windows[index].frame_indices for index in spread(len(windows), job.clips_per_video)]
-    for clip in decode_windows(info, chosen, job.size):  # one reader for the whole video, in order
+    # one reader for the whole video, in order; a damaged window is skipped and the later ones still run
+    for clip in decode_windows(info, chosen, job.size, on_error=errors.append):
         result.frames += len(clip.frames)
         try:
             result.samples += tom_samples(clip, video_id(path), job.source, config, tracker, rng)
         except TomExtractionError as error:
-            last_error = error
-    if not result.samples and last_error is not None:
-        raise last_error
+            errors.append(error)
+    if not result.samples and errors:
+        raise errors[-1]
     return result
 
 

@@ -59,7 +59,8 @@ class PointTracker(Protocol):
 def _check_inputs(frames: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     frames = np.asarray(frames)
     queries = np.asarray(queries, dtype=np.float32)
-    if frames.ndim not in (3, 4) or frames.shape[0] < 2 or frames.dtype != np.uint8:
+    colour = frames.ndim == 4 and frames.shape[3] == 3
+    if not (frames.ndim == 3 or colour) or frames.shape[0] < 2 or frames.dtype != np.uint8:
         raise TrackingError(
             f"frames have shape {frames.shape} and dtype {frames.dtype}; pass at least 2 frames as uint8 "
             "(T, H, W, 3) RGB or (T, H, W) grey"
@@ -203,6 +204,20 @@ class LucasKanadeTracker:
     points_independent: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
+        ranges = {  # setting: (is it in range, what to give)
+            "window": (self.window >= 3, "a search window of 3 px or more (default 11)"),
+            "levels": (self.levels >= 0, "0 or more pyramid levels above the full-size image (default 3)"),
+            "max_iterations": (self.max_iterations >= 1, "1 or more iterations a level (default 30)"),
+            "patch_px": (self.patch_px >= 1, "an appearance patch of 1 px or more (default 11)"),
+            "fb_threshold_px": (self.fb_threshold_px > 0, "a round-trip distance in pixels above 0 (default 1.0)"),
+            "min_appearance_ncc": (
+                self.min_appearance_ncc is None or -1 <= self.min_appearance_ncc <= 1,
+                "a correlation in [-1, 1] (default 0.75), or None for no appearance check",
+            ),
+        }
+        for name, (in_range, wanted) in ranges.items():
+            if not in_range:  # NaN fails every comparison, so it lands here too
+                raise TrackingError(f"{name}={getattr(self, name)}; give {wanted}")
         if self.quick_levels is not None and not 0 <= self.quick_levels <= self.levels:
             raise TrackingError(
                 f"quick_levels={self.quick_levels} with levels={self.levels}; give 0 <= quick_levels <= levels "

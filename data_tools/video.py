@@ -16,7 +16,7 @@ reach the caller.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -196,6 +196,24 @@ def decoded_size(width: int, height: int, short_side: int | None) -> tuple[int, 
     return max(1, round(width * scale)), short_side
 
 
+MAX_DECODED_SIDE = 8192  # px: an 8K UHD frame's long side fits
+MAX_DECODED_PIXELS = 36_000_000  # a little over an 8K UHD frame (33.2 MP)
+
+
+def decoded_frame_size(info: VideoInfo, size: int | None) -> tuple[int, int]:
+    """``decoded_size`` of ``info``'s video, refused (VideoReadError) when a frame would be larger than
+    ``MAX_DECODED_SIDE`` a side or ``MAX_DECODED_PIXELS``: scaling a 2 x 2000 video's short side to 256 px
+    makes frames of 256 x 256000, gigabytes a window, which a job must not try to allocate."""
+    width, height = decoded_size(info.width, info.height, size)
+    if max(width, height) > MAX_DECODED_SIDE or width * height > MAX_DECODED_PIXELS:
+        raise VideoReadError(
+            f"decoding '{info.path}' ({info.width}x{info.height} stored) with a short side of {size} px gives "
+            f"{width}x{height} frames, over the {MAX_DECODED_SIDE} px a side and {MAX_DECODED_PIXELS // 10**6} MP "
+            "a frame decoded here; lower the size (--size), or crop or re-encode the video to a usual aspect ratio"
+        )
+    return width, height
+
+
 def sample_frame_indices(
     info: VideoInfo, fps: float | None, start_s: float = 0.0, max_frames: int | None = None
 ) -> np.ndarray:
@@ -318,7 +336,7 @@ def decode_frames(info: VideoInfo, frame_indices: np.ndarray, size: int | None =
     """Decode the source frames ``frame_indices`` of the probed video ``info`` (e.g. one ``FrameWindow``),
     resized on decode so that the short side is ``size`` pixels (None: as stored)."""
     indices = _checked_indices(info, frame_indices)
-    width, height = decoded_size(info.width, info.height, size)
+    width, height = decoded_frame_size(info, size)
     frames = None if info.backend == "pyav" else _decode_with_decord(info, indices, width, height)
     if frames is None:  # AV1, or a frame size decord's converter gets wrong (e.g. H.264 48 px wide)
         frames = _decode_with_pyav(info, indices, width, height)
@@ -339,7 +357,7 @@ class _WindowReader:
         self.reader = None
         if info.backend != "pyav":
             try:
-                self.reader = _open_reader(info.path, *_reader_size(info, *decoded_size(info.width, info.height, size)))
+                self.reader = _open_reader(info.path, *_reader_size(info, *decoded_frame_size(info, size)))
             except VideoReadError:
                 self.reader = None
 
@@ -352,9 +370,19 @@ class _WindowReader:
                 self.reader = None  # decord gave up on this file: every later window goes the single-window way
         return decode_frames(self.info, indices, self.size)
 
+    def decode_or_error(self, window: np.ndarray) -> ClipFrames | VideoReadError:
+        try:
+            return self.decode(window)
+        except VideoReadError as error:
+            return error
+
 
 def decode_windows(
-    info: VideoInfo, windows: Iterable[np.ndarray], size: int | None = None, decode_ahead: bool = True
+    info: VideoInfo,
+    windows: Iterable[np.ndarray],
+    size: int | None = None,
+    decode_ahead: bool = True,
+    on_error: Callable[[VideoReadError], None] | None = None,
 ) -> Iterator[ClipFrames]:
     """``decode_frames`` for several windows of one video, in the order given, through one decord reader.
 
@@ -363,24 +391,46 @@ def decode_windows(
     decodes from the keyframe before it: with H.264's usual 8-10 s between keyframes that is most of a
     clip's decoding). A window decord cannot give falls back to ``decode_frames`` (PyAV).
 
+    A window that cannot be decoded (a damaged stretch of the file) raises its ``VideoReadError`` when the
+    caller reaches it; with ``on_error`` it is passed there instead and the later windows still come.
+
     With ``decode_ahead`` the next window decodes on a background thread while the caller works on the
     one it was given (decord and PyAV let go of the GIL while they decode), so a job's decoding and its
-    tracking overlap on a machine with a core to spare; one window is decoded ahead at most, and an
-    error for a window is raised when the caller reaches that window, as without it.
+    tracking overlap on a machine with a core to spare; one window is decoded ahead at most, and the
+    windows and errors arrive as without it.
     """
     reader = _WindowReader(info, size)
+
+    def delivered(result: ClipFrames | VideoReadError) -> Iterator[ClipFrames]:
+        if isinstance(result, ClipFrames):
+            yield result
+        elif on_error is None:
+            raise result
+        else:
+            on_error(result)
+
     if not decode_ahead:
-        yield from map(reader.decode, windows)
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-ahead") as pool:
-        pending: Future[ClipFrames] | None = None
         for window in windows:
+            yield from delivered(reader.decode_or_error(window))
+        return
+    remaining = iter(windows)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-ahead") as pool:
+        pending: Future[ClipFrames | VideoReadError] | None = None
+        while True:
+            try:
+                window = next(remaining)
+            except StopIteration:
+                break
+            except Exception:  # the caller's iterable failed: the window decoded before it still arrives
+                if pending is not None:
+                    yield from delivered(pending.result())
+                raise
             following = pending
-            pending = pool.submit(reader.decode, window)  # starts once ``following`` is done: one reader, in order
+            pending = pool.submit(reader.decode_or_error, window)  # starts once ``following`` is done
             if following is not None:
-                yield following.result()
+                yield from delivered(following.result())
         if pending is not None:
-            yield pending.result()
+            yield from delivered(pending.result())
 
 
 def clip_windows(

@@ -297,6 +297,19 @@ def test_bad_quick_levels_is_a_clear_error():
         LucasKanadeTracker(quick_levels=5)
     with pytest.raises(TrackingError, match="quick_max_correction_px"):
         LucasKanadeTracker(quick_max_correction_px=0)
+    bad_settings = [
+        {"window": 2},
+        {"levels": -1, "quick_levels": None},
+        {"max_iterations": 0},
+        {"patch_px": 0},
+        {"fb_threshold_px": float("nan")},
+        {"min_appearance_ncc": float("nan")},
+    ]
+    for settings in bad_settings:
+        with pytest.raises(TrackingError, match=f"{next(iter(settings))}=.*; give"):
+            LucasKanadeTracker(**settings)
+    with pytest.raises(TrackingError, match=r"\(T, H, W, 3\) RGB or \(T, H, W\) grey"):
+        LucasKanadeTracker().track(np.zeros((3, 32, 32, 1), np.uint8), np.array([[5.0, 5.0]]))
 
 
 def test_lucas_kanade_tracks_each_point_whatever_else_is_tracked(moving_camera):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -126,6 +127,61 @@ def test_decoding_ahead_gives_the_same_windows_and_errors_in_place(encoded: dict
     next(early)
     early.close()  # a caller that stops early leaves no decoding thread behind
     assert not [thread for thread in threading.enumerate() if thread.name.startswith("decode-ahead")]
+
+
+def test_decoding_ahead_delivers_the_decoded_window_before_the_callers_iterable_fails(counting_video: Path):
+    info = probe_video(counting_video)
+    windows = [window.frame_indices for window in clip_windows(info, window_frames=6, stride_frames=6, fps=None)]
+
+    def failing() -> Iterator[np.ndarray]:
+        yield windows[0]
+        yield windows[1]
+        raise ValueError("the caller's list broke")
+
+    for ahead in (True, False):
+        delivered = []
+        with pytest.raises(ValueError, match="list broke"):
+            for clip in decode_windows(info, failing(), 40, decode_ahead=ahead):
+                delivered.append(clip.frame_indices[0])
+        assert delivered == [0, 6]
+
+
+def test_a_damaged_stretch_costs_only_its_windows(tmp_path: Path):
+    """A file cut short after a good header (faststart: the index comes first) decodes up to the cut; with
+    ``on_error`` the windows past it are reported one by one and the good ones still arrive."""
+    frames = np.zeros((120, 64, 64, 3), np.uint8)
+    for index in range(120):
+        frames[index, :, (index * 7) % 60 : (index * 7) % 60 + 4] = 255
+    whole = tmp_path / "whole.mp4"
+    with av.open(str(whole), "w", format="mp4", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        stream.options = {"g": "10", "crf": "18"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.7)])
+    info = probe_video(damaged)
+    windows = [window.frame_indices for window in clip_windows(info, window_frames=10, stride_frames=10, fps=None)]
+    errors: list[VideoReadError] = []
+    good = list(decode_windows(info, windows, on_error=errors.append))
+    assert good and errors and len(good) + len(errors) == len(windows)
+    assert [int(clip.frame_indices[0]) for clip in good] == [int(window[0]) for window in windows[: len(good)]]
+    assert all(str(damaged) in str(error) for error in errors)
+    with pytest.raises(VideoReadError):  # without on_error the first damaged window raises
+        list(decode_windows(info, windows))
+
+
+def test_a_size_that_makes_giant_frames_is_refused_before_decoding(tmp_path: Path):
+    thin = write_mp4(np.full((4, 2000, 4, 3), 128, np.uint8), tmp_path / "thin.mp4", fps=SOURCE_FPS)
+    info = probe_video(thin)
+    with pytest.raises(VideoReadError, match=r"gives 256x128000 frames.*lower the size") as err:
+        next(decode_windows(info, [np.arange(2)], 256))
+    _assert_clear(err, thin, "re-encode")
+    with pytest.raises(VideoReadError, match="256x128000"):
+        decode_frames(info, np.arange(2), 256)
+    assert decode_frames(info, np.arange(2), 8).frames.shape == (2, 4000, 8, 3)  # a size that fits still decodes
 
 
 def test_decoded_size_keeps_the_aspect_ratio():
