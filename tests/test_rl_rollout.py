@@ -78,6 +78,26 @@ def test_inverse_cdf_sampler_draws_from_the_softmax_and_never_a_masked_token():
     assert bool(((counts - expected).abs() <= 5 * expected.mul(1 - expected / (len(rows) // 2)).sqrt() + 1).all())
     again = InverseCdfSampler(torch.Generator().manual_seed(0))(torch.zeros(len(rows), 1), rows).argmax(-1)
     assert torch.equal(drawn, again)  # the same generator state draws the same tokens
+    broken = torch.tensor([[0.0, 1.0, float("inf"), 0.0], [0.0, float("nan"), 0.0, 0.0], [float("-inf")] * 4])
+    picked = InverseCdfSampler(None)(torch.zeros(3, 1), broken).argmax(-1)
+    assert picked[0] == 2 and 0 <= int(picked[1]) < 4 and 0 <= int(picked[2]) < 4  # the +inf token; in range
+
+
+def test_a_tiny_temperature_scores_finite_log_probs(tiny_model, tiny_processor):
+    """Sampling and scoring divide the logits by the same floor (1e-6), never by 1e-40 (it overflows them)."""
+    prompts = [prompt_ids(tiny_processor, "Say hello"), prompt_ids(tiny_processor, "What is two plus two?")]
+    inputs = tiny_processor.collate([EncodedSample(ids, [-100] * len(ids)) for ids in prompts], "left")
+    generator = torch.Generator().manual_seed(1)
+    completions = sample_completions(tiny_model, inputs, 4, temperature=1e-40, generator=generator)
+    samples = [
+        Sample(ids, c.token_ids, c.log_probs, group_id=0, trajectory_id=i)
+        for i, (ids, c) in enumerate(zip(prompts, completions, strict=True))
+    ]
+    batch = collate_samples(samples, tiny_model.config.tokens.pad_token_id)
+    with torch.no_grad():
+        scored, _ = completion_log_probs(tiny_model, batch, allowed_tokens(tiny_model.config), temperature=1e-40)
+    mask = batch.completion_mask.bool()
+    assert bool(torch.isfinite(scored[mask]).all()) and bool(torch.isfinite(batch.sampling_log_probs[mask]).all())
 
 
 def test_seeded_sampling_repeats_and_leaves_the_global_generator_alone(tiny_model, tiny_processor):

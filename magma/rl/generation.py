@@ -33,6 +33,12 @@ from magma.processor import ModelInputs
 from magma.sampling import AllowedTokensLogitsProcessor, allowed_tokens
 
 MIN_LOG_PROB = math.log(1e-30)  # a floor, so a log-prob is always finite
+MIN_TEMPERATURE = 1e-6  # sampling and scoring divide by at least this: logits stay finite at any temperature
+
+
+def sampling_temperature(temperature: float) -> float:
+    """The temperature the logits are divided by, for drawing and for scoring alike (> 0 only)."""
+    return max(float(temperature), MIN_TEMPERATURE)
 
 
 class DrawnTokenLogProbs(LogitsProcessor):
@@ -97,7 +103,10 @@ class InverseCdfSampler(LogitsProcessor):
         uniform = torch.rand(total.shape, generator=self.generator, device=scores.device, dtype=torch.float32)
         # below the total, so the first entry the cumulative sum passes has a probability above zero
         target = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
-        drawn = torch.searchsorted(cumulative, target, right=True).clamp_(max=scores.shape[-1] - 1)  # NaN logits
+        drawn = torch.searchsorted(cumulative, target, right=True).clamp_(max=scores.shape[-1] - 1)
+        broken = ~torch.isfinite(total).squeeze(-1)  # a row with NaN or +inf scores has no softmax to draw from
+        if bool(broken.any()):  # its largest score, as greedy decoding (and PerRowSampler) would take
+            drawn[broken] = scores[broken].float().nan_to_num(nan=float("-inf")).argmax(dim=-1, keepdim=True)
         return torch.full_like(scores, float("-inf")).scatter_(-1, drawn, 0.0)
 
 
@@ -179,7 +188,7 @@ def sample_completions(
     processors: list[LogitsProcessor] = [AllowedTokensLogitsProcessor(allowed)]
     if temperature > 0:  # the warpers are ours, so that the recorder runs after them
         if temperature != 1.0:  # dividing by 1 changes nothing: one op less per decoding step
-            processors.append(TemperatureLogitsWarper(max(float(temperature), 1e-6)))  # finite at any temperature
+            processors.append(TemperatureLogitsWarper(sampling_temperature(temperature)))
         if top_p < 1.0:
             processors.append(TopPLogitsWarper(float(top_p)))
     processors.append(recorder)

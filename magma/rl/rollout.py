@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from magma.model import positions_from_mask
-from magma.rl.generation import distinct_rows
+from magma.rl.generation import distinct_rows, sampling_temperature
 from magma.sampling import mask_logits
 
 if TYPE_CHECKING:
@@ -283,7 +283,7 @@ def completion_log_probs(
     device = batch.input_ids.device if not hasattr(model, "parameters") else next(model.parameters()).device
     logits = mask_logits(completion_logits(model, batch, device), allowed)
     if temperature > 0:
-        logits = logits / temperature
+        logits = logits / sampling_temperature(temperature)  # as the draw divided them
     log_softmax = torch.log_softmax(logits, dim=-1)
     targets = batch.completion_ids.to(device)
     log_probs = log_softmax.gather(-1, targets.unsqueeze(-1)).squeeze(-1)

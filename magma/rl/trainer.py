@@ -74,6 +74,11 @@ def load_reference(config: RLConfig, policy: MagmaForCausalLM) -> MagmaForCausal
     return reference.eval().requires_grad_(False)
 
 
+def probe_samples(samples: list[Sample], most: int = 8) -> list[Sample]:
+    """One sample of each group (a different prompt each), ``most`` at the most."""
+    return list({sample.group_id: sample for sample in samples}.values())[:most]
+
+
 def build_task(config: RLConfig, processor: Any) -> RLTask:
     """The use the config names (imported lazily: the robot and web tasks pull in their simulators)."""
     if config.task == "text":
@@ -136,6 +141,7 @@ class GRPOTrainer(TrainingRun):
         # None: the task rolls out in this process (the local engine), whatever ``self.task`` is then
         self.rollout_engine = rollouts if rollouts is not None else remote_rollouts(config, self.task, self.policy)
         self.policy_unchecked = False  # updated since the last check_updated_policy (a checkpoint is checked)
+        self.trained_samples: list[Sample] = []  # a probe of the last update's: when a later step scored none
 
     @property
     def policy(self) -> MagmaForCausalLM:
@@ -160,9 +166,11 @@ class GRPOTrainer(TrainingRun):
         # every process updates when any has samples (DDP needs all of them in each step)
         anyone = int(accelerator.reduce(torch.tensor(len(samples), device=accelerator.device), "sum"))
         metrics = self.update(samples, filler=rollout.samples[:1] or samples[:1]) if anyone else {}
-        self.policy_unchecked |= bool(anyone)
+        if anyone:
+            self.policy_unchecked = True
+            self.trained_samples = probe_samples(samples) or self.trained_samples
         if self.policy_unchecked and self.policy_leaves_the_step():  # also after a step with nothing to train
-            self.check_updated_policy(samples or rollout.samples)
+            self.check_updated_policy(samples or rollout.samples or self.trained_samples)
             self.policy_unchecked = False
         local_trajectories = len(trajectory_table(rollout.samples)[0]) if rollout.samples else 0
         state.trajectories += int(
@@ -269,7 +277,7 @@ class GRPOTrainer(TrainingRun):
         each, ``most`` at the most): weights that stay finite can still overflow the logits (a learning rate
         far too high), for some prompts and not others; stop here, on every process, before the step's
         checkpoint, export or evaluation."""
-        probe = list({sample.group_id: sample for sample in samples}.values())[:most]
+        probe = probe_samples(samples, most)
         log_probs = None
         if probe:
             batch = collate_samples(probe, self.processor.config.tokens.pad_token_id)

@@ -194,10 +194,11 @@ def test_non_finite_weights_are_never_written_as_checkpoint_or_export(corpus, tm
     assert not list((tmp_path / "run").glob(".final*"))
 
 
-def test_a_diverged_policy_is_checked_before_a_checkpoint_even_after_a_step_that_trained_nothing(tmp_path):
-    """Step 1 trains with a learning rate far too high and writes nothing; step 2's groups all score alike, so
-    dynamic sampling drops them and nothing trains (no loss to check); its checkpoint must still not be the
-    diverged policy."""
+@pytest.mark.parametrize("later", ["alike", "failing"])
+def test_a_diverged_policy_is_checked_before_a_checkpoint_even_after_a_step_that_trained_nothing(tmp_path, later):
+    """Step 1 trains with a learning rate far too high and writes nothing; in step 2 the groups all score
+    alike (dynamic sampling drops them) or the reward fails on every sample (none is scored), so nothing
+    trains and no loss is checked; its checkpoint must still not be the diverged policy."""
     from magma.rl.rewards import resolve_reward
     from magma.rl.text_task import TextTask
 
@@ -207,8 +208,12 @@ def test_a_diverged_policy_is_checked_before_a_checkpoint_even_after_a_step_that
     trainer = GRPOTrainer(config)
     digits = resolve_reward("digit_fraction")
 
-    def first_step_only(prompt: str, text: str, meta: dict) -> float:  # every group alike after step 1
-        return digits(prompt, text, meta) if trainer.state.step == 0 else 0.0
+    def first_step_only(prompt: str, text: str, meta: dict) -> float:
+        if trainer.state.step == 0:
+            return digits(prompt, text, meta)
+        if later == "failing":
+            raise ValueError("this reward fails after step 1")
+        return 0.0
 
     trainer.task = TextTask(config, trainer.processor, reward=first_step_only)
     with pytest.raises(TrainingDivergedError, match="training stopped at step 2: log-probs of the updated policy"):
