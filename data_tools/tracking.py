@@ -214,6 +214,11 @@ class LucasKanadeTracker:
                 self.min_appearance_ncc is None or -1 <= self.min_appearance_ncc <= 1,
                 "a correlation in [-1, 1] (default 0.75), or None for no appearance check",
             ),
+            "quick_max_correction_px": (
+                self.quick_max_correction_px > 0,
+                "a distance in pixels above 0 (default 2.0): how far the quick pass may end from its guess "
+                "before the full search redoes the point",
+            ),
         }
         for name, (in_range, wanted) in ranges.items():
             if not in_range:  # NaN fails every comparison, so it lands here too
@@ -222,11 +227,6 @@ class LucasKanadeTracker:
             raise TrackingError(
                 f"quick_levels={self.quick_levels} with levels={self.levels}; give 0 <= quick_levels <= levels "
                 "(default 0) or None to always run the full pyramid search"
-            )
-        if not self.quick_max_correction_px > 0:
-            raise TrackingError(
-                f"quick_max_correction_px={self.quick_max_correction_px}; give a distance in pixels above 0 "
-                "(default 2.0): how far the quick pass may end from its guess before the full search redoes the point"
             )
 
     def _lk_params(self, levels: int) -> dict[str, Any]:

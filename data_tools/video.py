@@ -355,9 +355,10 @@ class _WindowReader:
     def __init__(self, info: VideoInfo, size: int | None) -> None:
         self.info, self.size = info, size
         self.reader = None
+        width, height = decoded_frame_size(info, size)  # a size no frame may have fails the whole video, here
         if info.backend != "pyav":
             try:
-                self.reader = _open_reader(info.path, *_reader_size(info, *decoded_frame_size(info, size)))
+                self.reader = _open_reader(info.path, *_reader_size(info, width, height))
             except VideoReadError:
                 self.reader = None
 

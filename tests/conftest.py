@@ -118,16 +118,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ``-n 2 --dist loadgroup --no-loadscope-reorder``) each file is one group, so a module's fixtures are made
     once, and the Ray tests are one group on one instance; the slowest files go first."""
 
+    def on_ray(item: pytest.Item) -> bool:
+        return "ray_instance" in getattr(item, "fixturenames", ())
+
     def order(item: pytest.Item) -> tuple[bool, int]:
         name = item.path.name
-        return "ray_instance" in getattr(item, "fixturenames", ()), (
-            SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
-        )
+        return on_ray(item), SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
 
     items.sort(key=order)  # stable: the files keep their order within each rank, and their tests too
     for item in items:
-        on_ray = "ray_instance" in getattr(item, "fixturenames", ())
-        item.add_marker(pytest.mark.xdist_group("ray" if on_ray else str(item.path.relative_to(config.rootpath))))
+        group = "ray" if on_ray(item) else str(item.path.relative_to(config.rootpath))
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -254,10 +254,8 @@ def grade_task(
     config = config or GradingConfig()
     ev.check_mode(config.mode)
     spec = task.eval
-    if not PAGE_EVAL_TYPES.intersection(task.eval_types):
-        page = None
-    else:
-        page = context.new_page()
+    page = context.new_page() if PAGE_EVAL_TYPES.intersection(task.eval_types) else None
+    if page is not None:
         config = replace(config, helpers={**site_helpers(page, task.site_urls, config.mode), **config.helpers})
     try:
         if page is not None and last_url and last_url != "about:blank":

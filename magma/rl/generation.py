@@ -197,12 +197,8 @@ def sample_completions(
         raise ValueError(f"row_generators has {len(row_generators)} generators for {batch} rows")
     if per_row:
         processors.append(PerRowSampler(call_generators(row_generators, device)))  # type: ignore[arg-type]
-    elif temperature > 0:
-        draws = None
-        if generator is not None:  # seeded from ``generator``: the same state gives the same completions
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-            draws = torch.Generator(device=device).manual_seed(seed)
-        processors.append(InverseCdfSampler(draws))
+    elif temperature > 0:  # seeded from ``generator``: the same state gives the same completions
+        processors.append(InverseCdfSampler(None if generator is None else call_generators([generator], device)[0]))
     given = inputs.to(device, pixel_dtype=model.dtype).generation_kwargs()
     if set(given) == {"input_ids", "attention_mask"}:  # text only: no images, action slots or states
         given["input_ids"], given["attention_mask"] = left_align(given["input_ids"], given["attention_mask"])
